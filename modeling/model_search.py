@@ -1,0 +1,183 @@
+"""The Auto-DeepLab supernet: a cell per (layer, level) node, mixed by α (cell) and β (network).
+
+Paper Eq. 6: the state of node (l, s) is the β-weighted sum, over the incoming transitions, of the
+shared cell applied to (H^{l-1} from the source level, H^{l-2} at level s). H^{l-1} is brought to
+level s by a stride-2 convolution (from s/2), a 1x1 convolution (same level) or bilinear
+upsampling followed by a 1x1 convolution (from 2s). The ops on the edges from H^{l-2} see the same
+input for every direction, so they are computed once per node; the rest of the cell runs once
+per incoming direction, which is exactly the paper's sum of cells.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.genotypes import PRIMITIVES, edge_index, level_stride, num_edges
+from modeling.heads import ASPP, aspp_rates
+from modeling.operations import OPS, ReLUConvBN, Stem, half_size
+from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, level_exists, levels_at,
+                                   normalize_betas, transition_table)
+
+SEARCH_OPS = PRIMITIVES[1:]  # "none" contributes zero and is skipped
+
+
+def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
+    """Spatial size of every level, from the stride-4 size by repeated ceil-halving."""
+    sizes = [stride4_size]
+    for _ in range(num_levels - 1):
+        h, w = sizes[-1]
+        sizes.append((half_size(h), half_size(w)))
+    return sizes
+
+
+class MixedOp(nn.Module):
+    """Σ_o softmax(α)_o · o(x) over the non-`none` ops; pools get a BN as in DARTS."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        ops = []
+        for name in SEARCH_OPS:
+            op = OPS[name](channels, 1, False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # weights: softmax over all PRIMITIVES; weights[0] belongs to "none"
+        out = weights[1] * self.ops[0](x)
+        for w, op in zip(weights[2:], self.ops[1:]):
+            out = out + w * op(x)
+        return out
+
+
+class SearchCell(nn.Module):
+    """The shared cell of node (layer, level), with one input projection per incoming direction."""
+
+    def __init__(self, layer: int, level: int, filter_multiplier: int, block_multiplier: int, steps: int,
+                 num_levels: int, prev_prev_channels: int | None):
+        super().__init__()
+        self.channels = filter_multiplier * 2**level
+        self.steps = steps
+        self.block_multiplier = block_multiplier
+        c = self.channels
+
+        def out_channels(source_level: int) -> int:
+            return block_multiplier * filter_multiplier * 2**source_level
+
+        self.preprocess = nn.ModuleDict()
+        for d, step in enumerate(DIRECTIONS):
+            source = level - step
+            if not level_exists(layer - 1, source, num_levels):
+                continue
+            if step == 1:  # from the finer level: stride-2 convolution
+                self.preprocess[str(d)] = ReLUConvBN(out_channels(source), c, 3, stride=2, affine=False)
+            else:  # same level, or from the coarser level after bilinear upsampling
+                self.preprocess[str(d)] = ReLUConvBN(out_channels(source), c, 1, affine=False)
+        self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, c, 1, affine=False)
+                                     if prev_prev_channels is not None else None)
+        first_input = 0 if prev_prev_channels is not None else 1
+        self.edges = nn.ModuleDict({
+            str(edge_index(b, j)): MixedOp(c)
+            for b in range(steps) for j in range(first_input, 2 + b)
+        })
+
+    def forward(self, prev_prev: torch.Tensor | None, inputs: list[tuple[torch.Tensor, torch.Tensor, int]],
+                alpha_weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``inputs`` holds (H^{l-1} from a source level, its normalised β, direction index)."""
+        from_prev_prev = None
+        if self.preprocess_prev_prev is not None:
+            if prev_prev.shape[-2:] != size:  # only the stem's stride-2 feature, for layer 0
+                prev_prev = F.interpolate(prev_prev, size=size, mode="bilinear", align_corners=False)
+            s0 = self.preprocess_prev_prev(prev_prev)
+            from_prev_prev = [self.edges[str(edge_index(b, 0))](s0, alpha_weights[edge_index(b, 0)])
+                              for b in range(self.steps)]
+        out = None
+        for s1, beta, d in inputs:
+            if DIRECTIONS[d] == -1:
+                s1 = F.interpolate(s1, size=size, mode="bilinear", align_corners=False)
+            states = [None, self.preprocess[str(d)](s1)]
+            for b in range(self.steps):
+                h = from_prev_prev[b] if from_prev_prev is not None else 0
+                for j in range(1, 2 + b):
+                    e = edge_index(b, j)
+                    h = h + self.edges[str(e)](states[j], alpha_weights[e])
+                states.append(h)
+            contribution = beta * torch.cat(states[-self.block_multiplier:], dim=1)
+            out = contribution if out is None else out + contribution
+        return out
+
+
+class SearchHead(nn.Sequential):
+    """ASPP with one atrous rate of 96/stride, then a 1x1 classifier (one head per level)."""
+
+    def __init__(self, channels: int, stride: int, num_classes: int):
+        super().__init__(ASPP(channels, channels, aspp_rates(stride, 1)), nn.Conv2d(channels, num_classes, 1))
+
+
+class AutoDeepLabSearch(nn.Module):
+    """The supernet of the hierarchical search space (paper Sec. 4), with α and β as parameters."""
+
+    def __init__(self, num_classes: int, num_layers: int = NUM_LAYERS, num_levels: int = NUM_LEVELS,
+                 filter_multiplier: int = 8, block_multiplier: int = 5, steps: int = 5):
+        super().__init__()
+        if not 1 <= block_multiplier <= steps:
+            raise ValueError(f"block_multiplier must be in 1..steps ({steps}), got {block_multiplier}")
+        self.num_layers, self.num_levels = num_layers, num_levels
+        self.filter_multiplier, self.block_multiplier, self.steps = filter_multiplier, block_multiplier, steps
+        stem_width = block_multiplier * filter_multiplier
+        self.stem = Stem((stem_width // 2, stem_width // 2, stem_width))
+
+        self.incoming: dict[tuple[int, int], list] = defaultdict(list)
+        for t in transition_table(num_layers, num_levels):
+            self.incoming[(t.layer, t.target_level)].append(t)
+
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            row = nn.ModuleDict()
+            for level in levels_at(layer, num_levels):
+                if layer == 0 and level == 0:
+                    prev_prev_channels = self.stem.out_channels[0]
+                elif level_exists(layer - 2, level, num_levels):
+                    prev_prev_channels = stem_width * 2**level
+                else:
+                    prev_prev_channels = None  # the level first appears at layer-1: no H^{l-2}
+                row[str(level)] = SearchCell(layer, level, filter_multiplier, block_multiplier, steps,
+                                             num_levels, prev_prev_channels)
+            self.cells.append(row)
+        self.heads = nn.ModuleDict({
+            str(level): SearchHead(stem_width * 2**level, level_stride(level), num_classes)
+            for level in levels_at(num_layers - 1, num_levels)
+        })
+        self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges(steps), len(PRIMITIVES)))
+        self.betas = nn.Parameter(1e-3 * torch.randn(num_layers, num_levels, len(DIRECTIONS)))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas, self.betas]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name not in ("alphas", "betas")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early, stem_out = self.stem(x)
+        sizes = level_sizes(tuple(stem_out.shape[-2:]), self.num_levels)
+        alpha_weights = torch.softmax(self.alphas.float(), dim=-1)
+        betas = normalize_betas(self.betas)
+        states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): stem_out}
+        for layer, row in enumerate(self.cells):
+            for key, cell in row.items():
+                level = int(key)
+                prev_prev = early if (layer, level) == (0, 0) else states.get((layer - 2, level))
+                inputs = [(states[(layer - 1, t.source_level)], betas[layer, t.source_level, t.direction],
+                           t.direction) for t in self.incoming[(layer, level)]]
+                states[(layer, level)] = cell(prev_prev, inputs, alpha_weights, sizes[level])
+            for level in range(self.num_levels):
+                states.pop((layer - 2, level), None)
+        last = self.num_layers - 1
+        return sum(F.interpolate(head(states[(last, int(key))]), size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+                   for key, head in self.heads.items())
