@@ -45,3 +45,22 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
     return value
+
+
+def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
+    """Flags every training stage shares; dataset-dependent defaults are filled in later."""
+    add_flag(parser, "epochs", type=positive_int, default=None,
+             help="number of epochs (default: the dataset's default for this stage)")
+    add_flag(parser, "batch_size", type=positive_int, default=None,
+             help="images per optimisation step (default: the dataset's default; at least 2)")
+    add_flag(parser, "crop_size", type=positive_int, default=None,
+             help="side of the square training crops (default: the dataset's default)")
+    add_flag(parser, "workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    add_flag(parser, "seed", type=int, default=1, help="seed for initialisation, data order and augmentation")
+    add_flag(parser, "out-dir", default=None,
+             help=f"run directory (default: a new run/<dataset>/{experiment}/experiment_<N>)")
+    add_flag(parser, "checkname", default=experiment, help="experiment name used in the default run directory")
+    add_flag(parser, "resume", default=None, metavar="CHECKPOINT",
+             help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
+    add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
+    add_flag(parser, "eval_interval", type=positive_int, default=1, help="validate every N epochs")

@@ -1,0 +1,34 @@
+"""Arguments of the search stage (train_autodeeplab.py); defaults are the paper's (Sec. 5.1)."""
+
+from __future__ import annotations
+
+import argparse
+
+from config_utils.common import Parser, add_flag, add_training_flags, positive_int
+from dataloaders import add_dataset_arguments
+
+
+def search_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="train_autodeeplab.py",
+                    description="Auto-DeepLab architecture search: bi-level optimisation of the supernet's "
+                                "weights (on trainA) and its α/β (on trainB).")
+    add_dataset_arguments(parser)
+    add_training_flags(parser, experiment="search")
+    add_flag(parser, "resize", type=positive_int, default=None,
+             help="resize the short side to this before cropping (default: the dataset's default)")
+    space = parser.add_argument_group("search space")
+    add_flag(space, "filter_multiplier", type=positive_int, default=8, help="F: channels per block at stride 4")
+    add_flag(space, "block_multiplier", type=positive_int, default=5,
+             help="number of block outputs concatenated into the cell output")
+    add_flag(space, "steps", type=positive_int, default=5, help="B: blocks per cell")
+    add_flag(space, "num_layers", type=positive_int, default=12, help="L: layers of the supernet")
+    opt = parser.add_argument_group("optimisation")
+    add_flag(opt, "lr", type=float, default=0.025, help="weight learning rate (cosine decay)")
+    add_flag(opt, "min_lr", type=float, default=0.001, help="final weight learning rate")
+    add_flag(opt, "momentum", type=float, default=0.9)
+    add_flag(opt, "weight_decay", type=float, default=3e-4)
+    add_flag(opt, "arch_lr", type=float, default=3e-3, help="Adam learning rate of α and β")
+    add_flag(opt, "arch_weight_decay", type=float, default=1e-3)
+    add_flag(opt, "alpha_epoch", type=int, default=20,
+             help="first epoch (0-based) with architecture steps; the paper starts after 20 epochs")
+    return parser

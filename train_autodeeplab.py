@@ -1,0 +1,183 @@
+"""Stage 1: Auto-DeepLab architecture search.
+
+First-order bi-level optimisation on two disjoint, seeded halves of the training set: the
+supernet's weights take an SGD step on a trainA batch, then (from --alpha_epoch on) α and β take
+an Adam step on a trainB batch. Every epoch validates, logs the decoded architecture and writes
+``checkpoint.pth.tar`` (and ``model_best.pth.tar`` on a new best mIoU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from config_utils.search_args import search_parser
+from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
+                         split_indices)
+from dataloaders.transforms import EvalTransform, SearchTrainTransform
+from modeling.decoding import decode_architecture
+from modeling.genotypes import level_stride
+from modeling.model_search import AutoDeepLabSearch
+from modeling.search_space import normalize_betas
+from utils.checkpoint import check_compatible, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.cli import resolve_device, run_cli
+from utils.errors import UserError
+from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
+from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
+from utils.training import check_crop_fits, check_finite, cycle_batches, epoch_batches, fill_dataset_defaults
+
+# A resumed run must use the same values for these; everything else may change (e.g. --epochs).
+CONFIG_KEYS = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = search_parser().parse_args(argv)
+    fill_dataset_defaults(args, get_dataset_info(args.dataset), "search")
+    args.num_classes = resolve_num_classes(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    resumed = load_checkpoint(args.resume, stage="search") if args.resume else None
+    if resumed is not None:
+        check_compatible(args.resume, resumed["args"], {k: getattr(args, k) for k in CONFIG_KEYS})
+        run_dir = Path(args.resume).resolve().parent
+    else:
+        run_dir = new_run_dir(args.out_dir, args.dataset, args.checkname)
+    logger = setup_logging(run_dir)
+    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    torch.manual_seed(args.seed)
+
+    info = get_dataset_info(args.dataset)
+    train_source, val_source = info.make_source("train", args), info.make_source("val", args)
+    check_crop_fits(train_source, args.crop_size, args.resize, "train")
+    check_crop_fits(val_source, 1, args.resize, "val")
+    train_set = SegmentationDataset(train_source, SearchTrainTransform(args.resize, args.crop_size), args.num_classes)
+    val_set = SegmentationDataset(val_source, EvalTransform(args.resize), args.num_classes)
+    split_a, split_b = ((resumed["split"]["a"], resumed["split"]["b"]) if resumed is not None
+                        else split_indices(len(train_set), args.seed))
+    if min(len(split_a), len(split_b)) < args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size}: trainA and trainB each hold half of the "
+                        f"{len(train_set)} training images, fewer than one batch")
+    loader_a = make_loader(train_set, SeededSampler(split_a, args.seed, shuffle=True), args.batch_size,
+                           args.workers, drop_last=True)
+    loader_b = make_loader(train_set, SeededSampler(split_b, args.seed + 1, shuffle=True), args.batch_size,
+                           args.workers, drop_last=True)
+    val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
+                             args.workers, drop_last=False)
+
+    model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
+                              block_multiplier=args.block_multiplier, steps=args.steps).to(device)
+    weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
+    weight_optimizer = torch.optim.SGD(weight_params, lr=args.lr, momentum=args.momentum,
+                                       weight_decay=args.weight_decay)
+    arch_optimizer = torch.optim.Adam(arch_params, lr=args.arch_lr, betas=(0.9, 0.999),
+                                      weight_decay=args.arch_weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, T_max=args.epochs * len(loader_a),
+                                                           eta_min=args.min_lr)
+    start_epoch, best_miou = 0, -1.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        weight_optimizer.load_state_dict(resumed["weight_optimizer"])
+        arch_optimizer.load_state_dict(resumed["arch_optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        restore_rng_state(resumed["rng"])
+        start_epoch, best_miou = resumed["epoch"] + 1, resumed["best_miou"]
+        truncate_jsonl(run_dir / "metrics.jsonl", resumed["epoch"])
+        truncate_jsonl(run_dir / "architecture_history.jsonl", resumed["epoch"])
+        logger.info(f"resumed {args.resume} at epoch {start_epoch}")
+    logger.info(f"search: {args.dataset} ({args.num_classes} classes), trainA {len(split_a)} / trainB "
+                f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
+                f"{sum(p.numel() for p in weight_params):,} weights, device {device}; run directory {run_dir}")
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
+    checkpoint_path = run_dir / "checkpoint.pth.tar"
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        arch_step = epoch >= args.alpha_epoch
+        batches_b = cycle_batches(loader_b, epoch)
+        started, losses, arch_losses = time.time(), [], []
+        progress = tqdm(epoch_batches(loader_a, epoch), total=len(loader_a), desc=f"search epoch {epoch}",
+                        leave=False, disable=None)
+        for step, (images, masks) in enumerate(progress):
+            loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
+            check_finite(loss, epoch, step, "weight", str(checkpoint_path))
+            weight_optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=weight_params)
+            weight_optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if arch_step:
+                images_b, masks_b = next(batches_b)
+                arch_loss = F.cross_entropy(model(images_b.to(device)), masks_b.to(device), ignore_index=IGNORE_INDEX)
+                check_finite(arch_loss, epoch, step, "architecture", str(checkpoint_path))
+                arch_optimizer.zero_grad(set_to_none=True)
+                arch_loss.backward(inputs=arch_params)  # no weight gradients are computed
+                arch_optimizer.step()
+                arch_losses.append(arch_loss.item())
+            global_step = epoch * len(loader_a) + step
+            writer.add_scalar("train/loss", loss.item(), global_step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+
+        record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": round(time.time() - started, 1)}
+        if arch_losses:
+            record["arch_loss"] = sum(arch_losses) / len(arch_losses)
+        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
+            val = evaluate(model, val_loader, args.num_classes, device)
+            record |= {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
+        arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        append_jsonl(run_dir / "architecture_history.jsonl",
+                     {"epoch": epoch, "network_path": list(arch.network_path),
+                      "network_strides": [level_stride(k) for k in arch.network_path],
+                      "cell": [[list(pair) for pair in block] for block in arch.cell]})
+        for key, value in record.items():
+            if key != "epoch":
+                writer.add_scalar(f"epoch/{key}", value, epoch)
+        log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
+
+        is_best = "val_miou" in record and record["val_miou"] > best_miou
+        best_miou = max(best_miou, record.get("val_miou", best_miou))
+        state = {"stage": "search", "epoch": epoch, "best_miou": best_miou, "args": vars(args),
+                 "model": model.state_dict(), "weight_optimizer": weight_optimizer.state_dict(),
+                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(), "split": {"a": list(split_a), "b": list(split_b)}}
+        save_checkpoint(state, checkpoint_path)
+        if is_best:
+            save_checkpoint(state, run_dir / "model_best.pth.tar")
+        logger.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in record.items() if k != "epoch")
+                    + f"; path strides {[level_stride(k) for k in arch.network_path]}")
+    writer.close()
+    save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "arch_loss", "val_loss", "val_miou"],
+                            title="search"), run_dir / "search_curves.png")
+    logger.info(f"search finished: best val mIoU {best_miou:.4f}; checkpoint {checkpoint_path}; "
+                f"decode it with: python decode_autodeeplab.py --resume {checkpoint_path}")
+    return run_dir
+
+
+def log_architecture_pictures(model: AutoDeepLabSearch, path: tuple[int, ...], writer: SummaryWriter,
+                              run_dir: Path, epoch: int) -> None:
+    """α and β as pictures: TensorBoard gets every epoch, the run directory keeps the latest."""
+    with torch.no_grad():
+        alpha_probs = torch.softmax(model.alphas.float(), dim=-1).cpu().numpy()
+        beta_probs = normalize_betas(model.betas).cpu().numpy()
+    for name, figure in (("alphas", plot_alphas(alpha_probs, model.steps)), ("betas", plot_betas(beta_probs, path))):
+        writer.add_figure(f"architecture/{name}", figure, epoch, close=False)
+        save_figure(figure, run_dir / f"{name}.png")
+
+
+if __name__ == "__main__":
+    run_cli(main, "train_autodeeplab.py")

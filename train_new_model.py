@@ -1,0 +1,157 @@
+"""Stage 3: retrain a decoded architecture from scratch and evaluate it.
+
+SGD with a poly learning rate, cross-entropy ignoring label 255, validation mIoU every epoch,
+``checkpoint.pth.tar`` / ``model_best.pth.tar`` and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from config_utils.retrain_args import retrain_parser
+from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes
+from dataloaders.transforms import EvalTransform, RetrainTrainTransform
+from modeling.genotypes import Architecture
+from modeling.model_retrain import AutoDeepLab
+from utils.checkpoint import check_compatible, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.cli import resolve_device, run_cli
+from utils.errors import UserError
+from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.plots import plot_curves, save_figure
+from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
+from utils.training import check_crop_fits, check_finite, epoch_batches, fill_dataset_defaults
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = retrain_parser().parse_args(argv)
+    if not args.summary:
+        fill_dataset_defaults(args, get_dataset_info(args.dataset), "retrain")
+    args.num_classes = resolve_num_classes(args)
+    return args
+
+
+def summary(model: AutoDeepLab) -> str:
+    """Trainable parameters per component (the paper's convention: kernels, BN γ/β, biases)."""
+    def count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    rows = [("stem", count(model.stem))]
+    rows += [(f"cell {i} (level {level})", count(cell))
+             for i, (cell, level) in enumerate(zip(model.cells, model.arch.network_path))]
+    rows += [("ASPP", count(model.aspp)), ("decoder", count(model.decoder))]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {n:>12,}" for name, n in rows]
+    return "\n".join(lines + [f"{'total':<{width}}  {count(model):>12,}", str(count(model))])
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    args = parse_args(argv)
+    arch = Architecture.load(args.saved_arch_path)
+    if args.summary:
+        print(summary(AutoDeepLab(arch, args.num_classes, args.filter_multiplier)))
+        return None
+    device = resolve_device(args.device)
+    config = {"dataset": args.dataset, "num_classes": args.num_classes, "filter_multiplier": args.filter_multiplier}
+    resumed = load_checkpoint(args.resume, stage="retrain") if args.resume else None
+    if resumed is not None:
+        check_compatible(args.resume, resumed["args"], config)
+        arch = Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)")
+        run_dir = Path(args.resume).resolve().parent
+    else:
+        run_dir = new_run_dir(args.out_dir, args.dataset, args.checkname)
+    logger = setup_logging(run_dir)
+    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    arch.save(run_dir / "architecture.json")
+    torch.manual_seed(args.seed)
+
+    info = get_dataset_info(args.dataset)
+    train_source, val_source = info.make_source("train", args), info.make_source("val", args)
+    check_crop_fits(train_source, args.crop_size, None, "train")
+    if len(val_source) == 0:
+        raise UserError("the val split is empty")
+    train_set = SegmentationDataset(train_source, RetrainTrainTransform(args.crop_size), args.num_classes)
+    val_set = SegmentationDataset(val_source, EvalTransform(None), args.num_classes)
+    if len(train_set) < args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size}: the training split holds only {len(train_set)} images")
+    train_loader = make_loader(train_set, SeededSampler(range(len(train_set)), args.seed, shuffle=True),
+                               args.batch_size, args.workers, drop_last=True)
+    val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
+                             args.workers, drop_last=False)
+
+    model = AutoDeepLab(arch, args.num_classes, args.filter_multiplier).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=args.epochs * len(train_loader),
+                                                      power=args.poly_power)
+    start_epoch, best_miou = 0, -1.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        restore_rng_state(resumed["rng"])
+        start_epoch, best_miou = resumed["epoch"] + 1, resumed["best_miou"]
+        truncate_jsonl(run_dir / "metrics.jsonl", resumed["epoch"])
+        logger.info(f"resumed {args.resume} at epoch {start_epoch}")
+    logger.info(f"retrain: {args.dataset} ({args.num_classes} classes), train {len(train_set)} / val "
+                f"{len(val_set)} images, path {list(arch.network_path)}, F={args.filter_multiplier}, "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}; run directory {run_dir}")
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(train_loader))
+    checkpoint_path = run_dir / "checkpoint.pth.tar"
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        started, losses = time.time(), []
+        progress = tqdm(epoch_batches(train_loader, epoch), total=len(train_loader), desc=f"retrain epoch {epoch}",
+                        leave=False, disable=None)
+        for step, (images, masks) in enumerate(progress):
+            loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
+            check_finite(loss, epoch, step, "training", str(checkpoint_path))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            global_step = epoch * len(train_loader) + step
+            writer.add_scalar("train/loss", loss.item(), global_step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+
+        record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": round(time.time() - started, 1)}
+        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
+            val = evaluate(model, val_loader, args.num_classes, device)
+            record |= {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                       "val_per_class_iou": val["per_class_iou"]}
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        for key, value in record.items():
+            if isinstance(value, float):
+                writer.add_scalar(f"epoch/{key}", value, epoch)
+
+        is_best = "val_miou" in record and record["val_miou"] > best_miou
+        best_miou = max(best_miou, record.get("val_miou", best_miou))
+        state = {"stage": "retrain", "epoch": epoch, "best_miou": best_miou, "args": vars(args),
+                 "architecture": arch.to_json_dict(), "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        save_checkpoint(state, checkpoint_path)
+        if is_best:
+            save_checkpoint(state, run_dir / "model_best.pth.tar")
+        logger.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                  if isinstance(v, float)))
+    writer.close()
+    save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],
+                            title="retrain"), run_dir / "retrain_curves.png")
+    logger.info(f"retrain finished: best val mIoU {best_miou:.4f}; checkpoints in {run_dir}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    run_cli(main, "train_new_model.py")

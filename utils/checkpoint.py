@@ -1,0 +1,79 @@
+"""Checkpoints that are never half-written and never unpickle arbitrary objects.
+
+Saving writes a temporary file beside the target, flushes and fsyncs it, then renames it over
+the target, so a crash leaves the previous checkpoint intact. Loading uses
+``torch.load(weights_only=True)``: checkpoints hold tensors and plain Python values only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.errors import UserError
+
+CHECKPOINT_FORMAT = "autodeeplab-checkpoint"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint``; every failure is one readable UserError.
+
+    ``stage`` ("search" or "retrain") rejects a checkpoint written by the other stage script.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc):
+            raise UserError(f"{path}: refused to load: the file holds pickled Python objects, and checkpoints "
+                            "may only hold tensors and plain values (torch.load weights_only=True)") from None
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt)") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an autodeeplab checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if stage is not None and state.get("stage") != stage:
+        raise UserError(f"{path}: is a {state.get('stage')!r} checkpoint, expected a {stage!r} one")
+    return state
+
+
+def check_compatible(path: str | Path, saved_config: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume into a different configuration; name every field that differs."""
+    diffs = [f"{key}: checkpoint has {saved_config.get(key)!r}, run has {value!r}"
+             for key, value in current.items() if saved_config.get(key) != value]
+    if diffs:
+        raise UserError(f"{path}: checkpoint is from another configuration ({'; '.join(diffs)})")
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
