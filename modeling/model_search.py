@@ -19,7 +19,7 @@ from torch import nn
 from modeling.genotypes import PRIMITIVES, edge_index, level_stride, num_edges
 from modeling.heads import ASPP, aspp_rates
 from modeling.operations import OPS, ReLUConvBN, Stem, half_size
-from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, level_exists, levels_at,
+from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists, levels_at,
                                    normalize_betas, transition_table)
 
 SEARCH_OPS = PRIMITIVES[1:]  # "none" contributes zero and is skipped
@@ -165,7 +165,7 @@ class AutoDeepLabSearch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         early, stem_out = self.stem(x)
         sizes = level_sizes(tuple(stem_out.shape[-2:]), self.num_levels)
-        alpha_weights = torch.softmax(self.alphas.float(), dim=-1)
+        alpha_weights = torch.softmax(at_least_float32(self.alphas), dim=-1)
         betas = normalize_betas(self.betas)
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): stem_out}
         for layer, row in enumerate(self.cells):

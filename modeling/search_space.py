@@ -65,15 +65,19 @@ def valid_beta_mask(num_layers: int = NUM_LAYERS, num_levels: int = NUM_LEVELS) 
     return mask
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Architecture parameters and their softmax stay in full precision under mixed precision."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def normalize_betas(betas: torch.Tensor) -> torch.Tensor:
     """Softmax over each source node's valid outgoing entries (paper Eq. 7); invalid entries are 0.
 
-    Computed in float32 whatever the input dtype, so mixed precision never touches the
-    architecture distribution.
+    Computed in at least float32, so mixed precision never touches the architecture distribution.
     """
     num_layers, num_levels, _ = betas.shape
     mask = valid_beta_mask(num_layers, num_levels).to(betas.device)
-    logits = betas.float().masked_fill(~mask, float("-inf"))
+    logits = at_least_float32(betas).masked_fill(~mask, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     # rows with no valid entry (sources that do not exist yet) are all -inf -> NaN; make them 0
     return torch.where(mask, probs, torch.zeros((), device=betas.device))

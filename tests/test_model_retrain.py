@@ -1,0 +1,78 @@
+import pytest
+import torch
+from torch import nn
+
+from modeling.genotypes import Architecture, paper_architecture
+from modeling.model_retrain import AutoDeepLab, RetrainCell
+from modeling.operations import FactorizedReduce
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("fm,expected", [(20, 10_147_427), (32, 21_622_451), (48, 44_424_691)])
+def test_paper_parameter_counts_exactly(fm, expected):
+    assert n_params(AutoDeepLab(paper_architecture(fm), num_classes=19)) == expected
+
+
+def test_per_component_breakdown_auto_deeplab_s():
+    model = AutoDeepLab(paper_architecture(20), num_classes=19)
+    cells = [38_240, 38_960, 38_400, 135_200, 512_000, 151_200, 536_000, 536_000, 2_038_400, 2_102_400,
+             616_000, 175_200]
+    assert n_params(model.stem) == 112_832
+    assert [n_params(c) for c in model.cells] == cells
+    assert n_params(model.aspp) == 1_815_552
+    assert n_params(model.decoder) == 1_296_160 + 4_883  # decoder convs + the 256->19 logits with bias
+
+
+def test_cell_parameters_follow_73c2_plus_256c():
+    c = 40  # cell 3 of Auto-DeepLab-S: level 1, reads two 100-channel cells
+    cell = RetrainCell(paper_architecture().cell, 5, 100, 100, c, level_change=1)
+    ops_only = sum(n_params(op) for block in cell.ops for op in block)
+    assert ops_only == 73 * c * c + 256 * c
+
+
+PATHS = [
+    (0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1),
+    (1, 2, 3, 3, 3, 3, 2, 2, 3, 3, 3, 3),  # never at stride 4 after the stem
+    (0, 1, 0, 1, 0, 1, 2, 3, 2, 1, 0, 0),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [(65, 97), (50, 41)])
+def test_any_path_and_odd_sizes(path, size):
+    arch = Architecture(path, paper_architecture().cell, 4, 5)
+    model = AutoDeepLab(arch, num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
+
+
+def test_decoder_reads_a_stride_4_feature_whatever_the_path():
+    paper = AutoDeepLab(paper_architecture(4), num_classes=3)
+    assert paper.low_level_layer == 2  # the last stride-4 cell, as the official network
+    never = AutoDeepLab(Architecture(PATHS[1], paper_architecture().cell, 4, 5), num_classes=3)
+    assert never.low_level_layer == -1
+    assert never.decoder.low_level[0].in_channels == 128  # the stem output
+    low, _ = never.backbone(torch.randn(2, 3, 64, 64))
+    assert low.shape[-2:] == (16, 16)
+
+
+def test_ops_are_applied_to_the_inputs_they_were_decoded_with():
+    genotype = (((0, "skip_connect"), (1, "max_pool_3x3")), ((2, "avg_pool_3x3"), (0, "skip_connect")))
+    cell = RetrainCell(genotype, 2, 6, 6, 6, level_change=0).eval()
+    s0, s1 = torch.randn(1, 6, 9, 9), torch.randn(1, 6, 9, 9)
+    out = cell(s0, s1, (9, 9))
+    p0, p1 = s0, cell.preprocess_prev(s1)  # equal widths: H^{l-2} is not projected
+    b0 = p0 + nn.functional.max_pool2d(p1, 3, 1, 1)
+    b1 = nn.functional.avg_pool2d(b0, 3, 1, 1, count_include_pad=False) + p0
+    torch.testing.assert_close(out, torch.cat([b0, b1], dim=1))
+
+
+def test_downsampling_cell_strides_only_ops_on_cell_inputs():
+    genotype = (((0, "skip_connect"), (1, "sep_conv_3x3")), ((2, "skip_connect"), (1, "dil_conv_3x3")))
+    cell = RetrainCell(genotype, 2, 8, 8, 8, level_change=1)
+    assert isinstance(cell.ops[0][0], FactorizedReduce)
+    assert isinstance(cell.ops[1][0], nn.Identity)  # reads block 0, already at the new stride
+    assert cell(torch.randn(2, 8, 9, 9), torch.randn(2, 8, 9, 9), (5, 5)).shape == (2, 16, 5, 5)
