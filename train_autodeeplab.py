@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from config_utils.common import explicit_dests, resumed_arguments
 from config_utils.search_args import search_parser
 from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
                          split_indices)
@@ -26,42 +27,39 @@ from modeling.decoding import decode_architecture
 from modeling.genotypes import level_stride
 from modeling.model_search import AutoDeepLabSearch
 from modeling.search_space import normalize_betas
-from utils.checkpoint import check_compatible, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
 from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
-from utils.training import check_crop_fits, check_finite, cycle_batches, epoch_batches, fill_dataset_defaults
+from utils.training import check_finite, check_split, cycle_batches, epoch_batches, fill_dataset_defaults
 
-# A resumed run must use the same values for these; everything else may change (e.g. --epochs).
-CONFIG_KEYS = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers")
+# Flags that shape the run: a resumed run refuses different values for them.
+LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
+                    "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = search_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
+    parser = search_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        resumed = load_checkpoint(args.resume, stage="search")
+        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
+                                 LOCKED_ON_RESUME), resumed
     fill_dataset_defaults(args, get_dataset_info(args.dataset), "search")
     args.num_classes = resolve_num_classes(args)
-    return args
+    return args, None
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+    args, resumed = parse_args(argv)
     device = resolve_device(args.device)
-    resumed = load_checkpoint(args.resume, stage="search") if args.resume else None
-    if resumed is not None:
-        check_compatible(args.resume, resumed["args"], {k: getattr(args, k) for k in CONFIG_KEYS})
-        run_dir = Path(args.resume).resolve().parent
-    else:
-        run_dir = new_run_dir(args.out_dir, args.dataset, args.checkname)
-    logger = setup_logging(run_dir)
-    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
-    torch.manual_seed(args.seed)
-
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
-    check_crop_fits(train_source, args.crop_size, args.resize, "train")
-    check_crop_fits(val_source, 1, args.resize, "val")
+    check_split(train_source, "train", args.crop_size, args.resize)
+    check_split(val_source, "val")
     train_set = SegmentationDataset(train_source, SearchTrainTransform(args.resize, args.crop_size), args.num_classes)
     val_set = SegmentationDataset(val_source, EvalTransform(args.resize), args.num_classes)
     split_a, split_b = ((resumed["split"]["a"], resumed["split"]["b"]) if resumed is not None
@@ -76,6 +74,12 @@ def main(argv: list[str] | None = None) -> Path:
     val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
                              args.workers, drop_last=False)
 
+    # the inputs are valid: only now does the run get a directory
+    run_dir = Path(args.resume).resolve().parent if resumed is not None else new_run_dir(
+        args.out_dir, args.dataset, args.checkname)
+    logger = setup_logging(run_dir)
+    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
                               block_multiplier=args.block_multiplier, steps=args.steps).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> Path:
             check_finite(loss, epoch, step, "weight", str(checkpoint_path))
             weight_optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=weight_params)
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(weight_params, args.grad_clip)
             weight_optimizer.step()
             scheduler.step()
             losses.append(loss.item())

@@ -17,26 +17,38 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from config_utils.common import explicit_dests, resumed_arguments
 from config_utils.retrain_args import retrain_parser
 from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes
 from dataloaders.transforms import EvalTransform, RetrainTrainTransform
 from modeling.genotypes import Architecture
 from modeling.model_retrain import AutoDeepLab
-from utils.checkpoint import check_compatible, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
 from utils.plots import plot_curves, save_figure
 from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
-from utils.training import check_crop_fits, check_finite, epoch_batches, fill_dataset_defaults
+from utils.training import check_finite, check_split, epoch_batches, fill_dataset_defaults
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = retrain_parser().parse_args(argv)
+# Flags that shape the run: a resumed run refuses different values for them.
+LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "saved_arch_path", "seed", "epochs", "batch_size",
+                    "synthetic_train_samples", "synthetic_seed")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
+    parser = retrain_parser()
+    args = parser.parse_args(argv)
+    if args.resume and not args.summary:
+        resumed = load_checkpoint(args.resume, stage="retrain")
+        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
+                                 LOCKED_ON_RESUME), resumed
     if not args.summary:
         fill_dataset_defaults(args, get_dataset_info(args.dataset), "retrain")
     args.num_classes = resolve_num_classes(args)
-    return args
+    return args, None
 
 
 def summary(model: AutoDeepLab) -> str:
@@ -54,30 +66,17 @@ def summary(model: AutoDeepLab) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path | None:
-    args = parse_args(argv)
-    arch = Architecture.load(args.saved_arch_path)
+    args, resumed = parse_args(argv)
     if args.summary:
-        print(summary(AutoDeepLab(arch, args.num_classes, args.filter_multiplier)))
+        print(summary(AutoDeepLab(Architecture.load(args.saved_arch_path), args.num_classes, args.filter_multiplier)))
         return None
     device = resolve_device(args.device)
-    config = {"dataset": args.dataset, "num_classes": args.num_classes, "filter_multiplier": args.filter_multiplier}
-    resumed = load_checkpoint(args.resume, stage="retrain") if args.resume else None
-    if resumed is not None:
-        check_compatible(args.resume, resumed["args"], config)
-        arch = Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)")
-        run_dir = Path(args.resume).resolve().parent
-    else:
-        run_dir = new_run_dir(args.out_dir, args.dataset, args.checkname)
-    logger = setup_logging(run_dir)
-    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
-    arch.save(run_dir / "architecture.json")
-    torch.manual_seed(args.seed)
-
+    arch = (Architecture.load(args.saved_arch_path) if resumed is None
+            else Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)"))
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
-    check_crop_fits(train_source, args.crop_size, None, "train")
-    if len(val_source) == 0:
-        raise UserError("the val split is empty")
+    check_split(train_source, "train")
+    check_split(val_source, "val")
     train_set = SegmentationDataset(train_source, RetrainTrainTransform(args.crop_size), args.num_classes)
     val_set = SegmentationDataset(val_source, EvalTransform(None), args.num_classes)
     if len(train_set) < args.batch_size:
@@ -87,6 +86,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
                              args.workers, drop_last=False)
 
+    # the inputs are valid: only now does the run get a directory
+    run_dir = Path(args.resume).resolve().parent if resumed is not None else new_run_dir(
+        args.out_dir, args.dataset, args.checkname)
+    logger = setup_logging(run_dir)
+    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    arch.save(run_dir / "architecture.json")
+    torch.manual_seed(args.seed)
     model = AutoDeepLab(arch, args.num_classes, args.filter_multiplier).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

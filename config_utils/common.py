@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
+from utils.errors import UserError
+
 
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are a single readable line."""
@@ -64,3 +66,30 @@ def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None
              help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
     add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
     add_flag(parser, "eval_interval", type=positive_int, default=1, help="validate every N epochs")
+
+
+_UNSET = object()
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """Destinations of the flags actually given on the command line (not filled from defaults)."""
+    namespace = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not _UNSET}
+
+
+def resumed_arguments(checkpoint: str, saved: dict[str, Any], args: argparse.Namespace, explicit: set[str],
+                      locked: tuple[str, ...]) -> argparse.Namespace:
+    """The run's own arguments from its checkpoint, overridden by flags given now.
+
+    A flag in ``locked`` shapes the run (model, data order, schedule); giving it a different
+    value is refused, naming every such flag.
+    """
+    diffs = [f"--{key} {getattr(args, key)!r} (checkpoint has {saved.get(key)!r})"
+             for key in locked if key in explicit and getattr(args, key) != saved.get(key)]
+    if diffs:
+        raise UserError(f"{checkpoint}: cannot resume with a different {', '.join(diffs)}; "
+                        "drop these flags to continue the run as it was started")
+    merged = dict(saved)
+    merged.update({key: value for key, value in vars(args).items() if key in explicit or key not in saved})
+    return argparse.Namespace(**merged)

@@ -27,6 +27,8 @@ def search_parser() -> argparse.ArgumentParser:
     add_flag(opt, "min_lr", type=float, default=0.001, help="final weight learning rate")
     add_flag(opt, "momentum", type=float, default=0.9)
     add_flag(opt, "weight_decay", type=float, default=3e-4)
+    add_flag(opt, "grad_clip", type=float, default=5.0,
+             help="clip the weight gradients to this global norm, as DARTS does (0 disables)")
     add_flag(opt, "arch_lr", type=float, default=3e-3, help="Adam learning rate of α and β")
     add_flag(opt, "arch_weight_decay", type=float, default=1e-3)
     add_flag(opt, "alpha_epoch", type=int, default=20,

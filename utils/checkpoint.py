@@ -58,14 +58,6 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any
     return state
 
 
-def check_compatible(path: str | Path, saved_config: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to resume into a different configuration; name every field that differs."""
-    diffs = [f"{key}: checkpoint has {saved_config.get(key)!r}, run has {value!r}"
-             for key, value in current.items() if saved_config.get(key) != value]
-    if diffs:
-        raise UserError(f"{path}: checkpoint is from another configuration ({'; '.join(diffs)})")
-
-
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -27,10 +27,12 @@ def fill_dataset_defaults(args: argparse.Namespace, info: DatasetInfo, stage: st
                         "per step (BatchNorm in the ASPP image-pooling branch)")
 
 
-def check_crop_fits(source: Any, crop_size: int, resize: int | None, split: str) -> None:
-    """Fail before training when the crop cannot be cut from the (resized) first image."""
+def check_split(source: Any, split: str, crop_size: int | None = None, resize: int | None = None) -> None:
+    """Fail before training on an empty split, or a crop that cannot be cut from the (resized) first image."""
     if len(source) == 0:
         raise UserError(f"the {split} split is empty")
+    if crop_size is None:
+        return
     image, _ = source.load(0)
     h, w = image.shape[:2]
     if resize is not None:
@@ -38,7 +40,8 @@ def check_crop_fits(source: Any, crop_size: int, resize: int | None, split: str)
         h, w = round(h * scale), round(w * scale)
     if crop_size > min(h, w):
         after = f" after --resize {resize}" if resize is not None else ""
-        raise UserError(f"--crop_size {crop_size} is larger than the {split} images ({h}x{w}{after})")
+        raise UserError(f"--crop_size {crop_size} is larger than the {split} images ({h}x{w}{after}); "
+                        "the search stage crops without padding")
 
 
 def epoch_batches(loader: DataLoader, epoch: int) -> Iterator:

@@ -1,0 +1,72 @@
+import argparse
+import re
+
+import pytest
+import torch
+
+from utils import checkpoint as ckpt
+from utils.errors import UserError
+from utils.run_dir import new_run_dir
+
+
+def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
+    path = tmp_path / "checkpoint.pth.tar"
+    state = {"stage": "search", "epoch": 3, "best_miou": 0.5, "args": {"seed": 1, "resize": None},
+             "model": {"w": torch.arange(4.0)}, "split": {"a": [0, 2], "b": [1, 3]}}
+    ckpt.save_checkpoint(state, path)
+    loaded = ckpt.load_checkpoint(path, stage="search")
+    assert loaded["epoch"] == 3 and loaded["args"] == state["args"] and loaded["split"] == state["split"]
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth.tar"
+    ckpt.save_checkpoint({"stage": "search", "epoch": 1}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", dies_halfway)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint({"stage": "search", "epoch": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"format": ckpt.CHECKPOINT_FORMAT, "stage": "search", "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(UserError, match=re.escape(f"{path}: refused to load: the file holds pickled Python objects")):
+        ckpt.load_checkpoint(path)
+
+
+def test_truncated_missing_foreign_and_wrong_stage(tmp_path):
+    good = tmp_path / "good.pth.tar"
+    ckpt.save_checkpoint({"stage": "retrain", "epoch": 0, "model": {"w": torch.randn(100, 100)}}, good)
+    truncated = tmp_path / "truncated.pth.tar"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        ckpt.load_checkpoint(truncated)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pth.tar")
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="not an autodeeplab checkpoint"):
+        ckpt.load_checkpoint(foreign)
+    with pytest.raises(UserError, match="is a 'retrain' checkpoint, expected a 'search' one"):
+        ckpt.load_checkpoint(good, stage="search")
+
+
+def test_run_directories_are_numbered_past_ten_and_never_reused(tmp_path):
+    for n in range(12):
+        (tmp_path / "synthetic" / "search" / f"experiment_{n}").mkdir(parents=True)
+    assert new_run_dir(None, "synthetic", "search", root=str(tmp_path)).name == "experiment_12"
+    assert new_run_dir(None, "synthetic", "search", root=str(tmp_path)).name == "experiment_13"
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "log.txt").write_text("x")
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        new_run_dir(str(taken), "synthetic", "search")

@@ -1,0 +1,84 @@
+"""The three stage scripts as a user runs them: end to end, and one clear line for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling.genotypes import Architecture
+from utils.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = ["--synthetic-train-samples", "8", "--synthetic_val_samples", "2", "--synthetic_size", "52",
+             "--batch-size", "2", "--crop_size", "48"]
+
+
+def run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_search_decode_retrain_end_to_end(tmp_path):
+    search_dir, retrain_dir = tmp_path / "search", tmp_path / "retrain"
+    result = run("train_autodeeplab.py", *TINY_DATA, "--filter_multiplier", "2", "--epochs", "2",
+                 "--alpha_epoch", "1", "--out-dir", str(search_dir))
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(line) for line in (search_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1] and "arch_loss" in metrics[1] and "arch_loss" not in metrics[0]
+    history = (search_dir / "architecture_history.jsonl").read_text().splitlines()
+    assert len(history) == 2 and len(json.loads(history[1])["network_path"]) == 12
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "args.json", "versions.json", "log.txt",
+                 "alphas.png", "betas.png", "search_curves.png"):
+        assert (search_dir / name).is_file(), name
+    assert list((search_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((search_dir / "args.json").read_text())["batch_size"] == 2
+
+    result = run("decode_autodeeplab.py", "--dataset", "synthetic", "--resume", str(search_dir / "checkpoint.pth.tar"))
+    assert result.returncode == 0, result.stderr
+    arch = Architecture.load(search_dir / "architecture.json")
+    assert arch.num_layers == 12 and arch.filter_multiplier == 2
+    assert arch.source["epoch"] == 1 and arch.source["checkpoint"].endswith("checkpoint.pth.tar")
+    assert (search_dir / "architecture.png").is_file()
+    assert str(list(arch.network_path)) in result.stdout
+
+    result = run("train_new_model.py", *TINY_DATA, "--saved-arch-path", str(search_dir), "--filter_multiplier", "4",
+                 "--epochs", "1", "--out-dir", str(retrain_dir))
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(retrain_dir / "checkpoint.pth.tar", stage="retrain")
+    assert state["architecture"]["network_path"] == list(arch.network_path)
+    record = json.loads((retrain_dir / "metrics.jsonl").read_text())
+    assert 0.0 <= record["val_miou"] <= 1.0 and len(record["val_per_class_iou"]) == 6
+    assert (retrain_dir / "retrain_curves.png").is_file() and (retrain_dir / "model_best.pth.tar").is_file()
+
+
+def test_summary_prints_the_paper_parameter_count():
+    result = run("train_new_model.py", "--filter_multiplier", "20", "--num_classes", "19", "--summary")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "10147427"
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("train_autodeeplab.py", ["--resume", "no/such/checkpoint.pth.tar"], "no/such/checkpoint.pth.tar: checkpoint not found"),
+    ("decode_autodeeplab.py", ["--resume", "no/such/checkpoint.pth.tar"], "no/such/checkpoint.pth.tar: checkpoint not found"),
+    ("train_new_model.py", ["--resume", "missing.pth.tar"], "missing.pth.tar: checkpoint not found"),
+    ("train_autodeeplab.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    ("train_new_model.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    ("train_autodeeplab.py", ["--synthetic_size", "40", "--crop_size", "64"],
+     "--crop_size 64 is larger than the train images (40x40)"),
+    ("train_autodeeplab.py", ["--batch_size", "1"], "--batch_size 1: training needs at least 2"),
+    ("train_new_model.py", ["--saved_arch_path", "nowhere.json"], "nowhere.json: architecture file not found"),
+    ("train_autodeeplab.py", ["--epochs", "zero"], "invalid positive_int value: 'zero'"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, script, args, expected):
+    result = run(script, *args, "--out-dir", str(tmp_path / "run"), cwd=tmp_path) if script != "decode_autodeeplab.py" \
+        else run(script, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0] and lines[0].startswith(f"{script}: error: ")
+    assert not (tmp_path / "run").exists()  # a run that cannot start leaves no run directory behind

@@ -1,0 +1,73 @@
+"""A run stopped after its epoch-0 checkpoint and resumed ends exactly where an uninterrupted run ends."""
+
+import json
+
+import pytest
+import torch
+
+import train_autodeeplab
+import train_new_model
+from utils.checkpoint import load_checkpoint
+from utils.checkpoint import save_checkpoint as real_save
+from utils.errors import UserError
+
+DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "2", "--synthetic_size", "40",
+        "--batch_size", "2", "--crop_size", "32"]
+SEARCH = DATA + ["--filter_multiplier", "2", "--num_layers", "3", "--steps", "3", "--block_multiplier", "3",
+                 "--epochs", "3", "--alpha_epoch", "1"]
+RETRAIN = DATA + ["--filter_multiplier", "2", "--epochs", "3"]
+
+
+class Preempted(Exception):
+    pass
+
+
+def preempt_after_first_epoch(module, monkeypatch):
+    def save_then_die(state, path):
+        real_save(state, path)
+        if state["epoch"] == 0 and path.name == "checkpoint.pth.tar":
+            raise Preempted
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
+
+
+@pytest.mark.parametrize("module,args", [(train_autodeeplab, SEARCH), (train_new_model, RETRAIN)],
+                         ids=["search", "retrain"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, args):
+    full = module.main(args + ["--out-dir", str(tmp_path / "full")])
+
+    preempt_after_first_epoch(module, monkeypatch)
+    with pytest.raises(Preempted):
+        module.main(args + ["--out-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth.tar")["epoch"] == 0
+    module.main(["--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])  # the run's own flags
+
+    a = load_checkpoint(full / "checkpoint.pth.tar")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pth.tar")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    optimizer_keys = [k for k in a if k.endswith("optimizer")]
+    assert optimizer_keys
+    for key in optimizer_keys:
+        for pid, state in a[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key]["state"][pid][name]))
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def test_search_split_is_saved_disjoint_and_kept_on_resume(tmp_path, monkeypatch):
+    preempt_after_first_epoch(train_autodeeplab, monkeypatch)
+    with pytest.raises(Preempted):
+        train_autodeeplab.main(SEARCH + ["--out-dir", str(tmp_path / "run"), "--seed", "7"])
+    monkeypatch.undo()
+    checkpoint = tmp_path / "run" / "checkpoint.pth.tar"
+    split = load_checkpoint(checkpoint)["split"]
+    assert not set(split["a"]) & set(split["b"]) and sorted(split["a"] + split["b"]) == list(range(12))
+    with pytest.raises(UserError, match=r"--seed 8 \(checkpoint has 7\)"):
+        train_autodeeplab.main(SEARCH + ["--resume", str(checkpoint), "--seed", "8"])
+    train_autodeeplab.main(SEARCH + ["--resume", str(checkpoint), "--workers", "1"])
+    assert load_checkpoint(checkpoint)["split"] == split
+    assert load_checkpoint(checkpoint)["args"]["seed"] == 7
