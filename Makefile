@@ -19,3 +19,9 @@ test-fast: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+demo: $(VENV)/.installed
+	$(BIN)/python demo.py
+
+images: $(VENV)/.installed
+	$(BIN)/python demo.py --images images

@@ -1,0 +1,83 @@
+"""The whole Auto-DeepLab pipeline on the embedded synthetic dataset, sized for a laptop CPU.
+
+search (train_autodeeplab.py) -> decode (decode_autodeeplab.py) -> retrain and evaluate
+(train_new_model.py), each through its own ``main`` with the flags printed, so every step can be
+rerun by hand. ``--images DIR`` also copies the pictures the README shows into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import decode_autodeeplab
+import train_autodeeplab
+import train_new_model
+from utils.cli import run_cli
+from utils.run_dir import new_run_dir, read_jsonl
+
+DATA = ["--dataset", "synthetic", "--synthetic_size", "64", "--synthetic_train_samples", "96",
+        "--synthetic_val_samples", "32"]
+SEARCH = DATA + ["--filter_multiplier", "4", "--crop_size", "64", "--batch_size", "4", "--epochs", "6",
+                 "--alpha_epoch", "2"]
+RETRAIN = DATA + ["--filter_multiplier", "8", "--crop_size", "64", "--batch_size", "8", "--epochs", "12",
+                  "--base_lr", "0.05"]
+README_PICTURES = {"search/architecture.png": "architecture.png", "search/search_curves.png": "search_curves.png",
+                   "search/betas.png": "betas.png", "search/alphas.png": "alphas.png",
+                   "retrain/retrain_curves.png": "retrain_curves.png"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default=None,
+                        help="where the three runs go (default: a new run/synthetic/demo/experiment_<N>)")
+    parser.add_argument("--images", default=None, help="also copy the README pictures into this directory")
+    args = parser.parse_args()
+    out = new_run_dir(args.out_dir, "synthetic", "demo")
+    started = time.time()
+    search_args = SEARCH + ["--out-dir", str(out / "search")]
+    print("1/3 search:  python train_autodeeplab.py " + " ".join(search_args), flush=True)
+    train_autodeeplab.main(search_args)
+    decode_args = ["--resume", str(out / "search" / "checkpoint.pth.tar")]
+    print("2/3 decode:  python decode_autodeeplab.py " + " ".join(decode_args), flush=True)
+    arch = decode_autodeeplab.main(decode_args)
+    retrain_args = RETRAIN + ["--saved_arch_path", str(out / "search" / "architecture.json"),
+                              "--out-dir", str(out / "retrain")]
+    print("3/3 retrain: python train_new_model.py " + " ".join(retrain_args), flush=True)
+    train_new_model.main(retrain_args)
+
+    search_best = max(r.get("val_miou", 0.0) for r in read_jsonl(out / "search" / "metrics.jsonl"))
+    final = read_jsonl(out / "retrain" / "metrics.jsonl")[-1]
+    print(f"\nfound architecture:\n{decode_autodeeplab.describe(arch)}")
+    print(f"\nsupernet best val mIoU {search_best:.4f}; retrained final val mIoU {final['val_miou']:.4f} "
+          f"(pixel accuracy {final['val_pixel_accuracy']:.4f}); {time.time() - started:.0f} s in all")
+    outputs = {
+        "search run": out / "search",
+        "search checkpoints": [out / "search" / "checkpoint.pth.tar", out / "search" / "model_best.pth.tar"],
+        "architecture": [out / "search" / "architecture.json", out / "search" / "architecture.png"],
+        "search pictures": [out / "search" / "alphas.png", out / "search" / "betas.png",
+                            out / "search" / "search_curves.png"],
+        "retrain checkpoints": [out / "retrain" / "checkpoint.pth.tar", out / "retrain" / "model_best.pth.tar"],
+        "retrain curves": out / "retrain" / "retrain_curves.png",
+        "TensorBoard logs": f"tensorboard --logdir {out}",
+    }
+    print("\noutputs:")
+    for name, paths in outputs.items():
+        print(f"  {name}: " + (", ".join(map(str, paths)) if isinstance(paths, list) else str(paths)))
+    if args.images:
+        images = Path(args.images)
+        images.mkdir(parents=True, exist_ok=True)
+        for source, target in README_PICTURES.items():
+            shutil.copyfile(out / source, images / target)
+        (images / "demo_summary.json").write_text(json.dumps(
+            {"network_path": list(arch.network_path), "cell": [[list(p) for p in b] for b in arch.cell],
+             "search_best_val_miou": search_best, "retrain_final_val_miou": final["val_miou"],
+             "seconds": round(time.time() - started)}, indent=2) + "\n")
+        print(f"  README pictures copied to {images}/")
+
+
+if __name__ == "__main__":
+    run_cli(main, "demo.py")
