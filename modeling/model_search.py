@@ -5,7 +5,9 @@ shared cell applied to (H^{l-1} from the source level, H^{l-2} at level s). H^{l
 level s by a stride-2 convolution (from s/2), a 1x1 convolution (same level) or bilinear
 upsampling followed by a 1x1 convolution (from 2s). The ops on the edges from H^{l-2} see the same
 input for every direction, so they are computed once per node; the rest of the cell runs once
-per incoming direction, which is exactly the paper's sum of cells.
+per incoming direction, which is exactly the paper's sum of cells. The directions run together,
+stacked along the batch dimension (fewer, larger convolutions), with a BatchNorm that keeps the
+statistics of each direction separate, so the result equals running the cell once per direction.
 """
 
 from __future__ import annotations
@@ -34,17 +36,48 @@ def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[in
     return sizes
 
 
-class MixedOp(nn.Module):
-    """Σ_o softmax(α)_o · o(x) over the non-`none` ops; pools get a BN as in DARTS."""
+class GroupedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over a batch that stacks ``groups`` independent inputs (a node's incoming directions).
 
-    def __init__(self, channels: int):
+    In training, each group is normalised with its own batch statistics and the running statistics
+    are updated once per group, in order: exactly what ``groups`` separate calls would compute.
+    """
+
+    def __init__(self, num_features: int, groups: int, affine: bool):
+        super().__init__(num_features, affine=affine)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups == 1:
+            return super().forward(x)
+        g, (n, c, h, w) = self.groups, x.shape
+        per_group = x.view(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)
+        weight = self.weight.repeat(g) if self.affine else None
+        bias = self.bias.repeat(g) if self.affine else None
+        y = F.batch_norm(per_group, None, None, weight, bias, training=True, eps=self.eps)
+        with torch.no_grad():
+            values = x.detach().view(g, n // g, c, h * w).transpose(1, 2).reshape(g, c, -1)
+            for mean, var in zip(values.mean(dim=2), values.var(dim=2, unbiased=True)):
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked += g
+        return y.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """Σ_o softmax(α)_o · o(x) over the non-`none` ops; pools get a BN as in DARTS.
+
+    ``groups`` is the number of inputs stacked along the batch (see ``GroupedBatchNorm2d``).
+    """
+
+    def __init__(self, channels: int, groups: int = 1):
         super().__init__()
         ops = []
         for name in SEARCH_OPS:
             op = OPS[name](channels, 1, False)
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
-            ops.append(op)
+            ops.append(_group_batchnorms(op, groups))
         self.ops = nn.ModuleList(ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -81,8 +114,9 @@ class SearchCell(nn.Module):
         self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, c, 1, affine=False)
                                      if prev_prev_channels is not None else None)
         first_input = 0 if prev_prev_channels is not None else 1
+        directions = len(self.preprocess)  # edges after H^{l-1} see all directions stacked
         self.edges = nn.ModuleDict({
-            str(edge_index(b, j)): MixedOp(c)
+            str(edge_index(b, j)): MixedOp(c, groups=1 if j == 0 else directions)
             for b in range(steps) for j in range(first_input, 2 + b)
         })
 
@@ -96,20 +130,35 @@ class SearchCell(nn.Module):
             s0 = self.preprocess_prev_prev(prev_prev)
             from_prev_prev = [self.edges[str(edge_index(b, 0))](s0, alpha_weights[edge_index(b, 0)])
                               for b in range(self.steps)]
-        out = None
-        for s1, beta, d in inputs:
+        projected = []
+        for s1, _, d in inputs:
             if DIRECTIONS[d] == -1:
                 s1 = F.interpolate(s1, size=size, mode="bilinear", align_corners=False)
-            states = [None, self.preprocess[str(d)](s1)]
-            for b in range(self.steps):
-                h = from_prev_prev[b] if from_prev_prev is not None else 0
-                for j in range(1, 2 + b):
-                    e = edge_index(b, j)
-                    h = h + self.edges[str(e)](states[j], alpha_weights[e])
-                states.append(h)
-            contribution = beta * torch.cat(states[-self.block_multiplier:], dim=1)
-            out = contribution if out is None else out + contribution
-        return out
+            projected.append(self.preprocess[str(d)](s1))
+        groups, batch = len(projected), projected[0].shape[0]
+        states = [None, torch.cat(projected, dim=0)]  # directions stacked along the batch
+        for b in range(self.steps):
+            h = 0
+            for j in range(1, 2 + b):
+                e = edge_index(b, j)
+                h = h + self.edges[str(e)](states[j], alpha_weights[e])
+            if from_prev_prev is not None:  # shared by every direction
+                h = (h.view(groups, batch, *h.shape[1:]) + from_prev_prev[b]).view(h.shape)
+            states.append(h)
+        stacked = torch.cat(states[-self.block_multiplier:], dim=1)
+        betas = torch.stack([beta for _, beta, _ in inputs]).to(stacked.dtype)
+        return (betas.view(-1, 1, 1, 1, 1) * stacked.view(groups, batch, *stacked.shape[1:])).sum(dim=0)
+
+
+def _group_batchnorms(module: nn.Module, groups: int) -> nn.Module:
+    """Replace every BatchNorm2d in ``module`` by a GroupedBatchNorm2d over ``groups`` stacked inputs."""
+    if groups == 1:
+        return module
+    if isinstance(module, nn.BatchNorm2d):
+        return GroupedBatchNorm2d(module.num_features, groups, module.affine)
+    for name, child in module.named_children():
+        setattr(module, name, _group_batchnorms(child, groups))
+    return module
 
 
 class SearchHead(nn.Sequential):

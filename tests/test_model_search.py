@@ -1,11 +1,9 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling.genotypes import PRIMITIVES, num_edges
-from modeling.model_search import AutoDeepLabSearch, level_sizes
+from modeling.genotypes import PRIMITIVES, edge_index, num_edges
+from modeling.model_search import SEARCH_OPS, AutoDeepLabSearch, GroupedBatchNorm2d, level_sizes
 
 
 def small_supernet(**kw) -> AutoDeepLabSearch:
@@ -17,21 +15,45 @@ def small_supernet(**kw) -> AutoDeepLabSearch:
 def reference_betas(betas: torch.Tensor) -> list:
     """Eq. 7 written out by hand: softmax over each existing source node's in-range targets."""
     num_layers, num_levels, _ = betas.shape
-    out = [[[0.0, 0.0, 0.0] for _ in range(num_levels)] for _ in range(num_layers)]
+    zero = betas.new_zeros(())
+    out = [[[zero, zero, zero] for _ in range(num_levels)] for _ in range(num_layers)]
     for layer in range(num_layers):
         sources = [0] if layer == 0 else range(min(layer + 1, num_levels))
         for src in sources:
             targets = {0: src - 1, 1: src, 2: src + 1}
             valid = [d for d, dst in targets.items() if 0 <= dst < num_levels]
-            z = sum(math.exp(betas[layer, src, d].item()) for d in valid)
+            z = sum(torch.exp(betas[layer, src, d]) for d in valid)
             for d in valid:
-                out[layer][src][d] = math.exp(betas[layer, src, d].item()) / z
+                out[layer][src][d] = torch.exp(betas[layer, src, d]) / z
     return out
 
 
+def reference_cell(cell, prev_prev, s1, direction, alpha_weights, size):
+    """One cell, one incoming direction, every edge a plain weighted sum of its ops."""
+    if prev_prev is not None and prev_prev.shape[-2:] != size:
+        prev_prev = F.interpolate(prev_prev, size=size, mode="bilinear", align_corners=False)
+    if direction == 0:  # arriving from the coarser level
+        s1 = F.interpolate(s1, size=size, mode="bilinear", align_corners=False)
+    states = [cell.preprocess_prev_prev(prev_prev) if prev_prev is not None else None,
+              cell.preprocess[str(direction)](s1)]
+    for b in range(cell.steps):
+        h = 0
+        for j in range(2 + b):
+            if states[j] is None:
+                continue
+            e = edge_index(b, j)
+            for o, op in enumerate(cell.edges[str(e)].ops):
+                h = h + alpha_weights[e, PRIMITIVES.index(SEARCH_OPS[o])] * op(states[j])
+        states.append(h)
+    return torch.cat(states[-cell.block_multiplier:], dim=1)
+
+
 def reference_forward(model: AutoDeepLabSearch, x: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. 6 evaluated node by node, one cell call per incoming direction."""
-    nb = reference_betas(model.betas.detach())
+    """Paper Eq. 6 evaluated node by node, one plain cell evaluation per incoming direction."""
+    for module in model.modules():
+        if isinstance(module, GroupedBatchNorm2d):
+            module.groups = 1  # per-call statistics: each direction is its own call here
+    nb = reference_betas(model.betas)
     alpha_weights = torch.softmax(model.alphas, dim=-1)
     early, stem = model.stem(x)
     sizes = level_sizes(tuple(stem.shape[-2:]), model.num_levels)
@@ -45,22 +67,44 @@ def reference_forward(model: AutoDeepLabSearch, x: torch.Tensor) -> torch.Tensor
             # from the finer level s-1 the source moved "down" (index 2), from s+1 "up" (index 0)
             for source, d in ((s - 1, 2), (s, 1), (s + 1, 0)):
                 if (layer - 1, source) in hidden:
-                    beta = nb[layer][source][d]
-                    total = total + beta * model.cells[layer][str(s)](
-                        prev_prev, [(hidden[(layer - 1, source)], torch.tensor(1.0), d)], alpha_weights, sizes[s])
+                    total = total + nb[layer][source][d] * reference_cell(
+                        model.cells[layer][str(s)], prev_prev, hidden[(layer - 1, source)], d, alpha_weights,
+                        sizes[s])
             hidden[(layer, s)] = total
     last = model.num_layers - 1
     return sum(F.interpolate(head(hidden[(last, int(k))]), size=x.shape[-2:], mode="bilinear",
                              align_corners=False) for k, head in model.heads.items())
 
 
-def test_forward_equals_paper_equation_6():
+def test_forward_and_gradients_equal_paper_equation_6():
     model = small_supernet().double()
     with torch.no_grad():
         model.betas.normal_(0, 1.5)  # far from uniform, so a wrong β index changes the output
         model.alphas.normal_(0, 1.5)
     x = torch.randn(2, 3, 37, 45, dtype=torch.float64)
-    torch.testing.assert_close(model(x), reference_forward(model, x), rtol=1e-9, atol=1e-10)
+    out = model(x)
+    fast_grads = torch.autograd.grad((out ** 2).sum(), [model.alphas, model.betas, model.stem.conv1[0].weight])
+    expected = reference_forward(model, x)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-10)
+    reference_grads = torch.autograd.grad((expected ** 2).sum(),
+                                          [model.alphas, model.betas, model.stem.conv1[0].weight])
+    for fast, reference in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(fast, reference, rtol=1e-8, atol=1e-10)
+
+
+def test_grouped_batchnorm_equals_one_call_per_group():
+    torch.manual_seed(0)
+    grouped, plain = GroupedBatchNorm2d(5, groups=3, affine=True), torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        grouped.weight.normal_()
+        grouped.bias.normal_()
+    plain.load_state_dict(grouped.state_dict())
+    chunks = [torch.randn(4, 5, 6, 7) * (i + 1) + i for i in range(3)]
+    torch.testing.assert_close(grouped(torch.cat(chunks)), torch.cat([plain(c) for c in chunks]))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(plain, name))
+    grouped.eval(), plain.eval()
+    torch.testing.assert_close(grouped(torch.cat(chunks)), plain(torch.cat(chunks)))
 
 
 @pytest.mark.parametrize("size", [(33, 47), (64, 64), (41, 29)])
