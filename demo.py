@@ -19,12 +19,11 @@ import train_new_model
 from utils.cli import run_cli
 from utils.run_dir import new_run_dir, read_jsonl
 
-DATA = ["--dataset", "synthetic", "--synthetic_size", "64", "--synthetic_train_samples", "96",
-        "--synthetic_val_samples", "32"]
-SEARCH = DATA + ["--filter_multiplier", "4", "--crop_size", "64", "--batch_size", "4", "--epochs", "6",
-                 "--alpha_epoch", "2"]
-RETRAIN = DATA + ["--filter_multiplier", "8", "--crop_size", "64", "--batch_size", "8", "--epochs", "12",
-                  "--base_lr", "0.05"]
+DATA = ["--dataset", "synthetic", "--synthetic_size", "64", "--synthetic_val_samples", "32"]
+SEARCH = DATA + ["--synthetic_train_samples", "48", "--filter_multiplier", "4", "--crop_size", "64",
+                 "--batch_size", "4", "--epochs", "5", "--alpha_epoch", "2"]
+RETRAIN = DATA + ["--synthetic_train_samples", "256", "--filter_multiplier", "8", "--crop_size", "64",
+                  "--batch_size", "8", "--epochs", "20", "--base_lr", "0.02", "--scale_range", "0.8", "1.25"]
 README_PICTURES = {"search/architecture.png": "architecture.png", "search/search_curves.png": "search_curves.png",
                    "search/betas.png": "betas.png", "search/alphas.png": "alphas.png",
                    "retrain/retrain_curves.png": "retrain_curves.png"}

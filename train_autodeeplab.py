@@ -27,13 +27,14 @@ from modeling.decoding import decode_architecture
 from modeling.genotypes import level_stride
 from modeling.model_search import AutoDeepLabSearch
 from modeling.search_space import normalize_betas
-from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
-from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
 from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
-from utils.training import check_finite, check_split, cycle_batches, epoch_batches, fill_dataset_defaults
+from utils.training import (CHECKPOINT_NAME, check_finite, check_split, cycle_batches, epoch_batches,
+                            fill_dataset_defaults, finish_epoch, validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}; run directory {run_dir}")
 
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
-    checkpoint_path = run_dir / "checkpoint.pth.tar"
+    checkpoint_path = run_dir / CHECKPOINT_NAME
     for epoch in range(start_epoch, args.epochs):
         model.train()
         arch_step = epoch >= args.alpha_epoch
@@ -140,32 +141,18 @@ def main(argv: list[str] | None = None) -> Path:
                   "epoch_seconds": round(time.time() - started, 1)}
         if arch_losses:
             record["arch_loss"] = sum(arch_losses) / len(arch_losses)
-        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
-            val = evaluate(model, val_loader, args.num_classes, device)
-            record |= {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
+        record |= validation_record(model, val_loader, args, epoch, device)
         arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
-        append_jsonl(run_dir / "metrics.jsonl", record)
+        strides = [level_stride(k) for k in arch.network_path]
         append_jsonl(run_dir / "architecture_history.jsonl",
-                     {"epoch": epoch, "network_path": list(arch.network_path),
-                      "network_strides": [level_stride(k) for k in arch.network_path],
+                     {"epoch": epoch, "network_path": list(arch.network_path), "network_strides": strides,
                       "cell": [[list(pair) for pair in block] for block in arch.cell]})
-        for key, value in record.items():
-            if key != "epoch":
-                writer.add_scalar(f"epoch/{key}", value, epoch)
         log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
-
-        is_best = "val_miou" in record and record["val_miou"] > best_miou
-        best_miou = max(best_miou, record.get("val_miou", best_miou))
-        state = {"stage": "search", "epoch": epoch, "best_miou": best_miou, "args": vars(args),
-                 "model": model.state_dict(), "weight_optimizer": weight_optimizer.state_dict(),
-                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "split": {"a": list(split_a), "b": list(split_b)}}
-        save_checkpoint(state, checkpoint_path)
-        if is_best:
-            save_checkpoint(state, run_dir / "model_best.pth.tar")
-        logger.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                  for k, v in record.items() if k != "epoch")
-                    + f"; path strides {[level_stride(k) for k in arch.network_path]}")
+        state = {"stage": "search", "args": vars(args), "model": model.state_dict(),
+                 "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "split": {"a": list(split_a), "b": list(split_b)}}
+        best_miou = finish_epoch(run_dir, writer, record, state, best_miou, f"; path strides {strides}")
     writer.close()
     save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "arch_loss", "val_loss", "val_miou"],
                             title="search"), run_dir / "search_curves.png")

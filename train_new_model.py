@@ -23,13 +23,14 @@ from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, ma
 from dataloaders.transforms import EvalTransform, RetrainTrainTransform
 from modeling.genotypes import Architecture
 from modeling.model_retrain import AutoDeepLab
-from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
-from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_curves, save_figure
-from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
-from utils.training import check_finite, check_split, epoch_batches, fill_dataset_defaults
+from utils.run_dir import new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
+from utils.training import (CHECKPOINT_NAME, check_finite, check_split, epoch_batches, fill_dataset_defaults,
+                            finish_epoch, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
     parser = retrain_parser()
     args = parser.parse_args(argv)
+    if not 0 < args.scale_range[0] <= args.scale_range[1]:
+        raise UserError(f"--scale_range {args.scale_range[0]} {args.scale_range[1]}: expected 0 < MIN <= MAX")
     if args.resume and not args.summary:
         resumed = load_checkpoint(args.resume, stage="retrain")
         return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
     check_split(train_source, "train")
     check_split(val_source, "val")
-    train_set = SegmentationDataset(train_source, RetrainTrainTransform(args.crop_size), args.num_classes)
+    train_set = SegmentationDataset(train_source, RetrainTrainTransform(args.crop_size, tuple(args.scale_range)), args.num_classes)
     val_set = SegmentationDataset(val_source, EvalTransform(None), args.num_classes)
     if len(train_set) < args.batch_size:
         raise UserError(f"--batch_size {args.batch_size}: the training split holds only {len(train_set)} images")
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}; run directory {run_dir}")
 
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(train_loader))
-    checkpoint_path = run_dir / "checkpoint.pth.tar"
+    checkpoint_path = run_dir / CHECKPOINT_NAME
     for epoch in range(start_epoch, args.epochs):
         model.train()
         started, losses = time.time(), []
@@ -133,25 +136,11 @@ def main(argv: list[str] | None = None) -> Path | None:
 
         record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}
-        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
-            val = evaluate(model, val_loader, args.num_classes, device)
-            record |= {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
-                       "val_per_class_iou": val["per_class_iou"]}
-        append_jsonl(run_dir / "metrics.jsonl", record)
-        for key, value in record.items():
-            if isinstance(value, float):
-                writer.add_scalar(f"epoch/{key}", value, epoch)
-
-        is_best = "val_miou" in record and record["val_miou"] > best_miou
-        best_miou = max(best_miou, record.get("val_miou", best_miou))
-        state = {"stage": "retrain", "epoch": epoch, "best_miou": best_miou, "args": vars(args),
-                 "architecture": arch.to_json_dict(), "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
-        save_checkpoint(state, checkpoint_path)
-        if is_best:
-            save_checkpoint(state, run_dir / "model_best.pth.tar")
-        logger.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                  if isinstance(v, float)))
+        record |= validation_record(model, val_loader, args, epoch, device)
+        state = {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        best_miou = finish_epoch(run_dir, writer, record, state, best_miou)
     writer.close()
     save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],
                             title="retrain"), run_dir / "retrain_curves.png")

@@ -19,6 +19,8 @@ def retrain_parser() -> argparse.ArgumentParser:
              help="architecture.json, or a run directory holding one (default: the paper's architecture)")
     add_flag(parser, "filter_multiplier", type=positive_int, default=20,
              help="F of the retrained network: 20/32/48 give Auto-DeepLab-S/M/L (default: %(default)s)")
+    add_flag(parser, "scale_range", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+             help="random scale augmentation range before cropping (default: 0.5 2.0)")
     add_flag(parser, "summary", action="store_true",
              help="print the parameter count per component and exit (no data needed)")
     opt = parser.add_argument_group("optimisation")

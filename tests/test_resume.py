@@ -7,6 +7,7 @@ import torch
 
 import train_autodeeplab
 import train_new_model
+import utils.training
 from utils.checkpoint import load_checkpoint
 from utils.checkpoint import save_checkpoint as real_save
 from utils.errors import UserError
@@ -22,13 +23,13 @@ class Preempted(Exception):
     pass
 
 
-def preempt_after_first_epoch(module, monkeypatch):
+def preempt_after_first_epoch(monkeypatch):
     def save_then_die(state, path):
         real_save(state, path)
         if state["epoch"] == 0 and path.name == "checkpoint.pth.tar":
             raise Preempted
 
-    monkeypatch.setattr(module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(utils.training, "save_checkpoint", save_then_die)
 
 
 @pytest.mark.parametrize("module,args", [(train_autodeeplab, SEARCH), (train_new_model, RETRAIN)],
@@ -36,7 +37,7 @@ def preempt_after_first_epoch(module, monkeypatch):
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, args):
     full = module.main(args + ["--out-dir", str(tmp_path / "full")])
 
-    preempt_after_first_epoch(module, monkeypatch)
+    preempt_after_first_epoch(monkeypatch)
     with pytest.raises(Preempted):
         module.main(args + ["--out-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
@@ -59,7 +60,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, ar
 
 
 def test_search_split_is_saved_disjoint_and_kept_on_resume(tmp_path, monkeypatch):
-    preempt_after_first_epoch(train_autodeeplab, monkeypatch)
+    preempt_after_first_epoch(monkeypatch)
     with pytest.raises(Preempted):
         train_autodeeplab.main(SEARCH + ["--out-dir", str(tmp_path / "run"), "--seed", "7"])
     monkeypatch.undo()

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from dataloaders import DatasetInfo, SeededSampler
+from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
+from utils.evaluation import evaluate
+from utils.run_dir import LOGGER_NAME, append_jsonl
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_CHECKPOINT_NAME = "model_best.pth.tar"
 
 MIN_TRAIN_BATCH = 2  # BatchNorm on the ASPP image-pooling branch needs more than one value per channel
 
@@ -62,3 +72,33 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str, checkpoin
     if not torch.isfinite(loss):
         raise UserError(f"{what} loss is {loss.item()} at epoch {epoch}, step {step}; stopping without "
                         f"saving it (the last good checkpoint is {checkpoint}). Try a lower learning rate.")
+
+
+def validation_record(model: nn.Module, loader: DataLoader, args: argparse.Namespace, epoch: int,
+                      device: torch.device) -> dict[str, Any]:
+    """Validation metrics for the epoch's record, every --eval_interval epochs and after the last one."""
+    if (epoch + 1) % args.eval_interval and epoch + 1 != args.epochs:
+        return {}
+    val = evaluate(model, loader, args.num_classes, device)
+    return {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
+            "val_per_class_iou": val["per_class_iou"]}
+
+
+def finish_epoch(run_dir: Path, writer: SummaryWriter, record: dict[str, Any], state: dict[str, Any],
+                 best_miou: float, note: str = "") -> float:
+    """Record the epoch (metrics.jsonl, TensorBoard, log) and write ``checkpoint.pth.tar``, plus
+    ``model_best.pth.tar`` on a new best validation mIoU. Returns the best mIoU so far."""
+    epoch = record["epoch"]
+    append_jsonl(run_dir / "metrics.jsonl", record)
+    scalars = {key: value for key, value in record.items() if isinstance(value, float)}
+    for key, value in scalars.items():
+        writer.add_scalar(f"epoch/{key}", value, epoch)
+    is_best = "val_miou" in record and record["val_miou"] > best_miou
+    best_miou = max(best_miou, record.get("val_miou", best_miou))
+    state = state | {"epoch": epoch, "best_miou": best_miou}
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    if is_best:
+        save_checkpoint(state, run_dir / BEST_CHECKPOINT_NAME)
+    logging.getLogger(LOGGER_NAME).info(
+        f"epoch {epoch}: " + ", ".join(f"{key} {value:.4f}" for key, value in scalars.items()) + note)
+    return best_miou
