@@ -1,0 +1,114 @@
+"""Benchmark of one search step of the supernet: weight step and architecture step.
+
+Prints one table (or, with --json, one JSON object): median seconds of the weight step (forward,
+cross-entropy, backward, SGD step) and of the architecture step (forward, backward into α/β
+only, Adam step) over --steps measured steps after --warmup, peak memory (RSS on CPU,
+torch.cuda.max_memory_allocated on CUDA), Multi-Adds of one forward, images per second.
+
+    python benchmarks/search_step.py --filter_multiplier 8 --crop_size 64 --batch_size 2 --num_classes 19 --steps 5
+
+Here --steps is the number of measured steps; cells have the paper's B=5 blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config_utils.common import Parser, add_flag, positive_int  # noqa: E402
+from modeling.model_search import AutoDeepLabSearch  # noqa: E402
+from utils.cli import resolve_device  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = Parser(prog="search_step.py", description=__doc__.splitlines()[0])
+    add_flag(parser, "filter_multiplier", type=positive_int, default=8)
+    add_flag(parser, "crop_size", type=positive_int, default=64)
+    add_flag(parser, "batch_size", type=positive_int, default=2)
+    add_flag(parser, "num_classes", type=positive_int, default=19)
+    add_flag(parser, "num_layers", type=positive_int, default=12)
+    add_flag(parser, "steps", type=positive_int, default=5, help="measured steps (the median is reported)")
+    add_flag(parser, "warmup", type=int, default=1, help="unmeasured steps first")
+    add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    add_flag(parser, "device", default="auto")
+    add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
+    return parser.parse_args(argv)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier).to(device)
+    weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
+    weight_optimizer = torch.optim.SGD(weight_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
+    arch_optimizer = torch.optim.Adam(arch_params, lr=3e-3, weight_decay=1e-3)
+    images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
+    masks = torch.randint(0, args.num_classes, (args.batch_size, args.crop_size, args.crop_size), device=device)
+
+    def weight_step() -> None:
+        loss = F.cross_entropy(model(images), masks)
+        weight_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=weight_params)
+        weight_optimizer.step()
+
+    def arch_step() -> None:
+        loss = F.cross_entropy(model(images), masks)
+        arch_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=arch_params)
+        arch_optimizer.step()
+
+    timings: dict[str, list[float]] = {"weight": [], "arch": []}
+    for i in range(args.warmup + args.steps):
+        for name, step in (("weight", weight_step), ("arch", arch_step)):
+            synchronize(device)
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            if i >= args.warmup:
+                timings[name].append(time.perf_counter() - started)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    weight_s, arch_s = statistics.median(timings["weight"]), statistics.median(timings["arch"])
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,
+        "crop_size": args.crop_size, "batch_size": args.batch_size, "num_layers": args.num_layers,
+        "num_classes": args.num_classes, "weight_params": sum(p.numel() for p in weight_params),
+        "weight_step_s": round(weight_s, 4), "arch_step_s": round(arch_s, 4),
+        "search_step_s": round(weight_s + arch_s, 4),
+        "images_per_s": round(args.batch_size / (weight_s + arch_s), 3),
+        "forward_gmacs": round(counter.get_total_flops() / 2e9, 3),
+        "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
