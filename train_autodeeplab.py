@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> Path:
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}; run directory {run_dir}")
 
+    if args.alpha_epoch >= args.epochs:
+        logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "
+                       "will run, and the decoded architecture will reflect the random initial α and β")
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
     checkpoint_path = run_dir / CHECKPOINT_NAME
     for epoch in range(start_epoch, args.epochs):

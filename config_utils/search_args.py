@@ -31,6 +31,7 @@ def search_parser() -> argparse.ArgumentParser:
              help="clip the weight gradients to this global norm, as DARTS does (0 disables)")
     add_flag(opt, "arch_lr", type=float, default=3e-3, help="Adam learning rate of α and β")
     add_flag(opt, "arch_weight_decay", type=float, default=1e-3)
-    add_flag(opt, "alpha_epoch", type=int, default=20,
-             help="first epoch (0-based) with architecture steps; the paper starts after 20 epochs")
+    add_flag(opt, "alpha_epoch", type=int, default=None,
+             help="first epoch (0-based) with architecture steps (default: the dataset's; the paper's "
+                  "20 of 40 epochs where the dataset sets none)")
     return parser

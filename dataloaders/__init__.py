@@ -230,6 +230,6 @@ register_dataset(DatasetInfo(
     num_classes=None,
     default_num_classes=4,  # background, disk, ring, cross: learnable in minutes on CPU
     make_source=_synthetic_source,
-    defaults={"search_epochs": 8, "retrain_epochs": 6, "crop_size": 64, "resize": None,
+    defaults={"search_epochs": 8, "alpha_epoch": 4, "retrain_epochs": 6, "crop_size": 64, "resize": None,
               "batch_size": 8},
 ))

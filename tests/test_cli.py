@@ -84,3 +84,12 @@ def test_bad_input_gives_one_clear_line(tmp_path, script, args, expected):
     assert len(lines) == 1, result.stderr
     assert expected in lines[0] and lines[0].startswith(f"{script}: error: ")
     assert not (tmp_path / "run").exists()  # a run that cannot start leaves no run directory behind
+
+
+def test_search_with_no_arguments_takes_architecture_steps():
+    import train_autodeeplab
+
+    args, resumed = train_autodeeplab.parse_args([])
+    assert resumed is None and args.dataset == "synthetic"
+    assert 0 < args.alpha_epoch < args.epochs  # otherwise α and β would never be trained
+    assert train_autodeeplab.parse_args(["--alpha_epoch", "0"])[0].alpha_epoch == 0

@@ -22,6 +22,7 @@ from utils.run_dir import LOGGER_NAME, append_jsonl
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_CHECKPOINT_NAME = "model_best.pth.tar"
 
+PAPER_ALPHA_EPOCH = 20  # the paper trains weights alone for 20 of its 40 search epochs
 MIN_TRAIN_BATCH = 2  # BatchNorm on the ASPP image-pooling branch needs more than one value per channel
 
 
@@ -32,6 +33,8 @@ def fill_dataset_defaults(args: argparse.Namespace, info: DatasetInfo, stage: st
             setattr(args, flag, info.defaults.get(flag))
     if args.epochs is None:
         args.epochs = info.defaults[f"{stage}_epochs"]
+    if getattr(args, "alpha_epoch", 0) is None:
+        args.alpha_epoch = info.defaults.get("alpha_epoch", PAPER_ALPHA_EPOCH)
     if args.batch_size < MIN_TRAIN_BATCH:
         raise UserError(f"--batch_size {args.batch_size}: training needs at least {MIN_TRAIN_BATCH} images "
                         "per step (BatchNorm in the ASPP image-pooling branch)")
