@@ -27,14 +27,14 @@ from modeling.decoding import decode_architecture
 from modeling.genotypes import level_stride
 from modeling.model_search import AutoDeepLabSearch
 from modeling.search_space import normalize_betas
-from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state
+from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
-from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
+from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, write_run_metadata
 from utils.training import (CHECKPOINT_NAME, check_finite, check_split, cycle_batches, epoch_batches,
-                            fill_dataset_defaults, finish_epoch, validation_record)
+                            fill_dataset_defaults, finish_epoch, restore_run, validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -90,17 +90,10 @@ def main(argv: list[str] | None = None) -> Path:
                                       weight_decay=args.arch_weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, T_max=args.epochs * len(loader_a),
                                                            eta_min=args.min_lr)
-    start_epoch, best_miou = 0, -1.0
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        weight_optimizer.load_state_dict(resumed["weight_optimizer"])
-        arch_optimizer.load_state_dict(resumed["arch_optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        restore_rng_state(resumed["rng"])
-        start_epoch, best_miou = resumed["epoch"] + 1, resumed["best_miou"]
-        truncate_jsonl(run_dir / "metrics.jsonl", resumed["epoch"])
-        truncate_jsonl(run_dir / "architecture_history.jsonl", resumed["epoch"])
-        logger.info(f"resumed {args.resume} at epoch {start_epoch}")
+    start_epoch, best_miou = restore_run(
+        resumed, run_dir, model,
+        {"weight_optimizer": weight_optimizer, "arch_optimizer": arch_optimizer, "scheduler": scheduler},
+        logs=("metrics.jsonl", "architecture_history.jsonl"))
     logger.info(f"search: {args.dataset} ({args.num_classes} classes), trainA {len(split_a)} / trainB "
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}; run directory {run_dir}")

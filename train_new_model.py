@@ -23,14 +23,14 @@ from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, ma
 from dataloaders.transforms import EvalTransform, RetrainTrainTransform
 from modeling.genotypes import Architecture
 from modeling.model_retrain import AutoDeepLab
-from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state
+from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_curves, save_figure
-from utils.run_dir import new_run_dir, read_jsonl, setup_logging, truncate_jsonl, write_run_metadata
+from utils.run_dir import new_run_dir, read_jsonl, setup_logging, write_run_metadata
 from utils.training import (CHECKPOINT_NAME, check_finite, check_split, epoch_batches, fill_dataset_defaults,
-                            finish_epoch, validation_record)
+                            finish_epoch, restore_run, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -101,15 +101,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=args.epochs * len(train_loader),
                                                       power=args.poly_power)
-    start_epoch, best_miou = 0, -1.0
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        restore_rng_state(resumed["rng"])
-        start_epoch, best_miou = resumed["epoch"] + 1, resumed["best_miou"]
-        truncate_jsonl(run_dir / "metrics.jsonl", resumed["epoch"])
-        logger.info(f"resumed {args.resume} at epoch {start_epoch}")
+    start_epoch, best_miou = restore_run(resumed, run_dir, model, {"optimizer": optimizer, "scheduler": scheduler})
     logger.info(f"retrain: {args.dataset} ({args.num_classes} classes), train {len(train_set)} / val "
                 f"{len(val_set)} images, path {list(arch.network_path)}, F={args.filter_multiplier}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}; run directory {run_dir}")

@@ -7,7 +7,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Annotation
 from PIL import Image
 
-from modeling.genotypes import PRIMITIVES, num_edges, paper_architecture
+from modeling.genotypes import PRIMITIVES, paper_architecture
 from utils.plots import plot_alphas, plot_architecture, plot_betas, plot_curves, save_figure
 
 PAPER_STRIDES = [4, 4, 4, 8, 16, 8, 16, 16, 32, 32, 16, 8]

@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from dataloaders import DatasetInfo, SeededSampler
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import restore_rng_state, save_checkpoint
 from utils.errors import UserError
 from utils.evaluation import evaluate
-from utils.run_dir import LOGGER_NAME, append_jsonl
+from utils.run_dir import LOGGER_NAME, append_jsonl, truncate_jsonl
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_CHECKPOINT_NAME = "model_best.pth.tar"
@@ -105,3 +105,20 @@ def finish_epoch(run_dir: Path, writer: SummaryWriter, record: dict[str, Any], s
     logging.getLogger(LOGGER_NAME).info(
         f"epoch {epoch}: " + ", ".join(f"{key} {value:.4f}" for key, value in scalars.items()) + note)
     return best_miou
+
+
+def restore_run(resumed: dict[str, Any] | None, run_dir: Path, model: nn.Module, stateful: dict[str, Any],
+                logs: tuple[str, ...] = ("metrics.jsonl",)) -> tuple[int, float]:
+    """Load a resumed checkpoint into the model and the optimizers/schedulers in ``stateful`` (keyed
+    as in the checkpoint), restore the RNG, and drop log lines of the epochs that will run again.
+    Returns (first epoch to run, best validation mIoU so far)."""
+    if resumed is None:
+        return 0, -1.0
+    model.load_state_dict(resumed["model"])
+    for key, obj in stateful.items():
+        obj.load_state_dict(resumed[key])
+    restore_rng_state(resumed["rng"])
+    for name in logs:
+        truncate_jsonl(run_dir / name, resumed["epoch"])
+    logging.getLogger(LOGGER_NAME).info(f"resumed at epoch {resumed['epoch'] + 1}")
+    return resumed["epoch"] + 1, resumed["best_miou"]
