@@ -22,7 +22,9 @@ DEFAULT_CHECKPOINT = "checkpoint.pth.tar"
 
 
 def find_latest_checkpoint(dataset: str, root: str = "run") -> Path:
-    candidates = sorted(Path(root, dataset).glob(f"*/experiment_*/{DEFAULT_CHECKPOINT}"),
+    """The newest search checkpoint under ``root/dataset`` (a search run keeps architecture_history.jsonl)."""
+    candidates = sorted((p for p in Path(root, dataset).glob(f"*/experiment_*/{DEFAULT_CHECKPOINT}")
+                         if (p.parent / "architecture_history.jsonl").is_file()),
                         key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise UserError(f"--resume: no search checkpoint given and none found under {root}/{dataset}/; "

@@ -4,13 +4,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import decode_autodeeplab
+import train_autodeeplab
 from dataloaders import get_dataset_info
 from modeling.genotypes import Architecture
 from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ["--synthetic-train-samples", "8", "--synthetic_val_samples", "2", "--synthetic_size", "52",
@@ -87,9 +91,24 @@ def test_bad_input_gives_one_clear_line(tmp_path, script, args, expected):
 
 
 def test_search_with_no_arguments_takes_architecture_steps():
-    import train_autodeeplab
-
     args, resumed = train_autodeeplab.parse_args([])
     assert resumed is None and args.dataset == "synthetic"
     assert 0 < args.alpha_epoch < args.epochs  # otherwise α and β would never be trained
     assert train_autodeeplab.parse_args(["--alpha_epoch", "0"])[0].alpha_epoch == 0
+
+
+def test_decode_without_resume_takes_the_newest_search_run(tmp_path):
+    with pytest.raises(UserError, match="no search checkpoint given and none found"):
+        decode_autodeeplab.find_latest_checkpoint("synthetic", root=str(tmp_path))
+    search_old, search_new, retrain = (tmp_path / "synthetic" / name / "experiment_0"
+                                       for name in ("old", "search", "retrain"))
+    for run_dir in (search_old, search_new, retrain):
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.pth.tar").write_bytes(b"")
+    for run_dir in (search_old, search_new):
+        (run_dir / "architecture_history.jsonl").write_text("")
+    now = time.time()
+    for age, run_dir in ((30, search_old), (20, search_new), (10, retrain)):  # the retrain run is newest
+        os.utime(run_dir / "checkpoint.pth.tar", (now - age, now - age))
+    found = decode_autodeeplab.find_latest_checkpoint("synthetic", root=str(tmp_path))
+    assert found == search_new / "checkpoint.pth.tar"
