@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -21,7 +22,7 @@ from config_utils.common import explicit_dests, resumed_arguments
 from config_utils.retrain_args import retrain_parser
 from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes
 from dataloaders.transforms import EvalTransform, RetrainTrainTransform
-from modeling.genotypes import Architecture
+from modeling.genotypes import Architecture, level_stride
 from modeling.model_retrain import AutoDeepLab
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
@@ -54,24 +55,52 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     return args, None
 
 
-def summary(model: AutoDeepLab) -> str:
-    """Trainable parameters per component (the paper's convention: kernels, BN γ/β, biases)."""
-    def count(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
+# Table 2 of the paper: Multi-Adds (billions) at 1025x2049 with 19 classes, by F. The paper's counting
+# convention adds about 4% to a plain count of convolution multiply-adds (README, "Model summary").
+PAPER_MULTI_ADDS = {20: 333.25, 32: 460.93, 48: 695.03}
 
-    rows = [("stem", count(model.stem))]
-    rows += [(f"cell {i} (level {level})", count(cell))
+
+def component_costs(model: AutoDeepLab, input_size: tuple[int, int]) -> list[tuple[str, int, float]]:
+    """(component, trainable parameters, convolution Multi-Adds in billions) rows, the last one the total.
+
+    Parameters follow the paper's convention (kernels, BN γ/β, biases). Multi-Adds are counted on
+    the meta device, so no memory or data is needed; ``model`` is moved there.
+    """
+    model = model.eval().to("meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, *input_size, device="meta"))
+    flops = counter.get_flop_counts()
+
+    def row(name: str, prefix: str, module: nn.Module) -> tuple[str, int, float]:
+        return name, sum(p.numel() for p in module.parameters()), sum(flops.get(prefix, {}).values()) / 2e9
+
+    rows = [row("stem", "AutoDeepLab.stem", model.stem)]
+    rows += [row(f"cell {i} (stride {level_stride(level)})", f"AutoDeepLab.cells.{i}", cell)
              for i, (cell, level) in enumerate(zip(model.cells, model.arch.network_path))]
-    rows += [("ASPP", count(model.aspp)), ("decoder", count(model.decoder))]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {n:>12,}" for name, n in rows]
-    return "\n".join(lines + [f"{'total':<{width}}  {count(model):>12,}", str(count(model))])
+    return rows + [row("ASPP", "AutoDeepLab.aspp", model.aspp),
+                   row("decoder (with logits)", "AutoDeepLab.decoder", model.decoder),
+                   row("total", "AutoDeepLab", model)]
+
+
+def summary(model: AutoDeepLab, input_size: tuple[int, int]) -> str:
+    """The --summary table; its last line is the total parameter count as a plain integer."""
+    rows = component_costs(model, input_size)
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{'component':<{width}}  {'params':>12}  {'Multi-Adds (G)':>14}"]
+    lines += [f"{name:<{width}}  {params:>12,}  {macs:>14.2f}" for name, params, macs in rows]
+    lines.append(f"input {input_size[0]}x{input_size[1]}, F={model.filter_multiplier}")
+    paper = PAPER_MULTI_ADDS.get(model.filter_multiplier)
+    if paper is not None and tuple(input_size) == (1025, 2049):
+        lines.append(f"paper Table 2: {paper:.2f} G Multi-Adds (its counting convention; see README)")
+    lines.append(str(rows[-1][1]))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Path | None:
     args, resumed = parse_args(argv)
     if args.summary:
-        print(summary(AutoDeepLab(Architecture.load(args.saved_arch_path), args.num_classes, args.filter_multiplier)))
+        model = AutoDeepLab(Architecture.load(args.saved_arch_path), args.num_classes, args.filter_multiplier)
+        print(summary(model, tuple(args.input_size)))
         return None
     device = resolve_device(args.device)
     arch = (Architecture.load(args.saved_arch_path) if resumed is None

@@ -22,7 +22,9 @@ def retrain_parser() -> argparse.ArgumentParser:
     add_flag(parser, "scale_range", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
              help="random scale augmentation range before cropping (default: 0.5 2.0)")
     add_flag(parser, "summary", action="store_true",
-             help="print the parameter count per component and exit (no data needed)")
+             help="print parameters and Multi-Adds per component and exit (no data needed)")
+    add_flag(parser, "input_size", type=positive_int, nargs=2, default=[1025, 2049], metavar=("H", "W"),
+             help="input size for the --summary Multi-Adds (default: 1025 2049, the paper's)")
     opt = parser.add_argument_group("optimisation")
     add_flag(opt, "base_lr", "--lr", type=float, default=0.05, help="initial learning rate of the poly schedule")
     add_flag(opt, "poly_power", type=float, default=0.9)

@@ -5,6 +5,7 @@ from torch import nn
 from modeling.genotypes import Architecture, paper_architecture
 from modeling.model_retrain import AutoDeepLab, RetrainCell
 from modeling.operations import FactorizedReduce
+from train_new_model import component_costs
 
 
 def n_params(module: nn.Module) -> int:
@@ -76,3 +77,19 @@ def test_downsampling_cell_strides_only_ops_on_cell_inputs():
     assert isinstance(cell.ops[0][0], FactorizedReduce)
     assert isinstance(cell.ops[1][0], nn.Identity)  # reads block 0, already at the new stride
     assert cell(torch.randn(2, 8, 9, 9), torch.randn(2, 8, 9, 9), (5, 5)).shape == (2, 16, 5, 5)
+
+
+@pytest.mark.parametrize("fm,gmacs", [(20, 320.45), (32, 439.92), (48, 662.42)])
+def test_multi_adds_match_a_plain_convolution_count_at_1025x2049(fm, gmacs):
+    # the plain count of paper-param-counts.md §5.2 (global image pooling, no space-to-batch padding)
+    rows = component_costs(AutoDeepLab(paper_architecture(fm), num_classes=19), (1025, 2049))
+    assert rows[-1][0] == "total" and round(rows[-1][2], 2) == gmacs
+    assert rows[-1][2] == pytest.approx(sum(macs for _, _, macs in rows[:-1]))
+
+
+def test_multi_adds_breakdown_auto_deeplab_s():
+    rows = {name: macs for name, _, macs in
+            component_costs(AutoDeepLab(paper_architecture(20), num_classes=19), (1025, 2049))}
+    cells = sum(macs for name, macs in rows.items() if name.startswith("cell"))
+    assert (round(rows["stem"], 2), round(cells, 2), round(rows["ASPP"], 2)) == (30.01, 60.66, 58.39)
+    assert round(rows["decoder (with logits)"], 2) == round(170.74 + 0.64, 2)
