@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -30,11 +29,10 @@ from modeling.search_space import normalize_betas
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
-from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
 from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, write_run_metadata
-from utils.training import (CHECKPOINT_NAME, check_finite, check_split, cycle_batches, epoch_batches,
-                            fill_dataset_defaults, finish_epoch, restore_run, validation_record)
+from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batches, epoch_batches,
+                            fill_dataset_defaults, finish_epoch, log_step, restore_run, validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -111,8 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
         progress = tqdm(epoch_batches(loader_a, epoch), total=len(loader_a), desc=f"search epoch {epoch}",
                         leave=False, disable=None)
         for step, (images, masks) in enumerate(progress):
-            loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
-            check_finite(loss, epoch, step, "weight", str(checkpoint_path))
+            loss = batch_loss(model, images, masks, device, "weight", epoch, step, checkpoint_path)
             weight_optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=weight_params)
             if args.grad_clip > 0:
@@ -122,16 +119,12 @@ def main(argv: list[str] | None = None) -> Path:
             losses.append(loss.item())
             if arch_step:
                 images_b, masks_b = next(batches_b)
-                arch_loss = F.cross_entropy(model(images_b.to(device)), masks_b.to(device), ignore_index=IGNORE_INDEX)
-                check_finite(arch_loss, epoch, step, "architecture", str(checkpoint_path))
+                arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step, checkpoint_path)
                 arch_optimizer.zero_grad(set_to_none=True)
                 arch_loss.backward(inputs=arch_params)  # no weight gradients are computed
                 arch_optimizer.step()
                 arch_losses.append(arch_loss.item())
-            global_step = epoch * len(loader_a) + step
-            writer.add_scalar("train/loss", loss.item(), global_step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(loader_a) + step)
 
         record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.tensorboard import SummaryWriter
@@ -27,11 +26,10 @@ from modeling.model_retrain import AutoDeepLab
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
-from utils.evaluation import IGNORE_INDEX
 from utils.plots import plot_curves, save_figure
 from utils.run_dir import new_run_dir, read_jsonl, setup_logging, write_run_metadata
-from utils.training import (CHECKPOINT_NAME, check_finite, check_split, epoch_batches, fill_dataset_defaults,
-                            finish_epoch, restore_run, validation_record)
+from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, epoch_batches, fill_dataset_defaults,
+                            finish_epoch, log_step, restore_run, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -143,17 +141,13 @@ def main(argv: list[str] | None = None) -> Path | None:
         progress = tqdm(epoch_batches(train_loader, epoch), total=len(train_loader), desc=f"retrain epoch {epoch}",
                         leave=False, disable=None)
         for step, (images, masks) in enumerate(progress):
-            loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
-            check_finite(loss, epoch, step, "training", str(checkpoint_path))
+            loss = batch_loss(model, images, masks, device, "training", epoch, step, checkpoint_path)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            global_step = epoch * len(train_loader) + step
-            writer.add_scalar("train/loss", loss.item(), global_step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(train_loader) + step)
 
         record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from dataloaders import DatasetInfo, SeededSampler
 from utils.checkpoint import restore_rng_state, save_checkpoint
 from utils.errors import UserError
-from utils.evaluation import evaluate
+from utils.evaluation import IGNORE_INDEX, evaluate
 from utils.run_dir import LOGGER_NAME, append_jsonl, truncate_jsonl
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -71,10 +73,20 @@ def cycle_batches(loader: DataLoader, epoch: int) -> Iterator:
         yield from epoch_batches(loader, epoch)
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str, checkpoint: str) -> None:
+def batch_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device, what: str,
+               epoch: int, step: int, checkpoint: Path) -> torch.Tensor:
+    """Cross-entropy of one batch (label 255 ignored); a non-finite value stops the run, unsaved."""
+    loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
     if not torch.isfinite(loss):
         raise UserError(f"{what} loss is {loss.item()} at epoch {epoch}, step {step}; stopping without "
                         f"saving it (the last good checkpoint is {checkpoint}). Try a lower learning rate.")
+    return loss
+
+
+def log_step(writer: SummaryWriter, progress: tqdm, loss: float, lr: float, global_step: int) -> None:
+    writer.add_scalar("train/loss", loss, global_step)
+    writer.add_scalar("train/lr", lr, global_step)
+    progress.set_postfix(loss=f"{loss:.3f}")
 
 
 def validation_record(model: nn.Module, loader: DataLoader, args: argparse.Namespace, epoch: int,
