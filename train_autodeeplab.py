@@ -9,7 +9,6 @@ an Adam step on a trainB batch. Every epoch validates, logs the decoded architec
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
-from utils.run_dir import append_jsonl, new_run_dir, read_jsonl, setup_logging, write_run_metadata
+from utils.run_dir import append_jsonl, read_jsonl
 from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batches, epoch_batches,
-                            fill_dataset_defaults, finish_epoch, log_step, restore_run, validation_record)
+                            fill_dataset_defaults, finish_epoch, log_step, open_run, restore_run, validation_loader,
+                            validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -70,14 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
                            args.workers, drop_last=True)
     loader_b = make_loader(train_set, SeededSampler(split_b, args.seed + 1, shuffle=True), args.batch_size,
                            args.workers, drop_last=True)
-    val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
-                             args.workers, drop_last=False)
-
-    # the inputs are valid: only now does the run get a directory
-    run_dir = Path(args.resume).resolve().parent if resumed is not None else new_run_dir(
-        args.out_dir, args.dataset, args.checkname)
-    logger = setup_logging(run_dir)
-    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    val_loader = validation_loader(val_set, args)
+    run_dir, logger = open_run(args, argv)
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
                               block_multiplier=args.block_multiplier, steps=args.steps).to(device)

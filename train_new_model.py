@@ -7,7 +7,6 @@ SGD with a poly learning rate, cross-entropy ignoring label 255, validation mIoU
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.plots import plot_curves, save_figure
-from utils.run_dir import new_run_dir, read_jsonl, setup_logging, write_run_metadata
+from utils.run_dir import read_jsonl
 from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, epoch_batches, fill_dataset_defaults,
-                            finish_epoch, log_step, restore_run, validation_record)
+                            finish_epoch, log_step, open_run, restore_run, validation_loader, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -113,14 +112,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         raise UserError(f"--batch_size {args.batch_size}: the training split holds only {len(train_set)} images")
     train_loader = make_loader(train_set, SeededSampler(range(len(train_set)), args.seed, shuffle=True),
                                args.batch_size, args.workers, drop_last=True)
-    val_loader = make_loader(val_set, SeededSampler(range(len(val_set)), args.seed, shuffle=False), 1,
-                             args.workers, drop_last=False)
-
-    # the inputs are valid: only now does the run get a directory
-    run_dir = Path(args.resume).resolve().parent if resumed is not None else new_run_dir(
-        args.out_dir, args.dataset, args.checkname)
-    logger = setup_logging(run_dir)
-    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    val_loader = validation_loader(val_set, args)
+    run_dir, logger = open_run(args, argv)
     arch.save(run_dir / "architecture.json")
     torch.manual_seed(args.seed)
     model = AutoDeepLab(arch, args.num_classes, args.filter_multiplier).to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from dataloaders import DatasetInfo, SeededSampler
+from dataloaders import DatasetInfo, SeededSampler, make_loader
 from utils.checkpoint import restore_rng_state, save_checkpoint
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
-from utils.run_dir import LOGGER_NAME, append_jsonl, truncate_jsonl
+from utils.run_dir import LOGGER_NAME, append_jsonl, new_run_dir, setup_logging, truncate_jsonl, write_run_metadata
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_CHECKPOINT_NAME = "model_best.pth.tar"
@@ -134,3 +135,21 @@ def restore_run(resumed: dict[str, Any] | None, run_dir: Path, model: nn.Module,
         truncate_jsonl(run_dir / name, resumed["epoch"])
     logging.getLogger(LOGGER_NAME).info(f"resumed at epoch {resumed['epoch'] + 1}")
     return resumed["epoch"] + 1, resumed["best_miou"]
+
+
+def validation_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
+    """Whole images one at a time, in order."""
+    return make_loader(dataset, SeededSampler(range(len(dataset)), args.seed, shuffle=False), 1, args.workers,
+                       drop_last=False)
+
+
+def open_run(args: argparse.Namespace, argv: list[str] | None) -> tuple[Path, logging.Logger]:
+    """The run directory (the resumed checkpoint's, or a new one) with its log and metadata.
+
+    Called once the inputs are known to be valid, so a run that cannot start leaves no directory.
+    """
+    run_dir = (Path(args.resume).resolve().parent if args.resume
+               else new_run_dir(args.out_dir, args.dataset, args.checkname))
+    logger = setup_logging(run_dir)
+    write_run_metadata(run_dir, vars(args) | {"argv": sys.argv[1:] if argv is None else argv})
+    return run_dir, logger
