@@ -31,13 +31,19 @@ class Path:
     @staticmethod
     def db_root_dir(dataset: str, override: str | None = None) -> str:
         """The root folder of ``dataset`` (see the module docstring for the precedence)."""
+        return Path.root_and_origin(dataset, override)[0]
+
+    @staticmethod
+    def root_and_origin(dataset: str, override: str | None = None, layout: str = "") -> tuple[str, str]:
+        """The root folder of ``dataset`` and where it came from (a flag or a variable), for errors."""
         if override:
-            return override
+            return override, "--data_root"
         variable = dataset_root_variable(dataset)
         if os.environ.get(variable):
-            return os.environ[variable]
+            return os.environ[variable], variable
         if os.environ.get(DATA_ROOT_VARIABLE):
-            return os.path.join(os.environ[DATA_ROOT_VARIABLE], dataset)
+            return os.path.join(os.environ[DATA_ROOT_VARIABLE], dataset), DATA_ROOT_VARIABLE
+        expected = f" (expected layout: {layout})" if layout else ""
         raise UserError(f"no data root for dataset {dataset!r}: pass --data_root, or set "
                         f"{variable} to its folder, or {DATA_ROOT_VARIABLE} to a folder "
-                        f"containing {dataset}/")
+                        f"containing {dataset}/{expected}")

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from config_utils.common import explicit_dests, resumed_arguments
 from config_utils.search_args import search_parser
 from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
-                         split_indices)
-from dataloaders.transforms import EvalTransform, SearchTrainTransform
+                         source_palette, split_indices)
+from dataloaders.transforms import eval_transform, search_train_transform
 from modeling.decoding import decode_architecture
 from modeling.genotypes import level_stride
 from modeling.model_search import AutoDeepLabSearch
@@ -36,7 +36,8 @@ from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batc
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
-                    "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed")
+                    "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed", "use_sbd",
+                    "coco_all_classes")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
@@ -57,10 +58,12 @@ def main(argv: list[str] | None = None) -> Path:
     device = resolve_device(args.device)
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
-    check_split(train_source, "train", args.crop_size, args.resize)
-    check_split(val_source, "val")
-    train_set = SegmentationDataset(train_source, SearchTrainTransform(args.resize, args.crop_size), args.num_classes)
-    val_set = SegmentationDataset(val_source, EvalTransform(args.resize), args.num_classes)
+    palette = source_palette(info, val_source, args.num_classes)
+    classes = {"names": list(val_source.class_names), "palette": palette.tolist()}
+    check_split(train_source, "train", args, args.crop_size, args.resize)
+    check_split(val_source, "val", args)
+    train_set = SegmentationDataset(train_source, search_train_transform(args.resize, args.crop_size), args.num_classes)
+    val_set = SegmentationDataset(val_source, eval_transform(args.resize), args.num_classes)
     split_a, split_b = ((resumed["split"]["a"], resumed["split"]["b"]) if resumed is not None
                         else split_indices(len(train_set), args.seed))
     if min(len(split_a), len(split_b)) < args.batch_size:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> Path:
                            args.workers, drop_last=True)
     loader_b = make_loader(train_set, SeededSampler(split_b, args.seed + 1, shuffle=True), args.batch_size,
                            args.workers, drop_last=True)
-    val_loader = validation_loader(val_set, args)
+    val_loader = validation_loader(val_set, args.workers)
     run_dir, logger = open_run(args, argv)
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "epoch_seconds": round(time.time() - started, 1)}
         if arch_losses:
             record["arch_loss"] = sum(arch_losses) / len(arch_losses)
-        record |= validation_record(model, val_loader, args, epoch, device)
+        record |= validation_record(model, val_loader, args, epoch, device, writer, palette)
         arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
         strides = [level_stride(k) for k in arch.network_path]
         append_jsonl(run_dir / "architecture_history.jsonl",
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> Path:
         log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
         state = {"stage": "search", "args": vars(args), "model": model.state_dict(),
                  "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "classes": classes,
                  "split": {"a": list(split_a), "b": list(split_b)}}
         best_miou = finish_epoch(run_dir, writer, record, state, best_miou, f"; path strides {strides}")
     writer.close()

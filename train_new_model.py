@@ -18,22 +18,25 @@ from tqdm import tqdm
 
 from config_utils.common import explicit_dests, resumed_arguments
 from config_utils.retrain_args import retrain_parser
-from dataloaders import SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes
-from dataloaders.transforms import EvalTransform, RetrainTrainTransform
+from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
+                         source_palette)
+from dataloaders.transforms import eval_transform, retrain_train_transform
 from modeling.genotypes import Architecture, level_stride
 from modeling.model_retrain import AutoDeepLab
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
+from utils.evaluation import evaluate, write_report
 from utils.plots import plot_curves, save_figure
 from utils.run_dir import read_jsonl
-from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, epoch_batches, fill_dataset_defaults,
-                            finish_epoch, log_step, open_run, restore_run, validation_loader, validation_record)
+from utils.training import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, batch_loss, check_split, epoch_batches,
+                            fill_dataset_defaults, finish_epoch, log_step, open_run, restore_run, validation_loader,
+                            validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "saved_arch_path", "seed", "epochs", "batch_size",
-                    "synthetic_train_samples", "synthetic_seed")
+                    "synthetic_train_samples", "synthetic_seed", "use_sbd", "coco_all_classes")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
@@ -104,15 +107,17 @@ def main(argv: list[str] | None = None) -> Path | None:
             else Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)"))
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
-    check_split(train_source, "train")
-    check_split(val_source, "val")
-    train_set = SegmentationDataset(train_source, RetrainTrainTransform(args.crop_size, tuple(args.scale_range)), args.num_classes)
-    val_set = SegmentationDataset(val_source, EvalTransform(None), args.num_classes)
+    palette = source_palette(info, val_source, args.num_classes)
+    classes = {"names": list(val_source.class_names), "palette": palette.tolist()}
+    check_split(train_source, "train", args)
+    check_split(val_source, "val", args)
+    train_set = SegmentationDataset(train_source, retrain_train_transform(args.crop_size, tuple(args.scale_range)), args.num_classes)
+    val_set = SegmentationDataset(val_source, eval_transform(None), args.num_classes)
     if len(train_set) < args.batch_size:
         raise UserError(f"--batch_size {args.batch_size}: the training split holds only {len(train_set)} images")
     train_loader = make_loader(train_set, SeededSampler(range(len(train_set)), args.seed, shuffle=True),
                                args.batch_size, args.workers, drop_last=True)
-    val_loader = validation_loader(val_set, args)
+    val_loader = validation_loader(val_set, args.workers)
     run_dir, logger = open_run(args, argv)
     arch.save(run_dir / "architecture.json")
     torch.manual_seed(args.seed)
@@ -144,14 +149,20 @@ def main(argv: list[str] | None = None) -> Path | None:
 
         record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}
-        record |= validation_record(model, val_loader, args, epoch, device)
+        record |= validation_record(model, val_loader, args, epoch, device, writer, palette)
         state = {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng_state()}
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "classes": classes}
         best_miou = finish_epoch(run_dir, writer, record, state, best_miou)
     writer.close()
     save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],
                             title="retrain"), run_dir / "retrain_curves.png")
+    best = load_checkpoint(run_dir / BEST_CHECKPOINT_NAME, stage="retrain")
+    model.load_state_dict(best["model"])
+    report_dir = run_dir / "report_val"
+    table = write_report(evaluate(model, val_loader, args.num_classes, device, desc="report"), classes["names"],
+                         report_dir, {"checkpoint": str(run_dir / BEST_CHECKPOINT_NAME), "epoch": best["epoch"]})
+    logger.info(f"best checkpoint (epoch {best['epoch']}) on val, report in {report_dir}:\n{table}")
     logger.info(f"retrain finished: best val mIoU {best_miou:.4f}; checkpoints in {run_dir}")
     return run_dir
 

@@ -1,113 +1,33 @@
-"""Dataset registry, dataset flags, and the seeded dataset/sampler/loader the stage scripts use.
+"""Datasets for the stage scripts: the registry, the seeded dataset, sampler and loader.
 
-A dataset plugs in by registering a ``DatasetInfo`` whose ``make_source(split, args)`` returns a
-*source*: an object with ``__len__``, ``load(i) -> (image uint8 [H, W, 3], mask uint8 [H, W])``
-and ``class_names``. ``SegmentationDataset`` turns a source and a transform into tensors.
+Each dataset module registers itself on import (the list below is the whole set). A source
+(see ``registry.SegmentationSource``) yields raw arrays; ``SegmentationDataset`` adds a transform.
 
 Reproducibility: ``SeededSampler`` yields ``(index, sample_seed)`` pairs and the dataset seeds the
-transform's generator with ``sample_seed``, so the augmentation of every sample is a function of
+transform's random draws with ``sample_seed``, so the augmentation of every sample is a function of
 (seed, epoch, position) alone, whatever the number of workers, and survives a resume.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from config_utils.common import add_flag, non_negative_int, positive_int
-from dataloaders.synthetic import SyntheticShapes
-from dataloaders.transforms import IGNORE_INDEX
-from utils.errors import UserError
+from dataloaders import synthetic  # noqa: F401 - registers the dataset
+from dataloaders.datasets import ade20k, camvid, cityscapes, coco, folder, pascal  # noqa: F401 - register them
+from dataloaders.registry import (DATASETS, IGNORE_INDEX, DatasetInfo, SegmentationSource, add_dataset_arguments,
+                                  check_mask_values, dataset_root, get_dataset_info, register_dataset,
+                                  resolve_num_classes, source_palette, voc_palette)
+from dataloaders.transforms import seeded_rng
 
+__all__ = ["DATASETS", "IGNORE_INDEX", "DatasetInfo", "SeededSampler", "SegmentationDataset", "SegmentationSource",
+           "add_dataset_arguments", "dataset_root", "get_dataset_info", "make_loader", "register_dataset",
+           "resolve_num_classes", "source_palette", "split_indices", "voc_palette"]
 
-class SegmentationSource(Protocol):
-    """What a dataset provides for one split: raw arrays, no tensors, no augmentation."""
-
-    class_names: Sequence[str]
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-Transform = Callable[[np.ndarray, np.ndarray, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-
-
-def voc_palette(num_classes: int) -> np.ndarray:
-    """The PASCAL VOC colour map: [N, 3] uint8, class 0 black, neighbours clearly distinct."""
-    palette = np.zeros((num_classes, 3), dtype=np.uint8)
-    for class_id in range(num_classes):
-        bits, colour = class_id, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((bits >> channel) & 1) << shift
-            bits >>= 3
-        palette[class_id] = colour
-    return palette
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Everything the scripts need to know about a dataset before touching its files."""
-
-    name: str
-    num_classes: int | None  # None: chosen with --num_classes (default_num_classes otherwise)
-    default_num_classes: int
-    make_source: Callable[[str, argparse.Namespace], SegmentationSource]
-    defaults: dict[str, Any] = field(default_factory=dict)  # per-dataset default flag values
-    palette: Callable[[int], np.ndarray] = voc_palette
-
-
-DATASETS: dict[str, DatasetInfo] = {}
-
-
-def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    if info.name in DATASETS:
-        raise ValueError(f"dataset {info.name!r} is already registered")
-    DATASETS[info.name] = info
-    return info
-
-
-def get_dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise UserError(f"--dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "dataset", default="synthetic", choices=sorted(DATASETS),
-             help="dataset to use (default: %(default)s)")
-    add_flag(parser, "data_root", default=None,
-             help="dataset root folder; overrides AUTODEEPLAB_<DATASET>_ROOT and "
-                  "AUTODEEPLAB_DATA_ROOT (unused by synthetic)")
-    add_flag(parser, "num_classes", type=positive_int, default=None,
-             help="number of classes including background (default: the dataset's own)")
-    synthetic = parser.add_argument_group("synthetic dataset")
-    add_flag(synthetic, "synthetic_size", type=positive_int, default=96,
-             help="image side in pixels (default: %(default)s)")
-    add_flag(synthetic, "synthetic_train_samples", type=positive_int, default=400,
-             help="training images (default: %(default)s)")
-    add_flag(synthetic, "synthetic_val_samples", type=positive_int, default=100,
-             help="validation images (default: %(default)s)")
-    add_flag(synthetic, "synthetic_seed", type=non_negative_int, default=0,
-             help="seed of the generated images (default: %(default)s)")
-
-
-def resolve_num_classes(args: argparse.Namespace) -> int:
-    """The class count in use: fixed by the dataset, or --num_classes, or the dataset default."""
-    info = get_dataset_info(args.dataset)
-    if info.num_classes is None:
-        return info.default_num_classes if args.num_classes is None else args.num_classes
-    if args.num_classes not in (None, info.num_classes):
-        raise UserError(f"--num_classes: dataset {info.name} has exactly {info.num_classes} "
-                        f"classes, got {args.num_classes}; drop the flag")
-    return info.num_classes
+Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 class SegmentationDataset(Dataset):
@@ -125,16 +45,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key if isinstance(key, tuple) else (key, 0)
         image, mask = self.source.load(int(index))
-        self._check_labels(int(index), mask)
-        return self.transform(image, mask, torch.Generator().manual_seed(int(seed)))
-
-    def _check_labels(self, index: int, mask: np.ndarray) -> None:
-        """Fail on the raw mask, where the offending sample is still known, not in the loss."""
-        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
-        if bad.any():
-            raise UserError(f"sample {index} of {type(self.source).__name__}: mask label "
-                            f"{int(mask[bad].max())} is outside 0..{self.num_classes - 1} "
-                            f"(and not {IGNORE_INDEX}); check --num_classes and the data")
+        # Fail on the raw mask, where the offending file is still known, not later in the loss.
+        check_mask_values(mask, self.num_classes, self.source.describe(int(index)))
+        with seeded_rng(int(seed)):
+            return self.transform(image, mask)
 
 
 _UINT64_MASK = (1 << 64) - 1
@@ -217,19 +131,3 @@ def split_indices(n: int, seed: int) -> tuple[list[int], list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     half = n // 2
     return sorted(order[:half]), sorted(order[half:])
-
-
-def _synthetic_source(split: str, args: argparse.Namespace) -> SyntheticShapes:
-    num_samples = args.synthetic_train_samples if split == "train" else args.synthetic_val_samples
-    return SyntheticShapes(split, num_samples, args.synthetic_size, resolve_num_classes(args),
-                           args.synthetic_seed)
-
-
-register_dataset(DatasetInfo(
-    name="synthetic",
-    num_classes=None,
-    default_num_classes=4,  # background, disk, ring, cross: learnable in minutes on CPU
-    make_source=_synthetic_source,
-    defaults={"search_epochs": 8, "alpha_epoch": 4, "retrain_epochs": 6, "crop_size": 64, "resize": None,
-              "batch_size": 8},
-))

@@ -12,10 +12,14 @@ its own, in any worker, in any order, and the splits are disjoint random streams
 
 from __future__ import annotations
 
+import argparse
+
 from dataclasses import dataclass
 
 import numpy as np
 
+from config_utils.common import add_flag, non_negative_int, positive_int
+from dataloaders.registry import DatasetInfo, register_dataset, resolve_num_classes
 from utils.errors import UserError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -228,6 +232,40 @@ class SyntheticShapes:
             ))
         return shapes
 
+    def describe(self, index: int) -> str:
+        return f"synthetic {self.split} sample {index}"
+
+    def check(self, num_classes: int) -> None:
+        """Nothing to check: generated samples are valid by construction."""
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         _, appearance_rng = self._rngs(index)
         return paint(self.layout(index), self.image_size, appearance_rng)
+
+
+def add_synthetic_arguments(group: argparse._ArgumentGroup) -> None:
+    add_flag(group, "synthetic_size", type=positive_int, default=96,
+             help="image side in pixels (default: %(default)s)")
+    add_flag(group, "synthetic_train_samples", type=positive_int, default=400,
+             help="training images (default: %(default)s)")
+    add_flag(group, "synthetic_val_samples", type=positive_int, default=100,
+             help="validation images (default: %(default)s)")
+    add_flag(group, "synthetic_seed", type=non_negative_int, default=0,
+             help="seed of the generated images (default: %(default)s)")
+
+
+def make_synthetic_source(split: str, args: argparse.Namespace) -> SyntheticShapes:
+    num_samples = args.synthetic_train_samples if split == "train" else args.synthetic_val_samples
+    return SyntheticShapes(split, num_samples, args.synthetic_size, resolve_num_classes(args), args.synthetic_seed)
+
+
+register_dataset(DatasetInfo(
+    name="synthetic",
+    num_classes=None,
+    default_num_classes=4,  # background, disk, ring, cross: learnable in minutes on CPU
+    make_source=make_synthetic_source,
+    splits=("train", "val", "test"),
+    defaults={"search_epochs": 8, "alpha_epoch": 4, "retrain_epochs": 6, "crop_size": 64, "resize": None,
+              "batch_size": 8},
+    add_arguments=add_synthetic_arguments,
+))

@@ -1,144 +1,131 @@
-"""Joint image/mask transforms on tensors, and the train/eval pipelines built from them.
+"""The joint image/mask pipelines of the stage scripts, built from torchvision's ``transforms.v2``.
 
-Images are float32 [3, H, W] in [0, 1] until ``normalize``; masks are int64 [H, W]. Every random
-decision draws from an explicit ``torch.Generator`` so that an augmentation depends only on the
-seed the sampler hands out, never on the worker that happens to run it.
+``transforms.v2`` transforms an image and its mask together: geometric ops apply the same random
+parameters to both, resize masks with nearest-neighbour, and leave masks alone in photometric
+ops such as blur. A pipeline takes the uint8 arrays a source loads (image [H, W, 3], mask [H, W])
+and returns a normalised float32 image [3, H, W] and an int64 mask [H, W].
+
+Randomness comes from torch's default CPU generator, as in torchvision; ``SegmentationDataset``
+seeds it per sample (``seeded_rng``), so an augmentation depends on the sampler's seed alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from utils.torchvision_compat import import_torchvision
+
+import_torchvision()
+from torchvision import tv_tensors  # noqa: E402 - needs import_torchvision() first
+from torchvision.transforms import v2  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
+# The mean colour as uint8: padding with it makes the padded area about 0 after normalisation.
+MEAN_FILL = [round(255 * channel) for channel in IMAGENET_MEAN]
+PAD_FILL = {tv_tensors.Image: MEAN_FILL, tv_tensors.Mask: IGNORE_INDEX}
+BLUR_PROBABILITY, BLUR_KERNEL, BLUR_SIGMA = 0.5, 5, (0.1, 1.0)  # as the DeepLab PyTorch ports blur
 
 ImageMask = tuple[torch.Tensor, torch.Tensor]
 
 
-def to_tensors(image_np: np.ndarray, mask_np: np.ndarray) -> ImageMask:
-    """uint8 [H, W, 3] image and [H, W] mask arrays → float [3, H, W] in [0, 1] and int64 [H, W]."""
-    image = torch.from_numpy(np.ascontiguousarray(image_np)).permute(2, 0, 1).float().div_(255)
-    mask = torch.from_numpy(np.asarray(mask_np, dtype=np.int64))
-    return image, mask
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's default CPU generator for the block, then restore its state.
+
+    Only the CPU generator is touched (``torch.manual_seed`` would also reseed every CUDA device
+    and so change dropout on the GPU).
+    """
+    state = torch.default_generator.get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(state)
 
 
-def resize(image: torch.Tensor, mask: torch.Tensor, size_hw: tuple[int, int]) -> ImageMask:
-    """Bilinear for the image, nearest for the mask (labels are never blended)."""
-    size_hw = (int(size_hw[0]), int(size_hw[1]))
-    image = F.interpolate(image[None], size=size_hw, mode="bilinear", align_corners=False)[0]
-    # "nearest-exact" samples at pixel centres, the same grid bilinear uses with align_corners=False.
-    mask = F.interpolate(mask[None, None].float(), size=size_hw, mode="nearest-exact")[0, 0]
-    return image, mask.long()
+class RandomScale(v2.Transform):
+    """Resize by one factor drawn uniformly from ``scale_range``: DeepLab's random scale.
+
+    torchvision's resizes pick a target size; the DeepLab recipe scales each image relative to its
+    own size, whatever that is, so the factor is drawn here and the resize left to torchvision.
+    """
+
+    def __init__(self, scale_range: tuple[float, float]) -> None:
+        super().__init__()
+        low, high = scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
+        self.scale_range = (float(low), float(high))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = TF.get_size(next(x for x in flat_inputs if isinstance(x, tv_tensors.Image)))
+        low, high = self.scale_range
+        scale = low + (high - low) * float(torch.rand(()))
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.resize, inpt, params["size"], antialias=True)
 
 
-def resize_short_side(image: torch.Tensor, mask: torch.Tensor, short: int) -> ImageMask:
-    """Resize so that the shorter side is ``short``, keeping the aspect ratio."""
-    height, width = image.shape[-2:]
-    if height <= width:
-        return resize(image, mask, (short, max(1, round(width * short / height))))
-    return resize(image, mask, (max(1, round(height * short / width)), short))
+class JointPipeline:
+    """uint8 arrays in, normalised image and int64 mask out, through ``steps`` applied to both."""
+
+    def __init__(self, steps: Sequence[v2.Transform]) -> None:
+        self.pipeline = v2.Compose([
+            *steps,
+            v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
+                       scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> ImageMask:
+        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        out_image, out_mask = self.pipeline(image_t, mask_t)
+        return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return repr(self.pipeline)
 
 
-def pad_to(image: torch.Tensor, mask: torch.Tensor, min_h: int, min_w: int,
-           ignore_index: int = IGNORE_INDEX,
-           image_fill: float | Sequence[float] = 0.0) -> ImageMask:
-    """Pad bottom/right up to at least [min_h, min_w]; padded labels are ``ignore_index``."""
-    height, width = image.shape[-2:]
-    if height >= min_h and width >= min_w:
-        return image, mask
-    out_h, out_w = max(height, min_h), max(width, min_w)
-    fill = torch.as_tensor(image_fill, dtype=image.dtype).reshape(-1, 1, 1)
-    padded_image = fill.expand(image.shape[0], out_h, out_w).clone()
-    padded_image[:, :height, :width] = image
-    padded_mask = mask.new_full((out_h, out_w), ignore_index)
-    padded_mask[:height, :width] = mask
-    return padded_image, padded_mask
+def search_train_transform(resize: int | None, crop: int) -> JointPipeline:
+    """Architecture search: short side resized to ``resize`` → random crop → flip (the paper's
+    half-resolution Cityscapes with 321 crops is ``resize=512, crop=321``)."""
+    steps = [] if resize is None else [v2.Resize(resize, antialias=True)]
+    return JointPipeline(steps + [v2.RandomCrop(crop), v2.RandomHorizontalFlip()])
 
 
-def random_crop(image: torch.Tensor, mask: torch.Tensor, crop_h: int, crop_w: int,
-                generator: torch.Generator) -> ImageMask:
-    """A uniformly placed crop; the image must be at least the crop size (pad first)."""
-    height, width = image.shape[-2:]
-    if height < crop_h or width < crop_w:
-        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the {height}x{width} image; "
-                         f"lower --crop_size or pad the image first")
-    top = int(torch.randint(height - crop_h + 1, (1,), generator=generator))
-    left = int(torch.randint(width - crop_w + 1, (1,), generator=generator))
-    return (image[:, top:top + crop_h, left:left + crop_w],
-            mask[top:top + crop_h, left:left + crop_w])
+def retrain_train_transform(crop: int, scale_range: tuple[float, float] = (0.5, 2.0),
+                            blur: bool = True) -> JointPipeline:
+    """Retraining: random scale → pad (mean colour, label 255) → random crop → flip → blur."""
+    steps = [RandomScale(scale_range), v2.RandomCrop(crop, pad_if_needed=True, fill=PAD_FILL),
+             v2.RandomHorizontalFlip()]
+    if blur:
+        steps.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, BLUR_SIGMA)], p=BLUR_PROBABILITY))
+    return JointPipeline(steps)
 
 
-def random_hflip(image: torch.Tensor, mask: torch.Tensor,
-                 generator: torch.Generator) -> ImageMask:
-    if torch.rand((), generator=generator) < 0.5:
-        return image.flip(-1), mask.flip(-1)
-    return image, mask
+def eval_transform(resize: int | None) -> JointPipeline:
+    """Evaluation: the whole image, short side optionally resized, normalised."""
+    return JointPipeline([] if resize is None else [v2.Resize(resize, antialias=True)])
 
 
-def random_scale(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-                 scale_range: tuple[float, float] = (0.5, 2.0)) -> ImageMask:
-    """Resize both by one factor drawn uniformly from ``scale_range``."""
-    low, high = scale_range
-    scale = low + (high - low) * float(torch.rand((), generator=generator))
-    height, width = image.shape[-2:]
-    return resize(image, mask, (max(1, round(height * scale)), max(1, round(width * scale))))
+def image_to_input(image: np.ndarray) -> torch.Tensor:
+    """A uint8 [H, W, 3] image as the normalised float [3, H, W] a model takes (no mask, no resize)."""
+    tensor = TF.to_dtype(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.float32, scale=True)
+    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.as_tensor(mean, dtype=image.dtype).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=image.dtype).reshape(-1, 1, 1)
-    return (image - mean_t) / std_t
-
-
-class SearchTrainTransform:
-    """Architecture search: optional short-side resize → random crop → flip → normalise."""
-
-    def __init__(self, resize: int | None, crop: int) -> None:
-        self.resize = resize
-        self.crop = crop
-
-    def __call__(self, image_np: np.ndarray, mask_np: np.ndarray,
-                 generator: torch.Generator) -> ImageMask:
-        image, mask = to_tensors(image_np, mask_np)
-        if self.resize is not None:
-            image, mask = resize_short_side(image, mask, self.resize)
-        image, mask = random_crop(image, mask, self.crop, self.crop, generator)
-        image, mask = random_hflip(image, mask, generator)
-        return normalize(image, IMAGENET_MEAN, IMAGENET_STD), mask
-
-
-class RetrainTrainTransform:
-    """Retraining: random scale → pad (labels ignored) → random crop → flip → normalise."""
-
-    def __init__(self, crop: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
-        self.crop = crop
-        self.scale_range = scale_range
-
-    def __call__(self, image_np: np.ndarray, mask_np: np.ndarray,
-                 generator: torch.Generator) -> ImageMask:
-        image, mask = to_tensors(image_np, mask_np)
-        image, mask = random_scale(image, mask, generator, self.scale_range)
-        # Padding with the mean colour makes the padded area exactly 0 after normalisation.
-        image, mask = pad_to(image, mask, self.crop, self.crop, image_fill=IMAGENET_MEAN)
-        image, mask = random_crop(image, mask, self.crop, self.crop, generator)
-        image, mask = random_hflip(image, mask, generator)
-        return normalize(image, IMAGENET_MEAN, IMAGENET_STD), mask
-
-
-class EvalTransform:
-    """Evaluation: optional short-side resize and normalisation; ``generator`` is unused."""
-
-    def __init__(self, resize: int | None) -> None:
-        self.resize = resize
-
-    def __call__(self, image_np: np.ndarray, mask_np: np.ndarray,
-                 generator: torch.Generator | None = None) -> ImageMask:
-        image, mask = to_tensors(image_np, mask_np)
-        if self.resize is not None:
-            image, mask = resize_short_side(image, mask, self.resize)
-        return normalize(image, IMAGENET_MEAN, IMAGENET_STD), mask
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """A normalised float image [..., 3, H, W] back to [0, 1] for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)
+    return (image * std + mean).clamp(0, 1)

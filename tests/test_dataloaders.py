@@ -9,7 +9,7 @@ from dataloaders import (DATASETS, DatasetInfo, SeededSampler, SegmentationDatas
                          get_dataset_info, make_loader, register_dataset, resolve_num_classes, split_indices,
                          voc_palette)
 from dataloaders.synthetic import SyntheticShapes
-from dataloaders.transforms import EvalTransform, SearchTrainTransform
+from dataloaders.transforms import eval_transform, search_train_transform
 from utils.errors import UserError
 
 
@@ -33,6 +33,12 @@ class ListSource:
     def load(self, index):
         mask = self.masks[index]
         return np.zeros((*mask.shape, 3), dtype=np.uint8), mask
+
+    def describe(self, index):
+        return f"list sample {index}"
+
+    def check(self, num_classes):
+        pass
 
 
 # ---------------------------------------------------------------- registry and flags
@@ -117,7 +123,7 @@ def test_palette_is_distinct_uint8_colours():
 
 def test_dataset_applies_the_transform_with_the_key_seed():
     source = SyntheticShapes("train", 4, 48, 4, 0)
-    dataset = SegmentationDataset(source, SearchTrainTransform(None, 32))
+    dataset = SegmentationDataset(source, search_train_transform(None, 32))
     image, mask = dataset[(1, 5)]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert mask.shape == (32, 32) and mask.dtype == torch.int64
@@ -131,9 +137,9 @@ def test_dataset_applies_the_transform_with_the_key_seed():
 def test_dataset_rejects_labels_beyond_num_classes():
     good = np.array([[0, 1], [255, 1]], dtype=np.uint8)
     bad = np.array([[0, 7], [1, 1]], dtype=np.uint8)
-    dataset = SegmentationDataset(ListSource([good, good, good, bad]), EvalTransform(None))
+    dataset = SegmentationDataset(ListSource([good, good, good, bad]), eval_transform(None))
     assert dataset[2][1].tolist() == [[0, 1], [255, 1]]
-    with pytest.raises(UserError, match="sample 3.*7"):
+    with pytest.raises(UserError, match="list sample 3: label values 7 are outside 0..1"):
         dataset[3]
 
 
@@ -200,7 +206,7 @@ def test_sampler_rejects_a_bad_rank():
 
 
 def test_loader_batches_do_not_depend_on_workers():
-    dataset = SegmentationDataset(SyntheticShapes("train", 12, 40, 4, 0), SearchTrainTransform(None, 32))
+    dataset = SegmentationDataset(SyntheticShapes("train", 12, 40, 4, 0), search_train_transform(None, 32))
 
     def batches(workers):
         sampler = SeededSampler(range(12), seed=1, shuffle=True)
@@ -215,7 +221,7 @@ def test_loader_batches_do_not_depend_on_workers():
 
 
 def test_loader_leaves_the_global_rng_alone():
-    dataset = SegmentationDataset(SyntheticShapes("train", 4, 32, 4, 0), EvalTransform(None))
+    dataset = SegmentationDataset(SyntheticShapes("train", 4, 32, 4, 0), eval_transform(None))
     loader = make_loader(dataset, SeededSampler(range(4), seed=0, shuffle=True), 2, 0, drop_last=False)
     state = torch.get_rng_state()
     assert sum(len(images) for images, _ in loader) == 4

@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders.transforms import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, RetrainTrainTransform,
-                                    SearchTrainTransform, normalize, pad_to, random_crop, random_hflip, random_scale,
-                                    resize, resize_short_side, to_tensors)
+from dataloaders.transforms import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, RandomScale, denormalize,
+                                    eval_transform, retrain_train_transform, search_train_transform, seeded_rng)
+from utils.torchvision_compat import import_torchvision
+
+import_torchvision()
+from torchvision import tv_tensors  # noqa: E402
 
 HEIGHT, WIDTH = 40, 50
 
@@ -21,171 +24,120 @@ def coordinate_sample(height=HEIGHT, width=WIDTH):
     return image, label_of(rows, cols).astype(np.uint8)
 
 
-def decode_coordinates(image, normalized=False):
-    """The (row, col) each output pixel was sampled at, as floats (bilinear interpolates them)."""
-    if normalized:
-        image = image * torch.tensor(IMAGENET_STD).reshape(3, 1, 1) + torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
-    return image[0] * 255, image[1] * 255
+def decode_coordinates(image):
+    """The (row, col) each output pixel was sampled at, from a normalised output image."""
+    pixels = denormalize(image) * 255
+    return pixels[0], pixels[1]
 
 
-def assert_aligned(image, mask, normalized=False):
-    """Each labelled pixel carries the label of the source pixel nearest to where it was sampled.
-
-    At an exact half-pixel tie (downscaling by an integer factor) either neighbour is accepted.
-    """
-    rows, cols = decode_coordinates(image, normalized)
+def assert_aligned(image, mask):
+    """Each labelled pixel carries the label of a source pixel within one pixel of where the image
+    pixel was sampled (nearest-neighbour masks and bilinear images use slightly different grids)."""
+    rows, cols = decode_coordinates(image)
     labelled = mask != IGNORE_INDEX
     assert labelled.any()
-    tie = 1e-3
     matches = torch.zeros_like(labelled)
-    for row in ((rows + 0.5 - tie).floor(), (rows + 0.5 + tie).floor()):
-        for col in ((cols + 0.5 - tie).floor(), (cols + 0.5 + tie).floor()):
-            matches |= mask == label_of(row.long(), col.long())
+    for d_row in (-1, 0, 1):
+        for d_col in (-1, 0, 1):
+            matches |= mask == label_of(rows.round().long() + d_row, cols.round().long() + d_col)
     assert matches[labelled].all()
 
 
-def generator(seed):
-    return torch.Generator().manual_seed(seed)
+def run(transform, seed, sample=None):
+    with seeded_rng(seed):
+        return transform(*(sample or coordinate_sample()))
 
 
-def test_to_tensors_types_and_ranges():
-    image, mask = to_tensors(*coordinate_sample())
-    assert image.shape == (3, HEIGHT, WIDTH) and image.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1
-    assert mask.shape == (HEIGHT, WIDTH) and mask.dtype == torch.int64
+def test_eval_transform_without_resize_only_normalises():
+    image_np, mask_np = coordinate_sample()
+    image, mask = eval_transform(None)(image_np, mask_np)
+    expected = (torch.from_numpy(image_np).permute(2, 0, 1).float() / 255
+                - torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)) / torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+    assert image.dtype == torch.float32 and torch.allclose(image, expected, atol=1e-6)
+    assert mask.dtype == torch.int64 and torch.equal(mask, torch.from_numpy(mask_np).long())
+    assert type(image) is torch.Tensor and type(mask) is torch.Tensor
+
+
+def test_eval_transform_resizes_the_short_side_and_keeps_alignment():
+    image, mask = eval_transform(20)(*coordinate_sample())
+    assert image.shape == (3, 20, 25) and mask.shape == (20, 25)
     assert_aligned(image, mask)
 
 
-def test_random_crop_keeps_alignment_and_moves_with_the_seed():
-    image, mask = to_tensors(*coordinate_sample())
-    corners = set()
-    for seed in range(20):
-        crop_image, crop_mask = random_crop(image, mask, 16, 24, generator(seed))
-        assert crop_image.shape == (3, 16, 24) and crop_mask.shape == (16, 24)
-        assert_aligned(crop_image, crop_mask)
-        rows, cols = decode_coordinates(crop_image)
-        corners.add((round(float(rows[0, 0])), round(float(cols[0, 0]))))
-    assert len(corners) > 10
-
-
-def test_crop_larger_than_image_raises():
-    image, mask = to_tensors(*coordinate_sample())
-    with pytest.raises(ValueError, match="larger than"):
-        random_crop(image, mask, HEIGHT + 1, 8, generator(0))
-    with pytest.raises(ValueError):
-        random_crop(image, mask, 8, WIDTH + 1, generator(0))
-
-
-def test_random_hflip_flips_image_and_mask_together():
-    image, mask = to_tensors(*coordinate_sample())
-    flipped = 0
-    for seed in range(20):
-        out_image, out_mask = random_hflip(image, mask, generator(seed))
-        assert_aligned(out_image, out_mask)
-        _, cols = decode_coordinates(out_image)
-        flipped += round(float(cols[0, 0])) == WIDTH - 1
-    assert 0 < flipped < 20
-
-
-def test_random_scale_keeps_alignment_and_label_set():
-    image, mask = to_tensors(*coordinate_sample())
-    sizes = set()
-    for seed in range(10):
-        out_image, out_mask = random_scale(image, mask, generator(seed), (0.5, 2.0))
-        height, width = out_image.shape[-2:]
-        assert out_mask.shape == (height, width)
-        assert 0.5 * HEIGHT - 1 <= height <= 2.0 * HEIGHT + 1
-        assert abs(height / HEIGHT - width / WIDTH) < 0.05
-        assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist())
-        assert_aligned(out_image, out_mask)
-        sizes.add(height)
-    assert len(sizes) > 5
-
-
-@pytest.mark.parametrize("size_hw", [(13, 17), (80, 100), (40, 25)])
-def test_resize_is_bilinear_for_images_and_nearest_for_masks(size_hw):
-    image, mask = to_tensors(*coordinate_sample())
-    out_image, out_mask = resize(image, mask, size_hw)
-    assert out_image.shape == (3, *size_hw) and out_mask.shape == size_hw and out_mask.dtype == torch.int64
-    assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist())
-    assert_aligned(out_image, out_mask)
-
-
-@pytest.mark.parametrize("shape,short,expected", [((40, 50), 20, (20, 25)), ((50, 40), 20, (25, 20)),
-                                                  ((30, 30), 45, (45, 45))])
-def test_resize_short_side_keeps_the_aspect_ratio(shape, short, expected):
-    image, mask = to_tensors(*coordinate_sample(*shape))
-    out_image, out_mask = resize_short_side(image, mask, short)
-    assert out_image.shape[-2:] == expected and out_mask.shape == expected
-
-
-def test_pad_to_marks_the_padding_as_ignored():
-    image, mask = to_tensors(*coordinate_sample())
-    padded_image, padded_mask = pad_to(image, mask, 48, 45, image_fill=(0.1, 0.2, 0.3))
-    assert padded_image.shape == (3, 48, WIDTH) and padded_mask.shape == (48, WIDTH)
-    assert torch.equal(padded_image[:, :HEIGHT], image) and torch.equal(padded_mask[:HEIGHT], mask)
-    assert (padded_mask[HEIGHT:] == IGNORE_INDEX).all()
-    assert torch.allclose(padded_image[:, HEIGHT:], torch.tensor([0.1, 0.2, 0.3]).reshape(3, 1, 1).expand(3, 8, WIDTH))
-    same_image, same_mask = pad_to(image, mask, 10, 10)
-    assert torch.equal(same_image, image) and torch.equal(same_mask, mask)
-
-
-def test_normalize_per_channel():
-    image = torch.ones(3, 2, 2)
-    out = normalize(image, (0.5, 0.0, 1.0), (0.5, 2.0, 1.0))
-    assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, 0.5, 0.0]))
-
-
-def test_search_train_transform_crops_flips_and_normalizes():
-    transform = SearchTrainTransform(resize=None, crop=24)
-    outputs = [transform(*coordinate_sample(), generator(seed)) for seed in range(8)]
+def test_search_transform_crops_flips_and_keeps_alignment():
+    outputs = [run(search_train_transform(None, 24), seed) for seed in range(12)]
     for image, mask in outputs:
         assert image.shape == (3, 24, 24) and mask.shape == (24, 24)
-        assert_aligned(image, mask, normalized=True)
-    assert len({round(float(decode_coordinates(image, True)[1][0, 0])) for image, _ in outputs}) > 3
+        assert_aligned(image, mask)
+        assert set(mask.unique().tolist()) <= set(range(5))
+    corners = {round(float(decode_coordinates(image)[1][0, 0])) for image, _ in outputs}
+    assert len(corners) > 3
+    flipped = [decode_coordinates(image)[1][0, 0] > decode_coordinates(image)[1][0, -1] for image, _ in outputs]
+    assert any(flipped) and not all(flipped)
 
 
-def test_search_train_transform_resizes_before_cropping():
-    image, mask = SearchTrainTransform(resize=80, crop=64)(*coordinate_sample(), generator(0))
+def test_search_transform_resizes_before_cropping():
+    image, mask = run(search_train_transform(80, 64), 0)
     assert image.shape == (3, 64, 64)
-    assert_aligned(image, mask, normalized=True)
+    assert_aligned(image, mask)
+    # The crop comes from the 80x100 resized image: sampled rows span about half the source height.
+    rows, _ = decode_coordinates(image)
+    assert 25 < float(rows.max() - rows.min()) < 36
+
+
+def test_random_scale_resizes_both_by_one_factor():
+    image = tv_tensors.Image(torch.zeros(3, HEIGHT, WIDTH, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(HEIGHT, WIDTH, dtype=torch.uint8))
+    for seed in range(5):
+        with seeded_rng(seed):
+            out_image, out_mask = RandomScale((0.5, 2.0))(image, mask)
+        height, width = out_image.shape[-2:]
+        assert out_mask.shape == (height, width)
+        assert 20 <= height <= 80 and abs(width / height - WIDTH / HEIGHT) < 0.05
+    with seeded_rng(0):
+        assert RandomScale((1.5, 1.5))(image, mask)[0].shape[-2:] == (60, 75)
+    with pytest.raises(ValueError, match="scale_range"):
+        RandomScale((0.0, 1.0))
 
 
 def test_retrain_transform_pads_small_scales_with_ignored_neutral_pixels():
-    transform = RetrainTrainTransform(crop=48, scale_range=(0.5, 0.6))
-    image, mask = transform(*coordinate_sample(), generator(3))
+    image, mask = run(retrain_train_transform(48, scale_range=(0.5, 0.6)), 3)
     assert image.shape == (3, 48, 48) and mask.shape == (48, 48)
     padded = mask == IGNORE_INDEX
     assert padded.any() and not padded.all()
-    assert torch.allclose(image[:, padded], torch.zeros(1), atol=1e-6)
-    assert_aligned(image, mask, normalized=True)
+    assert image[:, padded].abs().max() < 0.02  # the mean colour, normalised
+    assert_aligned(image, mask)
 
 
 def test_retrain_transform_keeps_alignment_over_many_seeds():
-    transform = RetrainTrainTransform(crop=32)
+    transform = retrain_train_transform(32, blur=False)
     for seed in range(10):
-        image, mask = transform(*coordinate_sample(), generator(seed))
+        image, mask = run(transform, seed)
         assert image.shape == (3, 32, 32)
-        assert_aligned(image, mask, normalized=True)
+        assert_aligned(image, mask)
 
 
-def test_pipelines_depend_only_on_the_generator_seed():
-    sample = coordinate_sample()
-    for transform in (SearchTrainTransform(None, 24), RetrainTrainTransform(24)):
+def test_blur_smooths_the_image_but_never_the_mask():
+    image_np = np.zeros((32, 32, 3), dtype=np.uint8)
+    image_np[:, 16:] = 255
+    mask_np = np.zeros((32, 32), dtype=np.uint8)
+    mask_np[:, 16:] = 1
+    blurred, sharp = 0, 0
+    for seed in range(16):
+        image, mask = run(retrain_train_transform(32, scale_range=(1.0, 1.0)), seed, (image_np, mask_np))
+        assert set(mask.unique().tolist()) <= {0, 1}
+        grey = denormalize(image)[0]
+        if ((grey > 0.02) & (grey < 0.98)).any():
+            blurred += 1
+        else:
+            sharp += 1
+    assert blurred and sharp  # applied to about half of the samples
+
+
+def test_pipelines_depend_only_on_the_seed_and_restore_the_global_rng():
+    for transform in (search_train_transform(None, 24), retrain_train_transform(24)):
         global_state = torch.get_rng_state()
-        first = transform(*sample, generator(11))
-        second = transform(*sample, generator(11))
+        first, second, other = run(transform, 11), run(transform, 11), run(transform, 12)
         assert torch.equal(torch.get_rng_state(), global_state)
         assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-        other = transform(*sample, generator(12))
         assert not torch.equal(first[0], other[0])
-
-
-def test_eval_transform_is_deterministic_resize_and_normalize():
-    image, mask = EvalTransform(resize=None)(*coordinate_sample())
-    expected_image, expected_mask = to_tensors(*coordinate_sample())
-    assert torch.allclose(image, normalize(expected_image, IMAGENET_MEAN, IMAGENET_STD))
-    assert torch.equal(mask, expected_mask)
-    resized_image, resized_mask = EvalTransform(resize=20)(*coordinate_sample(), generator(0))
-    assert resized_image.shape == (3, 20, 25) and resized_mask.shape == (20, 25)
-    assert_aligned(resized_image, resized_mask, normalized=True)

@@ -1,7 +1,16 @@
-"""Validation loop: cross-entropy and the confusion-matrix metrics over a loader."""
+"""Validation and evaluation: predictions (optionally multi-scale and flipped), metrics and reports.
+
+``predict`` is the one place where a model turns an image batch into class probabilities; the
+training loops, ``evaluate.py`` and ``inference.py`` all go through it.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,21 +21,102 @@ from tqdm import tqdm
 from utils.metrics import ConfusionMatrix
 
 IGNORE_INDEX = 255
+PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finite on a confident mistake
+
+
+def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
+            flip: bool = False) -> torch.Tensor:
+    """Class probabilities [N, C, H, W] at the input size, averaged over ``scales`` (and mirrored inputs).
+
+    Each scaled input is resized bilinearly, its logits resized back to the input size and
+    softmaxed; averaging probabilities (not logits) is DeepLab's multi-scale test.
+    """
+    height, width = images.shape[-2:]
+    total = None
+    for scale in scales:
+        size = (max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale)))
+        scaled = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear",
+                                                                      align_corners=False)
+        for mirrored in ((False, True) if flip else (False,)):
+            logits = model(scaled.flip(-1) if mirrored else scaled).float()
+            if mirrored:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probabilities = logits.softmax(dim=1)
+            total = probabilities if total is None else total + probabilities
+    return total / (len(scales) * (2 if flip else 1))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int, device: torch.device,
+             scales: Sequence[float] = (1.0,), flip: bool = False, keep_examples: int = 0,
              desc: str = "val") -> dict[str, Any]:
-    """Metrics summary of ``model`` on ``loader`` plus the mean loss; leaves the model in eval mode."""
+    """Metrics of ``model`` on ``loader`` (see ``ConfusionMatrix.summary``) plus the mean loss and the
+    confusion matrix; with ``keep_examples``, the first images with their ground truth and prediction
+    (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-    total_loss, batches = 0.0, 0
+    total_loss, batches, examples = 0.0, 0, []
     for images, masks in tqdm(loader, desc=desc, leave=False, disable=None):
         images, masks = images.to(device), masks.to(device)
-        logits = model(images)
-        total_loss += F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX).item()
+        probabilities = predict(model, images, scales, flip)
+        log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
+        total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
         batches += 1
-        matrix.update(logits.argmax(dim=1).cpu(), masks.cpu())
-    summary = matrix.summary()
+        prediction = probabilities.argmax(dim=1).cpu()
+        matrix.update(prediction, masks.cpu())
+        for image, mask, predicted in zip(images.cpu(), masks.cpu(), prediction):
+            if len(examples) < keep_examples:
+                examples.append((image, mask, predicted))
+    summary: dict[str, Any] = matrix.summary()
     summary["loss"] = total_loss / max(batches, 1)
+    summary["confusion_matrix"] = matrix.matrix.cpu().tolist()
+    if keep_examples:
+        summary["examples"] = examples
     return summary
+
+
+def report_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:
+    """Per-class IoU and accuracy, then the four overall scores, as a fixed-width text table."""
+    matrix = ConfusionMatrix.from_counts(summary["confusion_matrix"])
+    width = max(12, *(len(name) for name in class_names))
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'accuracy':>8}  {'pixels':>12}"]
+    for name, iou, accuracy, pixels in zip(class_names, matrix.iou(), matrix.class_accuracy(),
+                                           matrix.ground_truth_pixels()):
+        lines.append(f"{name:<{width}}  {_percent(iou):>7}  {_percent(accuracy):>8}  {int(pixels):>12,}")
+    lines.append("")
+    for label, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"),
+                       ("mean class accuracy", "mean_class_accuracy"), ("frequency-weighted IoU", "fw_iou")):
+        lines.append(f"{label:<{width + 10}} {100 * summary[key]:6.2f}")
+    return "\n".join(lines)
+
+
+def write_report(summary: dict[str, Any], class_names: Sequence[str], out_dir: Path,
+                 details: dict[str, Any] | None = None) -> str:
+    """Write ``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``out_dir``; return the table."""
+    from utils.plots import plot_confusion, save_figure  # matplotlib only where a report is written
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = ConfusionMatrix.from_counts(summary["confusion_matrix"])
+    scores = {key: value for key, value in summary.items() if key != "examples"}
+    record = {"class_names": list(class_names), **(details or {}), **scores}
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    with open(out_dir / "per_class.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class_id", "class", "iou", "accuracy", "ground_truth_pixels", "predicted_pixels"])
+        for class_id, row in enumerate(zip(class_names, matrix.iou(), matrix.class_accuracy(),
+                                           matrix.ground_truth_pixels(), matrix.predicted_pixels())):
+            name, iou, accuracy, gt_pixels, predicted_pixels = row
+            writer.writerow([class_id, name, _csv_float(iou), _csv_float(accuracy), int(gt_pixels),
+                             int(predicted_pixels)])
+    save_figure(plot_confusion(matrix.matrix.numpy(), class_names), out_dir / "confusion_matrix.png")
+    return report_table(summary, class_names)
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _csv_float(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6f}"

@@ -41,6 +41,14 @@ class ConfusionMatrix:
         self._matrix = self._matrix.to(counts.device)
         self._matrix += counts.reshape(self.num_classes, self.num_classes)
 
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor | np.ndarray | list, ignore_index: int = 255) -> ConfusionMatrix:
+        """A matrix holding saved counts (e.g. the ``confusion_matrix`` of an evaluation summary)."""
+        counts_t = torch.as_tensor(counts)
+        matrix = cls(counts_t.shape[0], ignore_index)
+        matrix.merge(counts_t)
+        return matrix
+
     def reset(self) -> None:
         self._matrix = torch.zeros_like(self._matrix)
 
@@ -79,14 +87,25 @@ class ConfusionMatrix:
         total = counts.sum()
         return float(np.trace(counts) / total) if total > 0 else 0.0
 
-    def mean_class_accuracy(self) -> float:
-        """Mean recall over the classes present in the ground truth."""
+    def ground_truth_pixels(self) -> np.ndarray:
+        return self._counts().sum(axis=1)
+
+    def predicted_pixels(self) -> np.ndarray:
+        return self._counts().sum(axis=0)
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per-class recall TP / (TP + FN); NaN for a class absent from the ground truth."""
         counts = self._counts()
         gt_pixels = counts.sum(axis=1)
-        present = gt_pixels > 0
-        if not present.any():
-            return 0.0
-        return float((np.diag(counts)[present] / gt_pixels[present]).mean())
+        scores = np.full(self.num_classes, np.nan)
+        np.divide(np.diag(counts), gt_pixels, out=scores, where=gt_pixels > 0)
+        return scores
+
+    def mean_class_accuracy(self) -> float:
+        """Mean recall over the classes present in the ground truth."""
+        scores = self.class_accuracy()
+        present = ~np.isnan(scores)
+        return float(scores[present].mean()) if present.any() else 0.0
 
     def frequency_weighted_iou(self) -> float:
         """IoU averaged with each class weighted by its share of ground-truth pixels."""

@@ -290,3 +290,29 @@ def _draw_arrow(ax: Axes, source: tuple[float, float], target: tuple[float, floa
                 arrowprops={"arrowstyle": "-|>", "connectionstyle": f"arc3,rad={rad}",
                             "patchA": patch_a, "patchB": patch_b, "shrinkA": 0, "shrinkB": 0,
                             "color": color, "linewidth": 1.3, "mutation_scale": 14})
+
+
+def plot_confusion(counts: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """The confusion matrix with each ground-truth row normalised to 1, so rare classes stay readable.
+
+    Rows are ground truth, columns predictions; cells show percentages when there are few classes.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    size = min(4 + 0.35 * len(class_names), 30)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, labels=class_names, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, labels=class_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    if len(class_names) <= 25:
+        for row, col in np.ndindex(shares.shape):
+            if shares[row, col] >= 0.005:
+                ax.text(col, row, f"{100 * shares[row, col]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if shares[row, col] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth row")
+    ax.set_title("confusion matrix (rows normalised)")
+    return fig

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,12 +18,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from dataloaders import DatasetInfo, SeededSampler, make_loader
+from dataloaders.transforms import denormalize
 from utils.checkpoint import restore_rng_state, save_checkpoint
+from utils.colors import colorize
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
 from utils.run_dir import LOGGER_NAME, append_jsonl, new_run_dir, setup_logging, truncate_jsonl, write_run_metadata
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
+TENSORBOARD_EXAMPLES = 4  # validation images shown with their ground truth and prediction each validation
 BEST_CHECKPOINT_NAME = "model_best.pth.tar"
 
 PAPER_ALPHA_EPOCH = 20  # the paper trains weights alone for 20 of its 40 search epochs
@@ -30,12 +34,13 @@ MIN_TRAIN_BATCH = 2  # BatchNorm on the ASPP image-pooling branch needs more tha
 
 
 def fill_dataset_defaults(args: argparse.Namespace, info: DatasetInfo, stage: str) -> None:
-    """Replace unset flags by the dataset's defaults for this stage ("search" or "retrain")."""
-    for flag in ("batch_size", "crop_size", "resize"):
+    """Replace unset flags by the dataset's defaults for this stage ("search" or "retrain").
+
+    A dataset default named ``<stage>_<flag>`` (e.g. ``retrain_crop_size``) wins over ``<flag>``.
+    """
+    for flag in ("batch_size", "crop_size", "resize", "epochs"):
         if getattr(args, flag, 0) is None:
-            setattr(args, flag, info.defaults.get(flag))
-    if args.epochs is None:
-        args.epochs = info.defaults[f"{stage}_epochs"]
+            setattr(args, flag, info.defaults.get(f"{stage}_{flag}", info.defaults.get(flag)))
     if getattr(args, "alpha_epoch", 0) is None:
         args.alpha_epoch = info.defaults.get("alpha_epoch", PAPER_ALPHA_EPOCH)
     if args.batch_size < MIN_TRAIN_BATCH:
@@ -43,10 +48,14 @@ def fill_dataset_defaults(args: argparse.Namespace, info: DatasetInfo, stage: st
                         "per step (BatchNorm in the ASPP image-pooling branch)")
 
 
-def check_split(source: Any, split: str, crop_size: int | None = None, resize: int | None = None) -> None:
-    """Fail before training on an empty split, or a crop that cannot be cut from the (resized) first image."""
+def check_split(source: Any, split: str, args: argparse.Namespace, crop_size: int | None = None,
+                resize: int | None = None) -> None:
+    """Fail before training on an empty split, a bad sample anywhere in it (unless --skip_data_check),
+    or a crop that cannot be cut from the (resized) first image."""
     if len(source) == 0:
-        raise UserError(f"the {split} split is empty")
+        raise UserError(f"the {split} split of {args.dataset} is empty")
+    if not args.skip_data_check:
+        source.check(args.num_classes)
     if crop_size is None:
         return
     image, _ = source.load(0)
@@ -91,11 +100,16 @@ def log_step(writer: SummaryWriter, progress: tqdm, loss: float, lr: float, glob
 
 
 def validation_record(model: nn.Module, loader: DataLoader, args: argparse.Namespace, epoch: int,
-                      device: torch.device) -> dict[str, Any]:
-    """Validation metrics for the epoch's record, every --eval_interval epochs and after the last one."""
+                      device: torch.device, writer: SummaryWriter, palette: np.ndarray) -> dict[str, Any]:
+    """Validation metrics for the epoch's record, every --eval_interval epochs and after the last one;
+    the first validation images with their ground truth and prediction go to TensorBoard."""
     if (epoch + 1) % args.eval_interval and epoch + 1 != args.epochs:
         return {}
-    val = evaluate(model, loader, args.num_classes, device)
+    val = evaluate(model, loader, args.num_classes, device, keep_examples=TENSORBOARD_EXAMPLES)
+    for index, (image, mask, prediction) in enumerate(val["examples"]):
+        panels = [denormalize(image)] + [torch.from_numpy(colorize(m.numpy(), palette)).permute(2, 0, 1).float() / 255
+                                         for m in (mask, prediction)]
+        writer.add_image(f"val_examples/{index} (image | ground truth | prediction)", torch.cat(panels, dim=2), epoch)
     return {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
             "val_per_class_iou": val["per_class_iou"]}
 
@@ -137,10 +151,9 @@ def restore_run(resumed: dict[str, Any] | None, run_dir: Path, model: nn.Module,
     return resumed["epoch"] + 1, resumed["best_miou"]
 
 
-def validation_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
-    """Whole images one at a time, in order."""
-    return make_loader(dataset, SeededSampler(range(len(dataset)), args.seed, shuffle=False), 1, args.workers,
-                       drop_last=False)
+def validation_loader(dataset: Dataset, workers: int) -> DataLoader:
+    """Whole images one at a time, in order (no augmentation, so the sampler's seed plays no part)."""
+    return make_loader(dataset, SeededSampler(range(len(dataset)), 0, shuffle=False), 1, workers, drop_last=False)
 
 
 def open_run(args: argparse.Namespace, argv: list[str] | None) -> tuple[Path, logging.Logger]:

@@ -1,0 +1,1 @@
+"""One module per real dataset; each registers itself with ``dataloaders.registry`` on import."""

@@ -1,0 +1,32 @@
+"""Class maps as pictures: palette colouring and overlays, for inference outputs and TensorBoard."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = 255
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def colour_table(palette: np.ndarray) -> np.ndarray:
+    """[256, 3] uint8: the class colours first, the ignore label white, other values black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = palette
+    table[IGNORE_INDEX] = IGNORE_COLOUR
+    return table
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """A class map [H, W] as uint8 RGB [H, W, 3]; the ignore label is white."""
+    return colour_table(palette)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The class colours blended over a uint8 RGB image with weight ``alpha``."""
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, palette).astype(np.float32)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def palette_bytes(palette: np.ndarray) -> list[int]:
+    """A PIL palette: 768 values, the flattened ``colour_table``."""
+    return colour_table(palette).reshape(-1).tolist()
