@@ -75,6 +75,11 @@ class RandomScale(v2.Transform):
         return self._call_kernel(TF.resize, inpt, params["size"], antialias=True)
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable array for torch.from_numpy (Pillow's arrays are read-only views)."""
+    return np.require(array, requirements=["C", "W"])
+
+
 class JointPipeline:
     """uint8 arrays in, normalised image and int64 mask out, through ``steps`` applied to both."""
 
@@ -87,8 +92,8 @@ class JointPipeline:
         ])
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> ImageMask:
-        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        image_t = tv_tensors.Image(torch.from_numpy(_writable(image)).permute(2, 0, 1))
+        mask_t = tv_tensors.Mask(torch.from_numpy(_writable(mask)))
         out_image, out_mask = self.pipeline(image_t, mask_t)
         return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
 
@@ -120,7 +125,7 @@ def eval_transform(resize: int | None) -> JointPipeline:
 
 def image_to_input(image: np.ndarray) -> torch.Tensor:
     """A uint8 [H, W, 3] image as the normalised float [3, H, W] a model takes (no mask, no resize)."""
-    tensor = TF.to_dtype(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.float32, scale=True)
+    tensor = TF.to_dtype(torch.from_numpy(_writable(image)).permute(2, 0, 1), torch.float32, scale=True)
     return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 

@@ -60,6 +60,17 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert 0.0 <= record["val_miou"] <= 1.0
     assert len(record["val_per_class_iou"]) == get_dataset_info("synthetic").default_num_classes
     assert (retrain_dir / "retrain_curves.png").is_file() and (retrain_dir / "model_best.pth.tar").is_file()
+    report = json.loads((retrain_dir / "report_val" / "metrics.json").read_text())
+    assert report["miou"] == pytest.approx(record["val_miou"])  # one epoch: the best is the last
+    assert (retrain_dir / "report_val" / "per_class.csv").is_file()
+
+    result = run("evaluate.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), *TINY_DATA[:6], "--flip")
+    assert result.returncode == 0, result.stderr
+    assert (retrain_dir / "eval_val_flip" / "confusion_matrix.png").is_file() and "mIoU" in result.stdout
+    result = run("inference.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), "--in-path",
+                 str(retrain_dir / "report_val"), "--out-path", str(tmp_path / "predictions"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "predictions" / "masks" / "confusion_matrix.png").is_file()
 
 
 def test_summary_prints_the_paper_parameter_count():
@@ -79,9 +90,13 @@ def test_summary_prints_the_paper_parameter_count():
     ("train_autodeeplab.py", ["--batch_size", "1"], "--batch_size 1: training needs at least 2"),
     ("train_new_model.py", ["--saved_arch_path", "nowhere.json"], "nowhere.json: architecture file not found"),
     ("train_autodeeplab.py", ["--epochs", "zero"], "invalid positive_int value: 'zero'"),
+    ("train_autodeeplab.py", ["--dataset", "cityscapes", "--data_root", "nowhere"],
+     "cityscapes: data root nowhere (from --data_root) is not a folder; expected the layout"),
+    ("evaluate.py", ["--ckpt", "missing.pth.tar"], "missing.pth.tar: checkpoint not found"),
+    ("inference.py", ["--ckpt", "missing.pth.tar", "--in-path", ".", "--out-path", "out"], "holds no images"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, script, args, expected):
-    result = run(script, *args, "--out-dir", str(tmp_path / "run"), cwd=tmp_path) if script != "decode_autodeeplab.py" \
+    result = run(script, *args, "--out-dir", str(tmp_path / "run"), cwd=tmp_path) if script.startswith("train") \
         else run(script, *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

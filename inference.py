@@ -1,0 +1,90 @@
+"""Segment every image of a folder (or one image) with a trained network.
+
+    python inference.py --ckpt run/cityscapes/retrain/experiment_0/model_best.pth.tar \
+        --in-path photos/ --out-path predictions/
+
+For ``photos/a/b.jpg`` it writes ``predictions/masks/a/b.png``, an index PNG whose palette holds the
+dataset's colours (class ids survive exactly; labels are never written as JPEG), and
+``predictions/overlays/a/b.jpg``, the colours blended over the photo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from config_utils.eval_args import inference_parser
+from dataloaders.files import IMAGE_SUFFIXES, files_with_suffix, read_image
+from dataloaders.transforms import image_to_input
+from modeling.trained import checkpoint_classes, load_trained_model
+from utils.cli import resolve_device, run_cli
+from utils.colors import overlay, palette_bytes
+from utils.errors import UserError
+from utils.evaluation import predict
+
+
+def list_images(in_path: Path) -> tuple[list[Path], Path]:
+    """The images to segment and the folder their output paths are taken relative to."""
+    if in_path.is_file():
+        return [in_path], in_path.parent
+    if not in_path.is_dir():
+        raise UserError(f"--in-path {in_path}: no such file or folder")
+    images = files_with_suffix(in_path, IMAGE_SUFFIXES, recursive=True)
+    if not images:
+        raise UserError(f"--in-path {in_path}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    stems: dict[Path, Path] = {}
+    for image in images:
+        other = stems.setdefault(image.relative_to(in_path).with_suffix(""), image)
+        if other != image:
+            raise UserError(f"--in-path {in_path}: {other.name} and {image.name} would write the same mask; "
+                            "rename one of them")
+    return images, in_path
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, image: torch.Tensor, resize: int | None, scales: list[float],
+            flip: bool) -> torch.Tensor:
+    """The class map [H, W] of one normalised image [3, H, W], at its own size whatever ``resize`` is."""
+    height, width = image.shape[-2:]
+    batch = image[None]
+    if resize is not None:
+        factor = resize / min(height, width)
+        batch = F.interpolate(batch, size=(max(1, round(height * factor)), max(1, round(width * factor))),
+                              mode="bilinear", align_corners=False)
+    probabilities = predict(model, batch, scales, flip)
+    if probabilities.shape[-2:] != (height, width):
+        probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
+    return probabilities.argmax(dim=1)[0]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = inference_parser().parse_args(argv)
+    if not 0 <= args.overlay_alpha <= 1:
+        raise UserError(f"--overlay-alpha {args.overlay_alpha}: expected a value in 0..1")
+    images, base = list_images(Path(args.in_path))
+    device = resolve_device(args.device)
+    model, checkpoint = load_trained_model(args.ckpt, device)
+    palette = checkpoint_classes(checkpoint)[1]
+    out = Path(args.out_path)
+    for path in tqdm(images, desc="segmenting", unit="image", disable=None):
+        image = read_image(path)
+        classes = segment(model, image_to_input(image).to(device), args.resize, args.eval_scales, args.flip)
+        classes_np = classes.to(torch.uint8).cpu().numpy()
+        relative = path.relative_to(base).with_suffix("")
+        mask_path, overlay_path = out / "masks" / f"{relative}.png", out / "overlays" / f"{relative}.jpg"
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        mask = Image.fromarray(classes_np, mode="P")
+        mask.putpalette(palette_bytes(palette))
+        mask.save(mask_path)
+        Image.fromarray(overlay(image, classes_np, palette, args.overlay_alpha)).save(overlay_path, quality=90)
+    print(f"segmented {len(images)} image(s) into {out / 'masks'} and {out / 'overlays'}")
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main, "inference.py")

@@ -1,0 +1,237 @@
+"""Test-time prediction (multi-scale, flip), the evaluation report, evaluate.py and inference.py."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import evaluate as evaluate_script
+import inference as inference_script
+from dataloaders.transforms import image_to_input
+from modeling.genotypes import paper_architecture
+from modeling.model_retrain import AutoDeepLab
+from modeling.trained import load_trained_model
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+from utils.evaluation import evaluate, predict, report_table, write_report
+from utils.metrics import ConfusionMatrix
+
+CLASS_NAMES = ["background", "cat", "dog"]
+PALETTE = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+
+
+class ConstantLogits(nn.Module):
+    """Logits that ignore the image: the same class scores at every pixel."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.scores.reshape(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[-2:])
+
+
+def tiny_checkpoint(path, data_root=None, seed=0):
+    """A retrain checkpoint of a small paper network with 3 classes, as train_new_model.py writes it."""
+    torch.manual_seed(seed)
+    arch = paper_architecture(4)
+    model = AutoDeepLab(arch, 3, 4)
+    args = {"dataset": "folder", "data_root": str(data_root), "num_classes": 3, "filter_multiplier": 4,
+            "skip_data_check": False}
+    save_checkpoint({"stage": "retrain", "args": args, "architecture": arch.to_json_dict(),
+                     "model": model.state_dict(), "epoch": 3, "classes": {"names": CLASS_NAMES, "palette": PALETTE}},
+                    path)
+    return model.eval()
+
+
+def make_folder_dataset(root, sizes=((20, 28), (24, 16))):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"{name} {r} {g} {b}\n" for name, (r, g, b) in zip(CLASS_NAMES, PALETTE)))
+    for split in ("train", "val"):
+        for index, (height, width) in enumerate(sizes):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+                root / "images" / split / f"{index}.png")
+            Image.fromarray(rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), (height, width)), mode="L").save(
+                root / "masks" / split / f"{index}.png")
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_flip_testing_makes_predictions_mirror_symmetric():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 3, padding=1)  # an asymmetric kernel: mirroring the input changes the output
+    image = torch.randn(1, 3, 9, 11)
+    plain = predict(model, image)
+    assert not torch.allclose(predict(model, image.flip(-1)), plain.flip(-1), atol=1e-4)
+    flipped = predict(model, image, flip=True)
+    assert torch.allclose(predict(model, image.flip(-1), flip=True), flipped.flip(-1), atol=1e-6)
+    expected = (plain + predict(model, image.flip(-1)).flip(-1)) / 2
+    assert torch.allclose(flipped, expected, atol=1e-6)
+
+
+def test_multi_scale_prediction_keeps_the_input_size_and_averages_probabilities():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 1)  # per pixel: a constant image gives the same answer at every scale
+    constant = torch.full((2, 3, 7, 9), 0.3)
+    expected = model(constant[:, :, :1, :1]).softmax(dim=1)
+    result = predict(model, constant, scales=(0.5, 0.75, 1.75), flip=True)
+    assert result.shape == (2, 4, 7, 9)
+    assert torch.allclose(result, expected.expand_as(result), atol=1e-6)
+    assert torch.allclose(result.sum(dim=1), torch.ones(2, 7, 9), atol=1e-6)
+
+
+def test_evaluate_matches_hand_computed_scores():
+    # Ground truth [[0, 1], [1, 255]] twice; the model says class 0 everywhere.
+    mask = torch.tensor([[0, 1], [1, 255]])
+    loader = [(torch.zeros(1, 3, 2, 2), mask[None])] * 2
+    summary = evaluate(ConstantLogits([2.0, 0.0, 0.0]), loader, 3, torch.device("cpu"), keep_examples=1)
+    assert summary["confusion_matrix"] == [[2, 0, 0], [4, 0, 0], [0, 0, 0]]
+    assert summary["per_class_iou"][:2] == pytest.approx([1 / 3, 0.0]) and summary["per_class_iou"][2] is None
+    assert summary["miou"] == pytest.approx(1 / 6)
+    assert summary["pixel_accuracy"] == pytest.approx(1 / 3)
+    assert summary["mean_class_accuracy"] == pytest.approx(0.5)
+    assert summary["fw_iou"] == pytest.approx(1 / 3 * 1 / 3)
+    p_class0 = math.exp(2) / (math.exp(2) + 2)
+    p_other = 1 / (math.exp(2) + 2)
+    assert summary["loss"] == pytest.approx(-(math.log(p_class0) + 2 * math.log(p_other)) / 3, rel=1e-5)
+    (image, kept_mask, prediction), = summary["examples"]
+    assert torch.equal(kept_mask, mask) and torch.equal(prediction, torch.zeros(2, 2, dtype=torch.int64))
+
+
+def test_report_files_hold_the_hand_computed_values(tmp_path):
+    counts = [[6, 2, 0], [1, 3, 0], [0, 0, 0]]  # class 2 never appears
+    matrix = ConfusionMatrix.from_counts(counts)
+    summary = matrix.summary() | {"loss": 0.5, "confusion_matrix": counts}
+    table = write_report(summary, CLASS_NAMES, tmp_path / "report", {"split": "val"})
+    rows = list(csv.DictReader(open(tmp_path / "report" / "per_class.csv")))
+    assert [row["class"] for row in rows] == CLASS_NAMES
+    assert float(rows[0]["iou"]) == pytest.approx(6 / 9) and float(rows[1]["iou"]) == pytest.approx(3 / 6)
+    assert float(rows[0]["accuracy"]) == pytest.approx(6 / 8) and float(rows[1]["accuracy"]) == pytest.approx(3 / 4)
+    assert rows[2]["iou"] == "" and rows[2]["accuracy"] == ""
+    assert [int(row["ground_truth_pixels"]) for row in rows] == [8, 4, 0]
+    assert [int(row["predicted_pixels"]) for row in rows] == [7, 5, 0]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["class_names"] == CLASS_NAMES
+    assert metrics["miou"] == pytest.approx((6 / 9 + 3 / 6) / 2)
+    assert metrics["fw_iou"] == pytest.approx(8 / 12 * 6 / 9 + 4 / 12 * 3 / 6)
+    assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 1000
+    assert table == report_table(summary, CLASS_NAMES)
+    assert "cat" in table and "66.67" in table and "58.33" in table  # IoU of background, mIoU
+
+
+# ---------------------------------------------------------------- evaluate.py
+
+
+def direct_scores(model, root, split="val"):
+    """mIoU computed without the script: the model on every image, argmax, one confusion matrix."""
+    matrix = ConfusionMatrix(3)
+    for image_path in sorted((root / "images" / split).iterdir()):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        mask = np.asarray(Image.open(root / "masks" / split / image_path.name))
+        with torch.no_grad():
+            prediction = model(image_to_input(image)[None]).argmax(dim=1)[0]
+        matrix.update(prediction, torch.from_numpy(mask.astype(np.int64)))
+    return matrix.summary()
+
+
+def test_evaluate_script_reports_what_the_model_predicts(tmp_path, capsys):
+    make_folder_dataset(tmp_path / "data")
+    model = tiny_checkpoint(tmp_path / "run" / "model_best.pth.tar", tmp_path / "data")
+    out_dir = evaluate_script.main(["--ckpt", str(tmp_path / "run" / "model_best.pth.tar"), "--device", "cpu"])
+    assert out_dir == (tmp_path / "run" / "eval_val").resolve()
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    expected = direct_scores(model, tmp_path / "data")
+    assert metrics["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert metrics["per_class_iou"] == pytest.approx(expected["per_class_iou"], abs=1e-9)
+    assert metrics["images"] == 2 and metrics["epoch"] == 3 and metrics["dataset"] == "folder"
+    assert (out_dir / "per_class.csv").is_file() and (out_dir / "confusion_matrix.png").is_file()
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "dog" in printed and str(out_dir) in printed
+
+    ms_dir = evaluate_script.main(["--ckpt", str(tmp_path / "run" / "model_best.pth.tar"), "--eval-scales", "0.75",
+                                   "1.25", "--flip"])
+    assert ms_dir.name == "eval_val_ms_flip"
+    ms_metrics = json.loads((ms_dir / "metrics.json").read_text())
+    assert ms_metrics["eval_scales"] == [0.75, 1.25] and ms_metrics["flip"] is True
+    assert sum(map(sum, ms_metrics["confusion_matrix"])) == sum(map(sum, metrics["confusion_matrix"]))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "synthetic", "--num_classes", "5"], "--dataset synthetic: has 5 classes, but .* predicts 3"),
+    (["--split", "bogus"], "--split bogus: dataset folder has the splits train, val, test"),
+])
+def test_evaluate_script_bad_input(tmp_path, extra, message):
+    make_folder_dataset(tmp_path / "data")
+    tiny_checkpoint(tmp_path / "model.pth.tar", tmp_path / "data")
+    with pytest.raises(UserError, match=message):
+        evaluate_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), *extra])
+
+
+def test_a_search_checkpoint_is_refused(tmp_path):
+    save_checkpoint({"stage": "search", "args": {}}, tmp_path / "search.pth.tar")
+    with pytest.raises(UserError, match="is a 'search' checkpoint, expected a 'retrain' one"):
+        load_trained_model(tmp_path / "search.pth.tar")
+
+
+# ---------------------------------------------------------------- inference.py
+
+
+def test_inference_writes_palette_masks_and_overlays(tmp_path, capsys):
+    model = tiny_checkpoint(tmp_path / "model.pth.tar")
+    rng = np.random.default_rng(1)
+    photos = {"a.jpg": (30, 22), "sub/b.png": (17, 25), "sub/deeper/c.bmp": (16, 16)}
+    for name, (height, width) in photos.items():
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / "in" / name)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    inference_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), "--in-path", str(tmp_path / "in"),
+                           "--out-path", str(tmp_path / "out")])
+    for name, (height, width) in photos.items():
+        stem = name.rsplit(".", 1)[0]
+        mask_image = Image.open(tmp_path / "out" / "masks" / f"{stem}.png")
+        assert mask_image.mode == "P" and mask_image.size == (width, height)
+        assert mask_image.getpalette()[:9] == sum(PALETTE, [])
+        image = np.asarray(Image.open(tmp_path / "in" / name).convert("RGB"))
+        with torch.no_grad():
+            expected = model(image_to_input(image)[None]).argmax(dim=1)[0].numpy()
+        np.testing.assert_array_equal(np.asarray(mask_image), expected)
+        assert Image.open(tmp_path / "out" / "overlays" / f"{stem}.jpg").size == (width, height)
+    assert not list((tmp_path / "out").rglob("notes*"))
+    assert "segmented 3 image(s)" in capsys.readouterr().out
+
+
+def test_inference_resize_still_writes_masks_at_the_input_size(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pth.tar")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(tmp_path / "in" / "x.png")
+    inference_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), "--in-path", str(tmp_path / "in" / "x.png"),
+                           "--out-path", str(tmp_path / "out"), "--resize", "20", "--flip"])
+    assert Image.open(tmp_path / "out" / "masks" / "x.png").size == (60, 40)
+
+
+def test_inference_bad_input(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pth.tar")
+    base = ["--ckpt", str(tmp_path / "model.pth.tar"), "--out-path", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="--in-path .*nowhere: no such file or folder"):
+        inference_script.main(base + ["--in-path", str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        inference_script.main(base + ["--in-path", str(tmp_path / "empty")])
+    (tmp_path / "twins").mkdir()
+    for name in ("p.jpg", "p.png"):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "twins" / name)
+    with pytest.raises(UserError, match="p.jpg and p.png would write the same mask"):
+        inference_script.main(base + ["--in-path", str(tmp_path / "twins")])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bad.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(UserError, match="bad.png: cannot read this image"):
+        inference_script.main(base + ["--in-path", str(tmp_path / "broken")])
