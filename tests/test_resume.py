@@ -42,6 +42,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, ar
         module.main(args + ["--out-dir", str(tmp_path / "cut")])
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth.tar")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "cut" / "model_best.pth.tar")["epoch"] == 0  # written before the checkpoint
     module.main(["--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])  # the run's own flags
 
     a = load_checkpoint(full / "checkpoint.pth.tar")

@@ -126,9 +126,11 @@ def finish_epoch(run_dir: Path, writer: SummaryWriter, record: dict[str, Any], s
     is_best = "val_miou" in record and record["val_miou"] > best_miou
     best_miou = max(best_miou, record.get("val_miou", best_miou))
     state = state | {"epoch": epoch, "best_miou": best_miou}
-    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    # The best file first: a run stopped between the two writes must not hold a checkpoint whose
+    # best_miou names a model_best.pth.tar that was never written.
     if is_best:
         save_checkpoint(state, run_dir / BEST_CHECKPOINT_NAME)
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
     logging.getLogger(LOGGER_NAME).info(
         f"epoch {epoch}: " + ", ".join(f"{key} {value:.4f}" for key, value in scalars.items()) + note)
     return best_miou
