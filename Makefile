@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-export.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 

@@ -17,6 +17,7 @@ from dataloaders import SegmentationDataset, get_dataset_info, resolve_num_class
 from dataloaders.transforms import eval_transform
 from modeling.trained import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
+from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.evaluation import evaluate, write_report
 from utils.training import check_split, validation_loader
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
     source = info.make_source(args.split, args)
     check_split(source, args.split, args)
     loader = validation_loader(SegmentationDataset(source, eval_transform(args.resize), args.num_classes),
-                               args.workers)
+                               args.workers, DistributedContext())
     summary = evaluate(model, loader, args.num_classes, device, scales=args.eval_scales, flip=args.flip,
                        desc=f"evaluating {args.dataset} {args.split}")
     out_dir = Path(args.out_dir) if args.out_dir else default_report_dir(args)

@@ -9,10 +9,12 @@ an Adam step on a trainB batch. Every epoch validates, logs the decoded architec
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -27,12 +29,15 @@ from modeling.model_search import AutoDeepLabSearch
 from modeling.search_space import normalize_betas
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
+from utils.distributed import (DistributedContext, all_reduce_mean, check_identical, per_process_batch,
+                               process_device, run_in_process_group)
 from utils.errors import UserError
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
-from utils.run_dir import append_jsonl, read_jsonl
+from utils.precision import PrecisionStep, amp_dtype
+from utils.run_dir import LOGGER_NAME, append_jsonl, read_jsonl
 from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batches, epoch_batches,
-                            fill_dataset_defaults, finish_epoch, log_step, open_run, restore_run, validation_loader,
-                            validation_record)
+                            fill_dataset_defaults, finish_epoch, log_step, mean_over_ranks, open_run, restore_run,
+                            validation_loader, validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -53,15 +58,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     return args, None
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | None:
+    """Run the search; under torchrun every process calls this, and rank 0 returns the run directory."""
     args, resumed = parse_args(argv)
-    device = resolve_device(args.device)
+    return run_in_process_group(args, lambda context: search(args, resumed, context, argv))
+
+
+def search(args: argparse.Namespace, resumed: dict | None, context: DistributedContext,
+           argv: list[str] | None) -> Path | None:
+    device = process_device(context, args.device) or resolve_device(args.device)
+    batch_size = per_process_batch(args.batch_size, context)
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
     palette = source_palette(info, val_source, args.num_classes)
     classes = {"names": list(val_source.class_names), "palette": palette.tolist()}
-    check_split(train_source, "train", args, args.crop_size, args.resize)
-    check_split(val_source, "val", args)
+    if context.is_main:  # reading every mask once is enough; the other ranks wait at the first collective
+        check_split(train_source, "train", args, args.crop_size, args.resize)
+        check_split(val_source, "val", args)
     train_set = SegmentationDataset(train_source, search_train_transform(args.resize, args.crop_size), args.num_classes)
     val_set = SegmentationDataset(val_source, eval_transform(args.resize), args.num_classes)
     split_a, split_b = ((resumed["split"]["a"], resumed["split"]["b"]) if resumed is not None
@@ -69,12 +82,14 @@ def main(argv: list[str] | None = None) -> Path:
     if min(len(split_a), len(split_b)) < args.batch_size:
         raise UserError(f"--batch_size {args.batch_size}: trainA and trainB each hold half of the "
                         f"{len(train_set)} training images, fewer than one batch")
-    loader_a = make_loader(train_set, SeededSampler(split_a, args.seed, shuffle=True), args.batch_size,
-                           args.workers, drop_last=True)
-    loader_b = make_loader(train_set, SeededSampler(split_b, args.seed + 1, shuffle=True), args.batch_size,
-                           args.workers, drop_last=True)
-    val_loader = validation_loader(val_set, args.workers)
-    run_dir, logger = open_run(args, argv)
+    # Every rank draws the same order of each half and takes its share of every global batch.
+    loader_a, loader_b = (
+        make_loader(train_set, SeededSampler(split, seed, shuffle=True, num_replicas=context.world_size,
+                                             rank=context.rank, drop_last=True), batch_size, args.workers,
+                    drop_last=True)
+        for split, seed in ((split_a, args.seed), (split_b, args.seed + 1)))
+    val_loader = validation_loader(val_set, args.workers, context)
+    run_dir, logger = open_run(args, argv) if context.is_main else (None, logging.getLogger(LOGGER_NAME))
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
                               block_multiplier=args.block_multiplier, steps=args.steps).to(device)
@@ -85,49 +100,66 @@ def main(argv: list[str] | None = None) -> Path:
                                       weight_decay=args.arch_weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, T_max=args.epochs * len(loader_a),
                                                            eta_min=args.min_lr)
+    dtype = amp_dtype(args.amp_dtype, device)
+    weight_precision, arch_precision = PrecisionStep(args.amp, device, dtype), PrecisionStep(args.amp, device, dtype)
     start_epoch, best_miou = restore_run(
         resumed, run_dir, model,
-        {"weight_optimizer": weight_optimizer, "arch_optimizer": arch_optimizer, "scheduler": scheduler},
+        {"weight_optimizer": weight_optimizer, "arch_optimizer": arch_optimizer, "scheduler": scheduler,
+         "weight_scaler": weight_precision, "arch_scaler": arch_precision},
         logs=("metrics.jsonl", "architecture_history.jsonl"))
+    # The weight step runs through DDP (gradients averaged while backward runs); α and β are left out of
+    # DDP and averaged by hand in the architecture step, which reads the plain model.
+    trainer = model
+    if context.enabled:
+        # DDP matches root parameters both as "alphas" and as ".alphas" (module name "" + "." + name).
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [prefix + name for name in ("alphas", "betas") for prefix in ("", ".")])
+        trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     logger.info(f"search: {args.dataset} ({args.num_classes} classes), trainA {len(split_a)} / trainB "
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
-                f"{sum(p.numel() for p in weight_params):,} weights, device {device}; run directory {run_dir}")
+                f"{sum(p.numel() for p in weight_params):,} weights, device {device}, {context.world_size} "
+                f"process(es) of {batch_size} images, amp {dtype if args.amp else 'off'}; run directory {run_dir}")
 
     if args.alpha_epoch >= args.epochs:
         logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "
                        "will run, and the decoded architecture will reflect the random initial α and β")
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
+              if context.is_main else None)
+    checkpoint_path = run_dir / CHECKPOINT_NAME if context.is_main else None
     for epoch in range(start_epoch, args.epochs):
         model.train()
         arch_step = epoch >= args.alpha_epoch
         batches_b = cycle_batches(loader_b, epoch)
         started, losses, arch_losses = time.time(), [], []
         progress = tqdm(epoch_batches(loader_a, epoch), total=len(loader_a), desc=f"search epoch {epoch}",
-                        leave=False, disable=None)
+                        leave=False, disable=None if context.is_main else True)
         for step, (images, masks) in enumerate(progress):
-            loss = batch_loss(model, images, masks, device, "weight", epoch, step, checkpoint_path)
+            loss = batch_loss(trainer, images, masks, device, "weight", epoch, step, checkpoint_path,
+                              weight_precision.autocast())
             weight_optimizer.zero_grad(set_to_none=True)
-            loss.backward(inputs=weight_params)
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(weight_params, args.grad_clip)
-            weight_optimizer.step()
+            weight_precision.backward(loss, inputs=weight_params)
+            weight_precision.step(weight_optimizer, weight_params, args.grad_clip)
             scheduler.step()
             losses.append(loss.item())
             if arch_step:
                 images_b, masks_b = next(batches_b)
-                arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step, checkpoint_path)
+                arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step, checkpoint_path,
+                                       arch_precision.autocast())
                 arch_optimizer.zero_grad(set_to_none=True)
-                arch_loss.backward(inputs=arch_params)  # no weight gradients are computed
-                arch_optimizer.step()
+                arch_precision.backward(arch_loss, inputs=arch_params)  # no weight gradients are computed
+                arch_precision.step(arch_optimizer, before_step=lambda: all_reduce_mean(
+                    [p.grad for p in arch_params], context))
                 arch_losses.append(arch_loss.item())
             log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(loader_a) + step)
 
-        record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}
         if arch_losses:
-            record["arch_loss"] = sum(arch_losses) / len(arch_losses)
-        record |= validation_record(model, val_loader, args, epoch, device, writer, palette)
+            record["arch_loss"] = mean_over_ranks(arch_losses, context)
+        record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
+        check_identical(arch_params, "α and β", context)
+        if not context.is_main:
+            continue
         arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
         strides = [level_stride(k) for k in arch.network_path]
         append_jsonl(run_dir / "architecture_history.jsonl",
@@ -136,9 +168,12 @@ def main(argv: list[str] | None = None) -> Path:
         log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
         state = {"stage": "search", "args": vars(args), "model": model.state_dict(),
                  "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "classes": classes,
+                 "scheduler": scheduler.state_dict(), "weight_scaler": weight_precision.state_dict(),
+                 "arch_scaler": arch_precision.state_dict(), "rng": rng_state(), "classes": classes,
                  "split": {"a": list(split_a), "b": list(split_b)}}
         best_miou = finish_epoch(run_dir, writer, record, state, best_miou, f"; path strides {strides}")
+    if not context.is_main:
+        return None
     writer.close()
     save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "arch_loss", "val_loss", "val_miou"],
                             title="search"), run_dir / "search_curves.png")

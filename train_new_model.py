@@ -7,11 +7,13 @@ SGD with a poly learning rate, cross-entropy ignoring label 255, validation mIoU
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -25,13 +27,16 @@ from modeling.genotypes import Architecture, level_stride
 from modeling.model_retrain import AutoDeepLab
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
+from utils.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
+                               run_in_process_group)
 from utils.errors import UserError
 from utils.evaluation import evaluate, write_report
 from utils.plots import plot_curves, save_figure
-from utils.run_dir import read_jsonl
+from utils.precision import PrecisionStep, amp_dtype
+from utils.run_dir import LOGGER_NAME, read_jsonl
 from utils.training import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, batch_loss, check_split, epoch_batches,
-                            fill_dataset_defaults, finish_epoch, log_step, open_run, restore_run, validation_loader,
-                            validation_record)
+                            fill_dataset_defaults, finish_epoch, log_step, mean_over_ranks, open_run, restore_run,
+                            validation_loader, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -97,71 +102,102 @@ def summary(model: AutoDeepLab, input_size: tuple[int, int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path | None:
+    """Retrain (or print --summary); under torchrun every process calls this, and rank 0 returns the run directory."""
     args, resumed = parse_args(argv)
     if args.summary:
         model = AutoDeepLab(Architecture.load(args.saved_arch_path), args.num_classes, args.filter_multiplier)
         print(summary(model, tuple(args.input_size)))
         return None
-    device = resolve_device(args.device)
+    return run_in_process_group(args, lambda context: retrain(args, resumed, context, argv))
+
+
+def retrain(args: argparse.Namespace, resumed: dict | None, context: DistributedContext,
+            argv: list[str] | None) -> Path | None:
+    device = process_device(context, args.device) or resolve_device(args.device)
+    batch_size = per_process_batch(args.batch_size, context)
     arch = (Architecture.load(args.saved_arch_path) if resumed is None
             else Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)"))
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
     palette = source_palette(info, val_source, args.num_classes)
     classes = {"names": list(val_source.class_names), "palette": palette.tolist()}
-    check_split(train_source, "train", args)
-    check_split(val_source, "val", args)
-    train_set = SegmentationDataset(train_source, retrain_train_transform(args.crop_size, tuple(args.scale_range)), args.num_classes)
+    if context.is_main:  # reading every mask once is enough; the other ranks wait at the first collective
+        check_split(train_source, "train", args)
+        check_split(val_source, "val", args)
+    train_set = SegmentationDataset(train_source, retrain_train_transform(args.crop_size, tuple(args.scale_range)),
+                                    args.num_classes)
     val_set = SegmentationDataset(val_source, eval_transform(None), args.num_classes)
     if len(train_set) < args.batch_size:
         raise UserError(f"--batch_size {args.batch_size}: the training split holds only {len(train_set)} images")
-    train_loader = make_loader(train_set, SeededSampler(range(len(train_set)), args.seed, shuffle=True),
-                               args.batch_size, args.workers, drop_last=True)
-    val_loader = validation_loader(val_set, args.workers)
-    run_dir, logger = open_run(args, argv)
-    arch.save(run_dir / "architecture.json")
+    sampler = SeededSampler(range(len(train_set)), args.seed, shuffle=True, num_replicas=context.world_size,
+                            rank=context.rank, drop_last=True)
+    train_loader = make_loader(train_set, sampler, batch_size, args.workers, drop_last=True)
+    val_loader = validation_loader(val_set, args.workers, context)
+    run_dir, logger = open_run(args, argv) if context.is_main else (None, logging.getLogger(LOGGER_NAME))
+    if context.is_main:
+        arch.save(run_dir / "architecture.json")
     torch.manual_seed(args.seed)
     model = AutoDeepLab(arch, args.num_classes, args.filter_multiplier).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=args.epochs * len(train_loader),
                                                       power=args.poly_power)
-    start_epoch, best_miou = restore_run(resumed, run_dir, model, {"optimizer": optimizer, "scheduler": scheduler})
+    dtype = amp_dtype(args.amp_dtype, device)
+    precision = PrecisionStep(args.amp, device, dtype)
+    start_epoch, best_miou = restore_run(resumed, run_dir, model,
+                                         {"optimizer": optimizer, "scheduler": scheduler, "scaler": precision})
+    trainer = model
+    sync_bn = context.enabled and device.type == "cuda" and args.sync_bn
+    if context.enabled:
+        if sync_bn:  # SyncBatchNorm runs on CUDA only; CPU processes keep per-process statistics
+            trainer = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
     logger.info(f"retrain: {args.dataset} ({args.num_classes} classes), train {len(train_set)} / val "
                 f"{len(val_set)} images, path {list(arch.network_path)}, F={args.filter_multiplier}, "
-                f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}; run directory {run_dir}")
+                f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, {context.world_size} "
+                f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
+                f"{dtype if args.amp else 'off'}; run directory {run_dir}")
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(train_loader))
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(train_loader))
+              if context.is_main else None)
+    checkpoint_path = run_dir / CHECKPOINT_NAME if context.is_main else None
     for epoch in range(start_epoch, args.epochs):
-        model.train()
+        trainer.train()
         started, losses = time.time(), []
         progress = tqdm(epoch_batches(train_loader, epoch), total=len(train_loader), desc=f"retrain epoch {epoch}",
-                        leave=False, disable=None)
+                        leave=False, disable=None if context.is_main else True)
         for step, (images, masks) in enumerate(progress):
-            loss = batch_loss(model, images, masks, device, "training", epoch, step, checkpoint_path)
+            loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
+                              precision.autocast())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.backward(loss)
+            precision.step(optimizer)
             scheduler.step()
             losses.append(loss.item())
             log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(train_loader) + step)
 
-        record = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context), "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": round(time.time() - started, 1)}
-        record |= validation_record(model, val_loader, args, epoch, device, writer, palette)
-        state = {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "classes": classes}
-        best_miou = finish_epoch(run_dir, writer, record, state, best_miou)
-    writer.close()
-    save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],
-                            title="retrain"), run_dir / "retrain_curves.png")
-    best = load_checkpoint(run_dir / BEST_CHECKPOINT_NAME, stage="retrain")
-    model.load_state_dict(best["model"])
+        record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
+        if context.is_main:
+            state = {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": precision.state_dict(), "rng": rng_state(),
+                     "classes": classes}
+            best_miou = finish_epoch(run_dir, writer, record, state, best_miou)
+    if context.is_main:
+        writer.close()
+        save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],
+                                title="retrain"), run_dir / "retrain_curves.png")
+        best = load_checkpoint(run_dir / BEST_CHECKPOINT_NAME, stage="retrain")
+        model.load_state_dict(best["model"])
+    broadcast_from_main(model, context, parameters=True)
+    final = evaluate(model, val_loader, args.num_classes, device, desc="report", context=context)
+    if not context.is_main:
+        return None
     report_dir = run_dir / "report_val"
-    table = write_report(evaluate(model, val_loader, args.num_classes, device, desc="report"), classes["names"],
-                         report_dir, {"checkpoint": str(run_dir / BEST_CHECKPOINT_NAME), "epoch": best["epoch"]})
+    table = write_report(final, classes["names"], report_dir,
+                         {"checkpoint": str(run_dir / BEST_CHECKPOINT_NAME), "epoch": best["epoch"]})
     logger.info(f"best checkpoint (epoch {best['epoch']}) on val, report in {report_dir}:\n{table}")
     logger.info(f"retrain finished: best val mIoU {best_miou:.4f}; checkpoints in {run_dir}")
     return run_dir

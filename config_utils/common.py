@@ -66,6 +66,16 @@ def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None
              help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
     add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
     add_flag(parser, "eval_interval", type=positive_int, default=1, help="validate every N epochs")
+    scale = parser.add_argument_group("multi-process and mixed precision")
+    add_flag(scale, "local_rank", type=int, default=None,
+             help="set by 'python -m torch.distributed.launch'; torchrun sets LOCAL_RANK instead")
+    add_flag(scale, "sync_bn", action=argparse.BooleanOptionalAction, default=True,
+             help="SyncBatchNorm across GPUs when several CUDA processes train (default: on; plain BatchNorm "
+                  "on CPU, where SyncBatchNorm does not run)")
+    add_flag(scale, "amp", action="store_true",
+             help="mixed precision with torch.autocast (α, β and their softmax stay float32)")
+    add_flag(scale, "amp_dtype", default="auto", choices=("auto", "bf16", "fp16"),
+             help="autocast dtype: auto = fp16 with loss scaling on CUDA, bf16 on CPU")
 
 
 _UNSET = object()

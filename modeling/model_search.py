@@ -56,7 +56,8 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
         bias = self.bias.repeat(g) if self.affine else None
         y = F.batch_norm(per_group, None, None, weight, bias, training=True, eps=self.eps)
         with torch.no_grad():
-            values = x.detach().view(g, n // g, c, h * w).transpose(1, 2).reshape(g, c, -1)
+            values = x.detach().to(self.running_mean.dtype).view(g, n // g, c, h * w)  # float32 under --amp
+            values = values.transpose(1, 2).reshape(g, c, -1)
             for mean, var in zip(values.mean(dim=2), values.var(dim=2, unbiased=True)):
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)
@@ -214,8 +215,9 @@ class AutoDeepLabSearch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         early, stem_out = self.stem(x)
         sizes = level_sizes(tuple(stem_out.shape[-2:]), self.num_levels)
-        alpha_weights = torch.softmax(at_least_float32(self.alphas), dim=-1)
-        betas = normalize_betas(self.betas)
+        with torch.autocast(self.alphas.device.type, enabled=False):  # the distribution stays float32 under --amp
+            alpha_weights = torch.softmax(at_least_float32(self.alphas), dim=-1)
+            betas = normalize_betas(self.betas)
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): stem_out}
         for layer, row in enumerate(self.cells):
             for key, cell in row.items():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from utils.distributed import DistributedContext, all_reduce_sum
 from utils.metrics import ConfusionMatrix
 
 IGNORE_INDEX = 255
@@ -51,14 +52,17 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int, device: torch.device,
              scales: Sequence[float] = (1.0,), flip: bool = False, keep_examples: int = 0,
-             desc: str = "val") -> dict[str, Any]:
+             desc: str = "val", context: DistributedContext | None = None) -> dict[str, Any]:
     """Metrics of ``model`` on ``loader`` (see ``ConfusionMatrix.summary``) plus the mean loss and the
     confusion matrix; with ``keep_examples``, the first images with their ground truth and prediction
-    (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode."""
+    (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode.
+
+    Under several processes each evaluates its own shard and the counts and losses are summed here."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
     total_loss, batches, examples = 0.0, 0, []
-    for images, masks in tqdm(loader, desc=desc, leave=False, disable=None):
+    context = context or DistributedContext()
+    for images, masks in tqdm(loader, desc=desc, leave=False, disable=None if context.is_main else True):
         images, masks = images.to(device), masks.to(device)
         probabilities = predict(model, images, scales, flip)
         log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
@@ -69,9 +73,11 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
         for image, mask, predicted in zip(images.cpu(), masks.cpu(), prediction):
             if len(examples) < keep_examples:
                 examples.append((image, mask, predicted))
+    matrix = ConfusionMatrix.from_counts(all_reduce_sum(matrix.matrix.cpu(), context))
+    loss_sum, batch_count = all_reduce_sum(torch.tensor([total_loss, batches], dtype=torch.float64), context).tolist()
     summary: dict[str, Any] = matrix.summary()
-    summary["loss"] = total_loss / max(batches, 1)
-    summary["confusion_matrix"] = matrix.matrix.cpu().tolist()
+    summary["loss"] = loss_sum / max(batch_count, 1)
+    summary["confusion_matrix"] = matrix.matrix.tolist()
     if keep_examples:
         summary["examples"] = examples
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from dataloaders import DatasetInfo, SeededSampler, make_loader
 from dataloaders.transforms import denormalize
 from utils.checkpoint import restore_rng_state, save_checkpoint
 from utils.colors import colorize
+from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
 from utils.run_dir import LOGGER_NAME, append_jsonl, new_run_dir, setup_logging, truncate_jsonl, write_run_metadata
@@ -84,29 +86,47 @@ def cycle_batches(loader: DataLoader, epoch: int) -> Iterator:
 
 
 def batch_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device, what: str,
-               epoch: int, step: int, checkpoint: Path) -> torch.Tensor:
-    """Cross-entropy of one batch (label 255 ignored); a non-finite value stops the run, unsaved."""
-    loss = F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)
+               epoch: int, step: int, checkpoint: Path | None,
+               autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """Cross-entropy of one batch (label 255 ignored, computed in float32); a non-finite value stops the
+    run, unsaved. The forward pass runs under ``autocast`` (--amp) when given."""
+    with autocast or contextlib.nullcontext():
+        logits = model(images.to(device, non_blocking=True))
+    loss = F.cross_entropy(logits.float(), masks.to(device, non_blocking=True), ignore_index=IGNORE_INDEX)
     if not torch.isfinite(loss):
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "rank 0 keeps the last good checkpoint"
         raise UserError(f"{what} loss is {loss.item()} at epoch {epoch}, step {step}; stopping without "
-                        f"saving it (the last good checkpoint is {checkpoint}). Try a lower learning rate.")
+                        f"saving it ({kept}). Try a lower learning rate.")
     return loss
 
 
-def log_step(writer: SummaryWriter, progress: tqdm, loss: float, lr: float, global_step: int) -> None:
+def log_step(writer: SummaryWriter | None, progress: tqdm, loss: float, lr: float, global_step: int) -> None:
+    """Per-step scalars and the progress bar's loss; ``writer`` is None on ranks other than 0."""
+    if writer is None:
+        return
     writer.add_scalar("train/loss", loss, global_step)
     writer.add_scalar("train/lr", lr, global_step)
     progress.set_postfix(loss=f"{loss:.3f}")
 
 
+def mean_over_ranks(values: list[float], context: DistributedContext) -> float:
+    """The mean of every rank's ``values`` (equal counts per rank): an epoch's loss for the record."""
+    local = torch.tensor([sum(values), len(values)], dtype=torch.float64)
+    total = all_reduce_sum(local, context)
+    return float(total[0] / total[1])
+
+
 def validation_record(model: nn.Module, loader: DataLoader, args: argparse.Namespace, epoch: int,
-                      device: torch.device, writer: SummaryWriter, palette: np.ndarray) -> dict[str, Any]:
+                      device: torch.device, writer: SummaryWriter | None, palette: np.ndarray,
+                      context: DistributedContext) -> dict[str, Any]:
     """Validation metrics for the epoch's record, every --eval_interval epochs and after the last one;
-    the first validation images with their ground truth and prediction go to TensorBoard."""
+    the first validation images with their ground truth and prediction go to TensorBoard (rank 0).
+    Every rank evaluates its shard of the split; the counts are summed, so the scores are exact."""
     if (epoch + 1) % args.eval_interval and epoch + 1 != args.epochs:
         return {}
-    val = evaluate(model, loader, args.num_classes, device, keep_examples=TENSORBOARD_EXAMPLES)
-    for index, (image, mask, prediction) in enumerate(val["examples"]):
+    broadcast_from_main(model, context)
+    val = evaluate(model, loader, args.num_classes, device, keep_examples=TENSORBOARD_EXAMPLES, context=context)
+    for index, (image, mask, prediction) in enumerate(val["examples"] if writer is not None else []):
         panels = [denormalize(image)] + [torch.from_numpy(colorize(m.numpy(), palette)).permute(2, 0, 1).float() / 255
                                          for m in (mask, prediction)]
         writer.add_image(f"val_examples/{index} (image | ground truth | prediction)", torch.cat(panels, dim=2), epoch)
@@ -136,7 +156,7 @@ def finish_epoch(run_dir: Path, writer: SummaryWriter, record: dict[str, Any], s
     return best_miou
 
 
-def restore_run(resumed: dict[str, Any] | None, run_dir: Path, model: nn.Module, stateful: dict[str, Any],
+def restore_run(resumed: dict[str, Any] | None, run_dir: Path | None, model: nn.Module, stateful: dict[str, Any],
                 logs: tuple[str, ...] = ("metrics.jsonl",)) -> tuple[int, float]:
     """Load a resumed checkpoint into the model and the optimizers/schedulers in ``stateful`` (keyed
     as in the checkpoint), restore the RNG, and drop log lines of the epochs that will run again.
@@ -147,15 +167,16 @@ def restore_run(resumed: dict[str, Any] | None, run_dir: Path, model: nn.Module,
     for key, obj in stateful.items():
         obj.load_state_dict(resumed[key])
     restore_rng_state(resumed["rng"])
-    for name in logs:
+    for name in logs if run_dir is not None else ():  # rank 0 owns the run directory
         truncate_jsonl(run_dir / name, resumed["epoch"])
     logging.getLogger(LOGGER_NAME).info(f"resumed at epoch {resumed['epoch'] + 1}")
     return resumed["epoch"] + 1, resumed["best_miou"]
 
 
-def validation_loader(dataset: Dataset, workers: int) -> DataLoader:
-    """Whole images one at a time, in order (no augmentation, so the sampler's seed plays no part)."""
-    return make_loader(dataset, SeededSampler(range(len(dataset)), 0, shuffle=False), 1, workers, drop_last=False)
+def validation_loader(dataset: Dataset, workers: int, context: DistributedContext) -> DataLoader:
+    """Whole images one at a time, in order; each process takes every world_size-th image, none twice."""
+    shard = range(context.rank, len(dataset), context.world_size)
+    return make_loader(dataset, SeededSampler(shard, 0, shuffle=False), 1, workers, drop_last=False)
 
 
 def open_run(args: argparse.Namespace, argv: list[str] | None) -> tuple[Path, logging.Logger]:

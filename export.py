@@ -1,0 +1,150 @@
+"""Export a trained network for deployment without this project or PyTorch.
+
+    python export.py --ckpt run/cityscapes/retrain/experiment_0/model_best.pth.tar --format onnx \
+        --input-size 1024 2048
+
+Writes ``model_best.onnx`` beside the checkpoint: input ``image``, float32 [N, 3, H, W], RGB scaled to
+0..1 then normalised with the ImageNet mean and std; output ``logits``, float32 [N, classes, H, W]. The
+batch size N is free, H and W are the exported ones. The model's ``metadata_props`` hold the class names,
+palette, input size, mean, std and architecture. Before the file is written, onnxruntime's output is
+checked against PyTorch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config_utils.common import Parser, add_flag, positive_int
+from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
+from modeling.trained import checkpoint_classes, load_trained_model
+from utils.cli import run_cli
+from utils.errors import UserError
+
+FORMATS = ("onnx",)
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+MIN_OPSET = 18  # torch's exporter writes 18; its conversion to older opsets fails on this network
+MAX_ABS_DIFFERENCE = 1e-4
+CHECK_BATCH = 2  # also the example batch: torch.export would fix a batch of 1 as a constant
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="export.py",
+                    description="Export a trained network to a self-contained ONNX file with a free batch size, "
+                                "checked against PyTorch with onnxruntime.")
+    add_flag(parser, "ckpt", required=True, metavar="FILE",
+             help="a retrain checkpoint (model_best.pth.tar or checkpoint.pth.tar)")
+    add_flag(parser, "format", choices=FORMATS, default="onnx", help="export format (default: %(default)s)")
+    add_flag(parser, "input_size", type=positive_int, nargs=2, required=True, metavar=("H", "W"),
+             help="height and width of the images the exported network takes")
+    add_flag(parser, "out", default=None, metavar="FILE",
+             help="output file (default: the checkpoint's name with .onnx, beside it)")
+    add_flag(parser, "opset", type=int, default=MIN_OPSET,
+             help=f"ONNX opset version, at least {MIN_OPSET} (default: %(default)s)")
+    return parser
+
+
+def require_onnx_packages() -> None:
+    """Fail before the slow export when the optional export packages are missing."""
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UserError(f"ONNX export needs {', '.join(ONNX_PACKAGES)} ({name} is not installed): "
+                            "pip install -r requirements-export.txt") from None
+
+
+def default_output_path(ckpt: Path) -> Path:
+    """``model_best.pth.tar`` -> ``model_best.onnx`` in the same folder."""
+    name = ckpt.name.removesuffix(".tar")
+    for suffix in (".pth", ".pt"):
+        name = name.removesuffix(suffix)
+    return ckpt.with_name(f"{name}.onnx")
+
+
+def onnx_metadata(checkpoint: dict, input_size: tuple[int, int]) -> dict[str, str]:
+    """What a deployer needs besides the graph: how to preprocess, how to name and colour the classes."""
+    names, palette = checkpoint_classes(checkpoint)
+    return {
+        "class_names": json.dumps(names),
+        "palette": json.dumps(palette.tolist()),
+        "input_size": json.dumps(list(input_size)),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
+        "preprocessing": "RGB, scaled to [0, 1], then (x - mean) / std per channel; layout NCHW, float32",
+        "output": "logits [N, classes, H, W]; the argmax over axis 1 is the class id",
+        "architecture": json.dumps(checkpoint["architecture"]),
+        "filter_multiplier": str(checkpoint["args"]["filter_multiplier"]),
+    }
+
+
+def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int) -> torch.onnx.ONNXProgram:
+    """The network as ONNX with a free batch dimension, through torch.export (the maintained exporter)."""
+    example = torch.zeros(CHECK_BATCH, 3, *input_size)
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                verbose=False)
+    written = program.model.opset_imports[""]
+    if written != opset:
+        raise UserError(f"--opset {opset}: the exporter could not convert the model to it (it wrote opset "
+                        f"{written}); use {written}")
+    return program
+
+
+@torch.no_grad()
+def max_difference_to_pytorch(path: Path, model: nn.Module, input_size: tuple[int, int]) -> float:
+    """Largest |onnxruntime - PyTorch| on one random batch, so a wrong export never reaches a deployer."""
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(CHECK_BATCH, 3, *input_size, generator=generator)
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types derive from Exception only
+        raise UserError(f"onnxruntime {onnxruntime.__version__} cannot load the exported model "
+                        f"({str(error).strip().splitlines()[0]}); try a lower --opset or a newer onnxruntime") \
+            from None
+    logits = session.run(["logits"], {"image": image.numpy()})[0]
+    return float(abs(torch.from_numpy(logits) - model(image)).max())
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = export_parser().parse_args(argv)
+    if args.opset < MIN_OPSET:
+        raise UserError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else default_output_path(ckpt)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name")
+    require_onnx_packages()
+    model, checkpoint = load_trained_model(ckpt, "cpu")
+    input_size = tuple(args.input_size)
+    metadata = onnx_metadata(checkpoint, input_size)
+    program = export_onnx(model, input_size, args.opset)
+    program.model.metadata_props.update(metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        program.save(tmp, external_data=False)
+        difference = max_difference_to_pytorch(tmp, model, input_size)
+        print(f"onnxruntime vs PyTorch on a random batch of {CHECK_BATCH}: max abs difference {difference:.3g}")
+        if not difference <= MAX_ABS_DIFFERENCE:
+            raise UserError(f"the exported model differs from PyTorch by up to {difference:.3g} (more than "
+                            f"{MAX_ABS_DIFFERENCE:g}); nothing was written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    height, width = input_size
+    print(f"exported {ckpt} to {out} (opset {args.opset}, input 'image' [N, 3, {height}, {width}], "
+          f"output 'logits' [N, {checkpoint['args']['num_classes']}, {height}, {width}])")
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main, "export.py")
