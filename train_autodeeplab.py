@@ -35,9 +35,10 @@ from utils.errors import UserError
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
 from utils.precision import PrecisionStep, amp_dtype
 from utils.run_dir import LOGGER_NAME, append_jsonl, read_jsonl
+from utils.interrupt import StopRequest
 from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batches, epoch_batches,
                             fill_dataset_defaults, finish_epoch, log_step, mean_over_ranks, open_run, restore_run,
-                            validation_loader, validation_record)
+                            resumed_progress, stop_if_requested, validation_loader, validation_record)
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
@@ -123,55 +124,67 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     if args.alpha_epoch >= args.epochs:
         logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "
                        "will run, and the decoded architecture will reflect the random initial α and β")
-    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(loader_a))
+    steps_per_epoch = len(loader_a)
+    first = resumed_progress(resumed, start_epoch)
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * steps_per_epoch + first["steps"])
               if context.is_main else None)
     checkpoint_path = run_dir / CHECKPOINT_NAME if context.is_main else None
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        arch_step = epoch >= args.alpha_epoch
-        batches_b = cycle_batches(loader_b, epoch)
-        started, losses, arch_losses = time.time(), [], []
-        progress = tqdm(epoch_batches(loader_a, epoch), total=len(loader_a), desc=f"search epoch {epoch}",
-                        leave=False, disable=None if context.is_main else True)
-        for step, (images, masks) in enumerate(progress):
-            loss = batch_loss(trainer, images, masks, device, "weight", epoch, step, checkpoint_path,
-                              weight_precision.autocast())
-            weight_optimizer.zero_grad(set_to_none=True)
-            weight_precision.backward(loss, inputs=weight_params)
-            weight_precision.step(weight_optimizer, weight_params, args.grad_clip)
-            scheduler.step()
-            losses.append(loss.item())
-            if arch_step:
-                images_b, masks_b = next(batches_b)
-                arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step, checkpoint_path,
-                                       arch_precision.autocast())
-                arch_optimizer.zero_grad(set_to_none=True)
-                arch_precision.backward(arch_loss, inputs=arch_params)  # no weight gradients are computed
-                arch_precision.step(arch_optimizer, before_step=lambda: all_reduce_mean(
-                    [p.grad for p in arch_params], context))
-                arch_losses.append(arch_loss.item())
-            log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(loader_a) + step)
 
-        record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context), "lr": scheduler.get_last_lr()[0],
-                  "epoch_seconds": round(time.time() - started, 1)}
-        if arch_losses:
-            record["arch_loss"] = mean_over_ranks(arch_losses, context)
-        record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
-        check_identical(arch_params, "α and β", context)
-        if not context.is_main:
-            continue
-        arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
-        strides = [level_stride(k) for k in arch.network_path]
-        append_jsonl(run_dir / "architecture_history.jsonl",
-                     {"epoch": epoch, "network_path": list(arch.network_path), "network_strides": strides,
-                      "cell": [[list(pair) for pair in block] for block in arch.cell]})
-        log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
-        state = {"stage": "search", "args": vars(args), "model": model.state_dict(),
-                 "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "weight_scaler": weight_precision.state_dict(),
-                 "arch_scaler": arch_precision.state_dict(), "rng": rng_state(), "classes": classes,
-                 "split": {"a": list(split_a), "b": list(split_b)}}
-        best_miou = finish_epoch(run_dir, writer, record, state, best_miou, f"; path strides {strides}")
+    def training_state() -> dict:
+        return {"stage": "search", "args": vars(args), "model": model.state_dict(),
+                "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "weight_scaler": weight_precision.state_dict(),
+                "arch_scaler": arch_precision.state_dict(), "rng": rng_state(), "classes": classes,
+                "split": {"a": list(split_a), "b": list(split_b)}, "best_miou": best_miou}
+
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            model.train()
+            arch_step = epoch >= args.alpha_epoch
+            so_far = resumed_progress(resumed, epoch)
+            started = time.time() - so_far["seconds"]
+            losses, arch_losses = list(so_far["losses"]), list(so_far["arch_losses"])
+            batches_b = cycle_batches(loader_b, epoch, len(arch_losses))
+            progress = tqdm(epoch_batches(loader_a, epoch, so_far["steps"]), total=steps_per_epoch,
+                            initial=so_far["steps"], desc=f"search epoch {epoch}", leave=False,
+                            disable=None if context.is_main else True)
+            for step, (images, masks) in enumerate(progress, start=so_far["steps"]):
+                loss = batch_loss(trainer, images, masks, device, "weight", epoch, step, checkpoint_path,
+                                  weight_precision.autocast())
+                weight_optimizer.zero_grad(set_to_none=True)
+                weight_precision.backward(loss, inputs=weight_params)
+                weight_precision.step(weight_optimizer, weight_params, args.grad_clip)
+                scheduler.step()
+                losses.append(loss.item())
+                if arch_step:
+                    images_b, masks_b = next(batches_b)
+                    arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step,
+                                           checkpoint_path, arch_precision.autocast())
+                    arch_optimizer.zero_grad(set_to_none=True)
+                    arch_precision.backward(arch_loss, inputs=arch_params)  # no weight gradients are computed
+                    arch_precision.step(arch_optimizer, before_step=lambda: all_reduce_mean(
+                        [p.grad for p in arch_params], context))
+                    arch_losses.append(arch_loss.item())
+                log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * steps_per_epoch + step)
+                stop_if_requested(stop, context, checkpoint_path, training_state, epoch, step + 1,
+                                  {"losses": losses, "arch_losses": arch_losses, "seconds": time.time() - started})
+
+            record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context),
+                      "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.time() - started, 1)}
+            if arch_losses:
+                record["arch_loss"] = mean_over_ranks(arch_losses, context)
+            record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
+            check_identical(arch_params, "α and β", context)
+            if not context.is_main:
+                continue
+            arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)
+            strides = [level_stride(k) for k in arch.network_path]
+            append_jsonl(run_dir / "architecture_history.jsonl",
+                         {"epoch": epoch, "network_path": list(arch.network_path), "network_strides": strides,
+                          "cell": [[list(pair) for pair in block] for block in arch.cell]})
+            log_architecture_pictures(model, arch.network_path, writer, run_dir, epoch)
+            best_miou = finish_epoch(run_dir, writer, record, training_state(), best_miou,
+                                     f"; path strides {strides}")
     if not context.is_main:
         return None
     writer.close()

@@ -34,9 +34,10 @@ from utils.evaluation import evaluate, write_report
 from utils.plots import plot_curves, save_figure
 from utils.precision import PrecisionStep, amp_dtype
 from utils.run_dir import LOGGER_NAME, read_jsonl
+from utils.interrupt import StopRequest
 from utils.training import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, batch_loss, check_split, epoch_batches,
                             fill_dataset_defaults, finish_epoch, log_step, mean_over_ranks, open_run, restore_run,
-                            validation_loader, validation_record)
+                            resumed_progress, stop_if_requested, validation_loader, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
@@ -158,33 +159,42 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
                 f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
                 f"{dtype if args.amp else 'off'}; run directory {run_dir}")
 
-    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * len(train_loader))
+    steps_per_epoch = len(train_loader)
+    first = resumed_progress(resumed, start_epoch)
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * steps_per_epoch + first["steps"])
               if context.is_main else None)
     checkpoint_path = run_dir / CHECKPOINT_NAME if context.is_main else None
-    for epoch in range(start_epoch, args.epochs):
-        trainer.train()
-        started, losses = time.time(), []
-        progress = tqdm(epoch_batches(train_loader, epoch), total=len(train_loader), desc=f"retrain epoch {epoch}",
-                        leave=False, disable=None if context.is_main else True)
-        for step, (images, masks) in enumerate(progress):
-            loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
-                              precision.autocast())
-            optimizer.zero_grad(set_to_none=True)
-            precision.backward(loss)
-            precision.step(optimizer)
-            scheduler.step()
-            losses.append(loss.item())
-            log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * len(train_loader) + step)
 
-        record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context), "lr": scheduler.get_last_lr()[0],
-                  "epoch_seconds": round(time.time() - started, 1)}
-        record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
-        if context.is_main:
-            state = {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": precision.state_dict(), "rng": rng_state(),
-                     "classes": classes}
-            best_miou = finish_epoch(run_dir, writer, record, state, best_miou)
+    def training_state() -> dict:
+        return {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": precision.state_dict(), "rng": rng_state(), "classes": classes, "best_miou": best_miou}
+
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            trainer.train()
+            progress_so_far = resumed_progress(resumed, epoch)
+            started, losses = time.time() - progress_so_far["seconds"], list(progress_so_far["losses"])
+            progress = tqdm(epoch_batches(train_loader, epoch, progress_so_far["steps"]), total=steps_per_epoch,
+                            initial=progress_so_far["steps"], desc=f"retrain epoch {epoch}", leave=False,
+                            disable=None if context.is_main else True)
+            for step, (images, masks) in enumerate(progress, start=progress_so_far["steps"]):
+                loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
+                                  precision.autocast())
+                optimizer.zero_grad(set_to_none=True)
+                precision.backward(loss)
+                precision.step(optimizer)
+                scheduler.step()
+                losses.append(loss.item())
+                log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * steps_per_epoch + step)
+                stop_if_requested(stop, context, checkpoint_path, training_state, epoch, step + 1,
+                                  {"losses": losses, "seconds": time.time() - started})
+
+            record = {"epoch": epoch, "train_loss": mean_over_ranks(losses, context),
+                      "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(time.time() - started, 1)}
+            record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
+            if context.is_main:
+                best_miou = finish_epoch(run_dir, writer, record, training_state(), best_miou)
     if context.is_main:
         writer.close()
         save_figure(plot_curves(read_jsonl(run_dir / "metrics.jsonl"), ["train_loss", "val_loss", "val_miou"],

@@ -85,16 +85,27 @@ class SeededSampler(Sampler):
         self.rank = rank
         self.drop_last = drop_last
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch; ``skip`` drops the first samples of this process's share (a resume in the
+        middle of an epoch), leaving every later sample and its seed exactly as without it."""
+        if not 0 <= skip <= self.samples_per_epoch:
+            raise ValueError(f"cannot skip {skip} of the {self.samples_per_epoch} samples of an epoch")
         self.epoch = epoch
+        self.skip = skip
 
     def _epoch_length(self) -> int:
         count, replicas = len(self.indices), self.num_replicas
         return count // replicas * replicas if self.drop_last else -(-count // replicas) * replicas
 
-    def __len__(self) -> int:
+    @property
+    def samples_per_epoch(self) -> int:
+        """This process's share of an epoch, skipped samples included."""
         return self._epoch_length() // self.num_replicas
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order_seed, sample_key = np.random.SeedSequence([self.seed, self.epoch]).generate_state(
@@ -105,7 +116,7 @@ class SeededSampler(Sampler):
             order = torch.randperm(count, generator=generator).tolist()
         else:
             order = list(range(count))
-        for position in range(self.rank, self._epoch_length(), self.num_replicas):
+        for position in range(self.rank + self.skip * self.num_replicas, self._epoch_length(), self.num_replicas):
             sample_seed = _splitmix64(int(sample_key) ^ position) & _SEED_MASK
             yield self.indices[order[position % count]], sample_seed
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
 import torch
 
 from utils.errors import UserError
+from utils.interrupt import RunInterrupted
 
 
 def run_cli(main: Callable[[], object], prog: str) -> None:
-    """Run ``main``; a ``UserError`` becomes ``prog: error: message`` and exit status 2."""
+    """Run ``main``; a ``UserError`` becomes ``prog: error: message`` and exit status 2, an interrupted
+    run (checkpoint written) ``prog: message`` and 128 + the signal number."""
     try:
         main()
     except UserError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         sys.exit(2)
+    except RunInterrupted as exc:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 speaks
+            sys.stderr.write(f"{prog}: {exc}\n")
+        sys.exit(exc.exit_code)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from utils.colors import colorize
 from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.errors import UserError
 from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.interrupt import RunInterrupted, StopRequest
 from utils.run_dir import LOGGER_NAME, append_jsonl, new_run_dir, setup_logging, truncate_jsonl, write_run_metadata
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -71,18 +73,20 @@ def check_split(source: Any, split: str, args: argparse.Namespace, crop_size: in
                         "the search stage crops without padding")
 
 
-def epoch_batches(loader: DataLoader, epoch: int) -> Iterator:
-    """The loader's batches for ``epoch``: its SeededSampler fixes the order and augmentation seeds."""
-    sampler = loader.sampler
-    if isinstance(sampler, SeededSampler):
-        sampler.set_epoch(epoch)
+def epoch_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:
+    """The loader's batches for ``epoch`` from batch ``skip_batches`` on: its SeededSampler fixes the order
+    and the augmentation seeds, so a resumed epoch continues with exactly the batches it would have had."""
+    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
     return iter(loader)
 
 
-def cycle_batches(loader: DataLoader, epoch: int) -> Iterator:
-    """Batches of ``epoch`` without end: a smaller trainB restarts its epoch order instead of stopping."""
+def cycle_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iterator:
+    """Batches of ``epoch`` without end: a smaller trainB restarts its epoch order instead of stopping.
+    ``skip_batches`` counts batches already drawn (a resume in the middle of an epoch)."""
+    skip = skip_batches % (loader.sampler.samples_per_epoch // loader.batch_size)
     while True:
-        yield from epoch_batches(loader, epoch)
+        yield from epoch_batches(loader, epoch, skip)
+        skip = 0
 
 
 def batch_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device, what: str,
@@ -156,6 +160,32 @@ def finish_epoch(run_dir: Path, writer: SummaryWriter, record: dict[str, Any], s
     return best_miou
 
 
+def stop_if_requested(stop: StopRequest, context: DistributedContext, checkpoint: Path | None,
+                      state: Callable[[], dict[str, Any]], epoch: int, steps_done: int, partial: dict[str, Any]) -> None:
+    """After a step: on SIGTERM/SIGINT, write a checkpoint of exactly this point and stop the run.
+
+    The checkpoint's ``epoch`` stays the last completed one; ``partial_epoch`` says how far the current
+    epoch got (``steps`` done, plus what its record needs), so ``--resume`` continues with the next step.
+    """
+    signum = stop.requested(context)
+    if signum is None:
+        return
+    if context.is_main:
+        save_checkpoint(state() | {"epoch": epoch - 1, "partial_epoch": {"epoch": epoch, "steps": steps_done, **partial}},
+                        checkpoint)
+    name = signal.Signals(signum).name
+    raise RunInterrupted(f"stopped by {name} after step {steps_done} of epoch {epoch}; the checkpoint {checkpoint} "
+                         f"holds that point exactly: continue with --resume {checkpoint}", signum)
+
+
+def resumed_progress(resumed: dict[str, Any] | None, epoch: int) -> dict[str, Any]:
+    """What a mid-epoch checkpoint recorded of ``epoch`` (``steps`` done and the step losses so far), or a fresh start."""
+    partial = (resumed or {}).get("partial_epoch")
+    if partial is not None and partial["epoch"] == epoch:
+        return partial
+    return {"epoch": epoch, "steps": 0, "seconds": 0.0, "losses": [], "arch_losses": []}
+
+
 def restore_run(resumed: dict[str, Any] | None, run_dir: Path | None, model: nn.Module, stateful: dict[str, Any],
                 logs: tuple[str, ...] = ("metrics.jsonl",)) -> tuple[int, float]:
     """Load a resumed checkpoint into the model and the optimizers/schedulers in ``stateful`` (keyed
@@ -169,7 +199,9 @@ def restore_run(resumed: dict[str, Any] | None, run_dir: Path | None, model: nn.
     restore_rng_state(resumed["rng"])
     for name in logs if run_dir is not None else ():  # rank 0 owns the run directory
         truncate_jsonl(run_dir / name, resumed["epoch"])
-    logging.getLogger(LOGGER_NAME).info(f"resumed at epoch {resumed['epoch'] + 1}")
+    partial = resumed.get("partial_epoch")
+    step = f", step {partial['steps']}" if partial else ""
+    logging.getLogger(LOGGER_NAME).info(f"resumed at epoch {resumed['epoch'] + 1}{step}")
     return resumed["epoch"] + 1, resumed["best_miou"]
 
 
