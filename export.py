@@ -79,9 +79,16 @@ def onnx_metadata(checkpoint: dict, input_size: tuple[int, int]) -> dict[str, st
         "std": json.dumps(list(IMAGENET_STD)),
         "preprocessing": "RGB, scaled to [0, 1], then (x - mean) / std per channel; layout NCHW, float32",
         "output": "logits [N, classes, H, W]; the argmax over axis 1 is the class id",
-        "architecture": json.dumps(checkpoint["architecture"]),
-        "filter_multiplier": str(checkpoint["args"]["filter_multiplier"]),
+        **network_metadata(checkpoint["args"], checkpoint.get("architecture")),
     }
+
+
+def network_metadata(args: dict, architecture: dict | None) -> dict[str, str]:
+    """Which network this is: the searched architecture and F, or the baseline's backbone and stride."""
+    if args.get("model", "autodeeplab") == "autodeeplab":
+        return {"model": "autodeeplab", "architecture": json.dumps(architecture),
+                "filter_multiplier": str(args["filter_multiplier"])}
+    return {"model": args["model"], "backbone": args["backbone"], "output_stride": str(args["output_stride"])}
 
 
 def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int) -> torch.onnx.ONNXProgram:

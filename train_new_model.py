@@ -23,8 +23,10 @@ from config_utils.retrain_args import retrain_parser
 from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
                          source_palette)
 from dataloaders.transforms import eval_transform, retrain_train_transform
+from modeling.drop_path import scheduled_probability
 from modeling.genotypes import Architecture, level_stride
 from modeling.model_retrain import AutoDeepLab
+from modeling.trained import build_network
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
@@ -35,14 +37,17 @@ from utils.plots import plot_curves, save_figure
 from utils.precision import PrecisionStep, amp_dtype
 from utils.run_dir import LOGGER_NAME, read_jsonl
 from utils.interrupt import StopRequest
+from utils.losses import make_criterion
+from utils.lr_schedule import build_scheduler
 from utils.training import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, batch_loss, check_split, epoch_batches,
                             fill_dataset_defaults, finish_epoch, log_step, mean_over_ranks, open_run, restore_run,
                             resumed_progress, stop_if_requested, validation_loader, validation_record)
 
 
 # Flags that shape the run: a resumed run refuses different values for them.
-LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "saved_arch_path", "seed", "epochs", "batch_size",
-                    "synthetic_train_samples", "synthetic_seed", "use_sbd", "coco_all_classes")
+LOCKED_ON_RESUME = ("dataset", "num_classes", "model", "backbone", "output_stride", "filter_multiplier",
+                    "saved_arch_path", "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed",
+                    "use_sbd", "coco_all_classes")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
@@ -51,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     args = parser.parse_args(argv)
     if not 0 < args.scale_range[0] <= args.scale_range[1]:
         raise UserError(f"--scale_range {args.scale_range[0]} {args.scale_range[1]}: expected 0 < MIN <= MAX")
+    if not 0.0 <= args.drop_path_prob < 1.0:
+        raise UserError(f"--drop_path_prob {args.drop_path_prob}: expected a probability in [0, 1)")
+    if args.model != "autodeeplab" and (args.drop_path_prob > 0 or args.summary):
+        flag = "--summary" if args.summary else "--drop_path_prob"
+        raise UserError(f"{flag}: applies to --model autodeeplab (searched cells), not to {args.model}")
+    if not 0.0 < args.ohem_thresh <= 1.0:
+        raise UserError(f"--ohem_thresh {args.ohem_thresh}: expected a probability in (0, 1]")
     if args.resume and not args.summary:
         resumed = load_checkpoint(args.resume, stage="retrain")
         return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
@@ -102,6 +114,12 @@ def summary(model: AutoDeepLab, input_size: tuple[int, int]) -> str:
     return "\n".join(lines)
 
 
+def describe_network(args: argparse.Namespace, arch: Architecture | None) -> str:
+    if arch is None:
+        return f"DeepLabV3+ {args.backbone} at output stride {args.output_stride}"
+    return f"path {list(arch.network_path)}, F={args.filter_multiplier}"
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     """Retrain (or print --summary); under torchrun every process calls this, and rank 0 returns the run directory."""
     args, resumed = parse_args(argv)
@@ -116,8 +134,12 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
             argv: list[str] | None) -> Path | None:
     device = process_device(context, args.device) or resolve_device(args.device)
     batch_size = per_process_batch(args.batch_size, context)
-    arch = (Architecture.load(args.saved_arch_path) if resumed is None
-            else Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)"))
+    if args.model != "autodeeplab":
+        arch = None
+    elif resumed is None:
+        arch = Architecture.load(args.saved_arch_path)
+    else:
+        arch = Architecture.from_json_dict(resumed["architecture"], f"{args.resume} (architecture)")
     info = get_dataset_info(args.dataset)
     train_source, val_source = info.make_source("train", args), info.make_source("val", args)
     palette = source_palette(info, val_source, args.num_classes)
@@ -134,15 +156,18 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
                             rank=context.rank, drop_last=True)
     train_loader = make_loader(train_set, sampler, batch_size, args.workers, drop_last=True)
     val_loader = validation_loader(val_set, args.workers, context)
+    torch.manual_seed(args.seed)  # built before the run directory: a bad --backbone_weights file leaves none
+    model = build_network(vars(args), arch, args.backbone_weights if resumed is None else None).to(device)
     run_dir, logger = open_run(args, argv) if context.is_main else (None, logging.getLogger(LOGGER_NAME))
-    if context.is_main:
+    if context.is_main and arch is not None:
         arch.save(run_dir / "architecture.json")
-    torch.manual_seed(args.seed)
-    model = AutoDeepLab(arch, args.num_classes, args.filter_multiplier).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=args.epochs * len(train_loader),
-                                                      power=args.poly_power)
+    steps_per_epoch = len(train_loader)
+    total_steps = args.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, total_steps, args.lr_scheduler, args.poly_power,
+                                args.lr_step * steps_per_epoch, args.lr_gamma, args.warmup_iters, args.warmup_start)
+    criterion = make_criterion(args.loss, args.ohem_thresh, args.ohem_min_kept)
     dtype = amp_dtype(args.amp_dtype, device)
     precision = PrecisionStep(args.amp, device, dtype)
     start_epoch, best_miou = restore_run(resumed, run_dir, model,
@@ -154,19 +179,18 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
             trainer = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
     logger.info(f"retrain: {args.dataset} ({args.num_classes} classes), train {len(train_set)} / val "
-                f"{len(val_set)} images, path {list(arch.network_path)}, F={args.filter_multiplier}, "
+                f"{len(val_set)} images, {describe_network(args, arch)}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, {context.world_size} "
                 f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
                 f"{dtype if args.amp else 'off'}; run directory {run_dir}")
 
-    steps_per_epoch = len(train_loader)
     first = resumed_progress(resumed, start_epoch)
     writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch * steps_per_epoch + first["steps"])
               if context.is_main else None)
     checkpoint_path = run_dir / CHECKPOINT_NAME if context.is_main else None
 
     def training_state() -> dict:
-        return {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict(),
+        return {"stage": "retrain", "args": vars(args), "architecture": arch.to_json_dict() if arch else None,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": precision.state_dict(), "rng": rng_state(), "classes": classes, "best_miou": best_miou}
 
@@ -179,8 +203,11 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
                             initial=progress_so_far["steps"], desc=f"retrain epoch {epoch}", leave=False,
                             disable=None if context.is_main else True)
             for step, (images, masks) in enumerate(progress, start=progress_so_far["steps"]):
+                if args.drop_path_prob > 0:
+                    model.set_drop_path_prob(scheduled_probability(args.drop_path_prob,
+                                                                   epoch * steps_per_epoch + step, total_steps))
                 loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
-                                  precision.autocast())
+                                  precision.autocast(), criterion)
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
                 precision.step(optimizer)

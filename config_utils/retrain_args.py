@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import Parser, add_flag, add_training_flags, positive_int
+from config_utils.common import Parser, add_flag, add_training_flags, non_negative_int, positive_int
 from dataloaders import add_dataset_arguments
+from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
 from modeling.genotypes import PAPER_ARCHITECTURE_PATH
+from modeling.trained import MODELS
+from utils.lr_schedule import SCHEDULES
 
 
 def retrain_parser() -> argparse.ArgumentParser:
@@ -15,6 +18,15 @@ def retrain_parser() -> argparse.ArgumentParser:
                                 "segmentation network and evaluate it.")
     add_dataset_arguments(parser)
     add_training_flags(parser, experiment="retrain")
+    add_flag(parser, "model", default="autodeeplab", choices=MODELS,
+             help="autodeeplab (a searched architecture) or deeplabv3plus (the ResNet baseline) (default: %(default)s)")
+    baseline = parser.add_argument_group("deeplabv3plus baseline")
+    add_flag(baseline, "backbone", default="resnet101", choices=sorted(BACKBONES),
+             help="torchvision ResNet backbone (default: %(default)s)")
+    add_flag(baseline, "output_stride", type=int, default=16, choices=OUTPUT_STRIDES,
+             help="backbone output stride, by dilating its last stage(s) (default: %(default)s)")
+    add_flag(baseline, "backbone_weights", default=None, metavar="PATH",
+             help="a local torchvision ResNet state dict to start from (nothing is ever downloaded)")
     add_flag(parser, "saved_arch_path", default=str(PAPER_ARCHITECTURE_PATH),
              help="architecture.json, or a run directory holding one (default: the paper's architecture)")
     add_flag(parser, "filter_multiplier", type=positive_int, default=20,
@@ -26,8 +38,23 @@ def retrain_parser() -> argparse.ArgumentParser:
     add_flag(parser, "input_size", type=positive_int, nargs=2, default=[1025, 2049], metavar=("H", "W"),
              help="input size for the --summary Multi-Adds (default: 1025 2049, the paper's)")
     opt = parser.add_argument_group("optimisation")
-    add_flag(opt, "base_lr", "--lr", type=float, default=0.05, help="initial learning rate of the poly schedule")
+    add_flag(opt, "base_lr", "--lr", type=float, default=0.05, help="initial learning rate (the paper's 0.05)")
+    add_flag(opt, "lr_scheduler", default="poly", choices=SCHEDULES,
+             help="per-iteration schedule: poly (the paper's), step or cosine (default: %(default)s)")
     add_flag(opt, "poly_power", type=float, default=0.9)
+    add_flag(opt, "lr_step", type=positive_int, default=30, help="step schedule: epochs between decays")
+    add_flag(opt, "lr_gamma", type=float, default=0.1, help="step schedule: decay factor")
+    add_flag(opt, "warmup_iters", type=non_negative_int, default=0,
+             help="linear warm-up over this many iterations (default: none)")
+    add_flag(opt, "warmup_start", type=float, default=0.1, help="learning-rate factor at the first warm-up iteration")
+    add_flag(opt, "drop_path_prob", type=float, default=0.0,
+             help="scheduled drop-path: final probability, reached linearly by the end of training (the paper's best "
+                  "results use it; default: off)")
+    add_flag(opt, "loss", default="ce", choices=("ce", "ohem"),
+             help="cross-entropy, or OHEM cross-entropy over the hard pixels (default: %(default)s)")
+    add_flag(opt, "ohem_thresh", type=float, default=0.7,
+             help="OHEM: keep pixels whose true-class probability is at most this")
+    add_flag(opt, "ohem_min_kept", type=positive_int, default=100_000, help="OHEM: keep at least this many pixels")
     add_flag(opt, "momentum", type=float, default=0.9)
     add_flag(opt, "weight_decay", type=float, default=4e-5, help="the official network's weight decay")
     return parser

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeling.drop_path import drop_path
 from modeling.genotypes import Architecture, CellGenotype, level_stride
 from modeling.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
 from modeling.model_search import level_sizes
@@ -42,6 +43,7 @@ class RetrainCell(nn.Module):
             nn.ModuleList(OPS[op](channels, 2 if level_change == 1 and cell_input < 2 else 1, True)
                           for cell_input, op in block)
             for block in genotype)
+        self.drop_path_prob = 0.0  # set by the training loop (scheduled drop-path)
 
     def forward(self, prev_prev: torch.Tensor, prev: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``size`` is this cell's output size; H^{l-1} is upsampled to it when moving up a level."""
@@ -51,8 +53,11 @@ class RetrainCell(nn.Module):
             prev_prev = F.interpolate(prev_prev, size=prev.shape[-2:], mode="bilinear", align_corners=False)
         states = [self.preprocess_prev_prev(prev_prev), self.preprocess_prev(prev)]
         for inputs, ops in zip(self.inputs, self.ops):
-            states.append(sum(op(states[i]) for i, op in zip(inputs, ops)))
+            states.append(sum(self._drop(op, op(states[i])) for i, op in zip(inputs, ops)))
         return torch.cat(states[-self.block_multiplier:], dim=1)
+
+    def _drop(self, op: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        return output if isinstance(op, nn.Identity) else drop_path(output, self.drop_path_prob, self.training)
 
 
 class AutoDeepLab(nn.Module):
@@ -90,6 +95,13 @@ class AutoDeepLab(nn.Module):
             if layer == self.low_level_layer:
                 low_level = prev
         return low_level, F.relu(prev)
+
+    def set_drop_path_prob(self, probability: float) -> None:
+        """The drop-path probability of every cell for the coming steps."""
+        if not 0.0 <= probability < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {probability}")
+        for cell in self.cells:
+            cell.drop_path_prob = probability
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low_level, features = self.backbone(x)

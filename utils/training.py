@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
@@ -25,8 +24,9 @@ from utils.checkpoint import restore_rng_state, save_checkpoint
 from utils.colors import colorize
 from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.errors import UserError
-from utils.evaluation import IGNORE_INDEX, evaluate
+from utils.evaluation import evaluate
 from utils.interrupt import RunInterrupted, StopRequest
+from utils.losses import Criterion, cross_entropy
 from utils.run_dir import LOGGER_NAME, append_jsonl, new_run_dir, setup_logging, truncate_jsonl, write_run_metadata
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -91,12 +91,13 @@ def cycle_batches(loader: DataLoader, epoch: int, skip_batches: int = 0) -> Iter
 
 def batch_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device, what: str,
                epoch: int, step: int, checkpoint: Path | None,
-               autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
-    """Cross-entropy of one batch (label 255 ignored, computed in float32); a non-finite value stops the
-    run, unsaved. The forward pass runs under ``autocast`` (--amp) when given."""
+               autocast: contextlib.AbstractContextManager | None = None,
+               criterion: Criterion = cross_entropy) -> torch.Tensor:
+    """The loss of one batch (cross-entropy by default, label 255 ignored, in float32); a non-finite value
+    stops the run, unsaved. The forward pass runs under ``autocast`` (--amp) when given."""
     with autocast or contextlib.nullcontext():
         logits = model(images.to(device, non_blocking=True))
-    loss = F.cross_entropy(logits.float(), masks.to(device, non_blocking=True), ignore_index=IGNORE_INDEX)
+    loss = criterion(logits, masks.to(device, non_blocking=True))
     if not torch.isfinite(loss):
         kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "rank 0 keeps the last good checkpoint"
         raise UserError(f"{what} loss is {loss.item()} at epoch {epoch}, step {step}; stopping without "
