@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 
 import evaluate as evaluate_script
+import export as export_script
 import inference as inference_script
 import train_new_model
 from utils.checkpoint import load_checkpoint
@@ -41,6 +43,9 @@ def test_baseline_trains_evaluates_and_segments(tmp_path):
     inference_script.main(["--ckpt", str(run_dir / "model_best.pth.tar"), "--in-path", str(tmp_path / "photos"),
                            "--out-path", str(tmp_path / "out")])
     assert Image.open(tmp_path / "out" / "masks" / "a.png").size == (30, 20)
+    export_script.main(["--ckpt", str(run_dir / "model_best.pth.tar"), "--format", "onnx", "--input-size", "32", "40"])
+    metadata = {p.key: p.value for p in onnx.load(str(run_dir / "model_best.onnx")).metadata_props}
+    assert (metadata["model"], metadata["backbone"], metadata["output_stride"]) == ("deeplabv3plus", "resnet50", "16")
 
     with pytest.raises(UserError, match="--backbone 'resnet101' \\(checkpoint has 'resnet50'\\)"):
         train_new_model.main(["--resume", str(run_dir / "checkpoint.pth.tar"), "--backbone", "resnet101"])
