@@ -93,7 +93,8 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     run_dir, logger = open_run(args, argv) if context.is_main else (None, logging.getLogger(LOGGER_NAME))
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
-                              block_multiplier=args.block_multiplier, steps=args.steps).to(device)
+                              block_multiplier=args.block_multiplier, steps=args.steps,
+                              checkpoint_cells=args.checkpoint_cells).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
     weight_optimizer = torch.optim.SGD(weight_params, lr=args.lr, momentum=args.momentum,
                                        weight_decay=args.weight_decay)

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "warmup", type=int, default=1, help="unmeasured steps first")
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_flag(parser, "device", default="auto")
+    add_flag(parser, "checkpoint_cells", action="store_true", help="activation checkpointing of the cells")
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier).to(device)
+    model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
+                              checkpoint_cells=args.checkpoint_cells).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
     weight_optimizer = torch.optim.SGD(weight_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch_optimizer = torch.optim.Adam(arch_params, lr=3e-3, weight_decay=1e-3)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,
         "crop_size": args.crop_size, "batch_size": args.batch_size, "num_layers": args.num_layers,
-        "num_classes": args.num_classes, "weight_params": sum(p.numel() for p in weight_params),
+        "num_classes": args.num_classes, "checkpoint_cells": args.checkpoint_cells,
+        "weight_params": sum(p.numel() for p in weight_params),
         "weight_step_s": round(weight_s, 4), "arch_step_s": round(arch_s, 4),
         "search_step_s": round(weight_s + arch_s, 4),
         "images_per_s": round(args.batch_size / (weight_s + arch_s), 3),

@@ -12,10 +12,13 @@ statistics of each direction separate, so the result equals running the cell onc
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from modeling.genotypes import PRIMITIVES, edge_index, level_stride, num_edges
@@ -169,12 +172,35 @@ class SearchHead(nn.Sequential):
         super().__init__(ASPP(channels, channels, aspp_rates(stride, 1)), nn.Conv2d(channels, num_classes, 1))
 
 
+@contextlib.contextmanager
+def _frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """While a checkpointed cell recomputes its forward for backward, leave BatchNorm running statistics
+    (and counters) as they are: the first forward already updated them once."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistic
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
 class AutoDeepLabSearch(nn.Module):
-    """The supernet of the hierarchical search space (paper Sec. 4), with α and β as parameters."""
+    """The supernet of the hierarchical search space (paper Sec. 4), with α and β as parameters.
+
+    ``checkpoint_cells`` trades compute for memory: in training, each cell keeps only its inputs and
+    recomputes its internals during backward (``torch.utils.checkpoint``). Outputs, gradients and
+    BatchNorm statistics are exactly those of the plain network.
+    """
 
     def __init__(self, num_classes: int, num_layers: int = NUM_LAYERS, num_levels: int = NUM_LEVELS,
-                 filter_multiplier: int = 8, block_multiplier: int = 5, steps: int = 5):
+                 filter_multiplier: int = 8, block_multiplier: int = 5, steps: int = 5,
+                 checkpoint_cells: bool = False):
         super().__init__()
+        self.checkpoint_cells = checkpoint_cells
         if not 1 <= block_multiplier <= steps:
             raise ValueError(f"block_multiplier must be in 1..steps ({steps}), got {block_multiplier}")
         self.num_layers, self.num_levels = num_layers, num_levels
@@ -209,6 +235,13 @@ class AutoDeepLabSearch(nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alphas, self.betas]
 
+    def _run_cell(self, cell: SearchCell, *args: object) -> torch.Tensor:
+        if not (self.checkpoint_cells and self.training and torch.is_grad_enabled()):
+            return cell(*args)
+        return torch.utils.checkpoint.checkpoint(
+            cell, *args, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_statistics(cell)))
+
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name not in ("alphas", "betas")]
 
@@ -225,7 +258,7 @@ class AutoDeepLabSearch(nn.Module):
                 prev_prev = early if (layer, level) == (0, 0) else states.get((layer - 2, level))
                 inputs = [(states[(layer - 1, t.source_level)], betas[layer, t.source_level, t.direction],
                            t.direction) for t in self.incoming[(layer, level)]]
-                states[(layer, level)] = cell(prev_prev, inputs, alpha_weights, sizes[level])
+                states[(layer, level)] = self._run_cell(cell, prev_prev, inputs, alpha_weights, sizes[level])
             for level in range(self.num_levels):
                 states.pop((layer - 2, level), None)
         last = self.num_layers - 1

@@ -148,3 +148,23 @@ def test_level_without_h_l_minus_2_has_no_edges_from_it():
     cell = model.cells[0]["1"]  # stride 8 first appears at layer 0: no H^{l-2} there
     assert cell.preprocess_prev_prev is None and "0" not in cell.edges
     assert model.cells[2]["1"].preprocess_prev_prev is not None
+
+
+def test_checkpointed_cells_compute_exactly_the_plain_network():
+    torch.manual_seed(0)
+    plain = AutoDeepLabSearch(3, 4, filter_multiplier=2, block_multiplier=3, steps=3).double()
+    checkpointed = AutoDeepLabSearch(3, 4, filter_multiplier=2, block_multiplier=3, steps=3,
+                                     checkpoint_cells=True).double()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 33, 29, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 33, 29))
+    for model in (plain, checkpointed):
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12), name
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name  # running statistics updated once, not again by the recomputation
+    assert any(b.item() > 0 for name, b in plain.named_buffers() if name.endswith("num_batches_tracked"))
+    plain.eval(), checkpointed.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(x), checkpointed(x))
