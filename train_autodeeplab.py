@@ -42,14 +42,17 @@ from utils.training import (CHECKPOINT_NAME, batch_loss, check_split, cycle_batc
 
 # Flags that shape the run: a resumed run refuses different values for them.
 LOCKED_ON_RESUME = ("dataset", "num_classes", "filter_multiplier", "block_multiplier", "steps", "num_layers",
-                    "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed", "use_sbd",
-                    "coco_all_classes")
+                    "partial_channels", "seed", "epochs", "batch_size", "synthetic_train_samples", "synthetic_seed",
+                    "use_sbd", "coco_all_classes")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
     parser = search_parser()
     args = parser.parse_args(argv)
+    if args.filter_multiplier % args.partial_channels:
+        raise UserError(f"--partial_channels {args.partial_channels}: must divide --filter_multiplier "
+                        f"{args.filter_multiplier} (the channels of every level)")
     if args.resume:
         resumed = load_checkpoint(args.resume, stage="search")
         return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
@@ -94,7 +97,8 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
                               block_multiplier=args.block_multiplier, steps=args.steps,
-                              checkpoint_cells=args.checkpoint_cells).to(device)
+                              checkpoint_cells=args.checkpoint_cells,
+                              partial_channels=args.partial_channels).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
     weight_optimizer = torch.optim.SGD(weight_params, lr=args.lr, momentum=args.momentum,
                                        weight_decay=args.weight_decay)

@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_flag(parser, "device", default="auto")
     add_flag(parser, "checkpoint_cells", action="store_true", help="activation checkpointing of the cells")
+    add_flag(parser, "partial_channels", type=positive_int, default=1, help="PC-DARTS partial channels K")
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
-                              checkpoint_cells=args.checkpoint_cells).to(device)
+                              checkpoint_cells=args.checkpoint_cells,
+                              partial_channels=args.partial_channels).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
     weight_optimizer = torch.optim.SGD(weight_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch_optimizer = torch.optim.Adam(arch_params, lr=3e-3, weight_decay=1e-3)
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,
         "crop_size": args.crop_size, "batch_size": args.batch_size, "num_layers": args.num_layers,
         "num_classes": args.num_classes, "checkpoint_cells": args.checkpoint_cells,
+        "partial_channels": args.partial_channels,
         "weight_params": sum(p.numel() for p in weight_params),
         "weight_step_s": round(weight_s, 4), "arch_step_s": round(arch_s, 4),
         "search_step_s": round(weight_s + arch_s, 4),

@@ -22,6 +22,8 @@ def search_parser() -> argparse.ArgumentParser:
              help="number of block outputs concatenated into the cell output")
     add_flag(space, "steps", type=positive_int, default=5, help="B: blocks per cell")
     add_flag(space, "num_layers", type=positive_int, default=12, help="L: layers of the supernet")
+    add_flag(parser, "partial_channels", type=positive_int, default=1, metavar="K",
+             help="PC-DARTS: each edge's ops see 1/K of the channels (must divide F; default 1 = all, exact)")
     add_flag(parser, "checkpoint_cells", action="store_true",
              help="activation checkpointing of the supernet's cells: less memory, more compute, same results")
     opt = parser.add_argument_group("optimisation")

@@ -68,35 +68,49 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
         return y.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` equal channel groups (ShuffleNet), so that the next partial-channel edge
+    processes other channels than this one did."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MixedOp(nn.Module):
     """Σ_o softmax(α)_o · o(x) over the non-`none` ops; pools get a BN as in DARTS.
 
     ``groups`` is the number of inputs stacked along the batch (see ``GroupedBatchNorm2d``).
+    With ``partial_channels`` K > 1 (PC-DARTS), only the first C/K channels go through the ops; the
+    others bypass them, and the channels are shuffled so that every channel is searched somewhere.
     """
 
-    def __init__(self, channels: int, groups: int = 1):
+    def __init__(self, channels: int, groups: int = 1, partial_channels: int = 1):
         super().__init__()
+        self.partial_channels = partial_channels
         ops = []
         for name in SEARCH_OPS:
-            op = OPS[name](channels, 1, False)
+            op = OPS[name](channels // partial_channels, 1, False)
             if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(channels // partial_channels, affine=False))
             ops.append(_group_batchnorms(op, groups))
         self.ops = nn.ModuleList(ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # weights: softmax over all PRIMITIVES; weights[0] belongs to "none"
-        out = weights[1] * self.ops[0](x)
+        searched = x if self.partial_channels == 1 else x[:, : x.shape[1] // self.partial_channels]
+        out = weights[1] * self.ops[0](searched)
         for w, op in zip(weights[2:], self.ops[1:]):
-            out = out + w * op(x)
-        return out
+            out = out + w * op(searched)
+        if self.partial_channels == 1:
+            return out
+        bypass = x[:, x.shape[1] // self.partial_channels:]
+        return channel_shuffle(torch.cat([out, bypass], dim=1), self.partial_channels)
 
 
 class SearchCell(nn.Module):
     """The shared cell of node (layer, level), with one input projection per incoming direction."""
 
     def __init__(self, layer: int, level: int, filter_multiplier: int, block_multiplier: int, steps: int,
-                 num_levels: int, prev_prev_channels: int | None):
+                 num_levels: int, prev_prev_channels: int | None, partial_channels: int = 1):
         super().__init__()
         self.channels = filter_multiplier * 2**level
         self.steps = steps
@@ -120,7 +134,7 @@ class SearchCell(nn.Module):
         first_input = 0 if prev_prev_channels is not None else 1
         directions = len(self.preprocess)  # edges after H^{l-1} see all directions stacked
         self.edges = nn.ModuleDict({
-            str(edge_index(b, j)): MixedOp(c, groups=1 if j == 0 else directions)
+            str(edge_index(b, j)): MixedOp(c, groups=1 if j == 0 else directions, partial_channels=partial_channels)
             for b in range(steps) for j in range(first_input, 2 + b)
         })
 
@@ -193,13 +207,18 @@ class AutoDeepLabSearch(nn.Module):
 
     ``checkpoint_cells`` trades compute for memory: in training, each cell keeps only its inputs and
     recomputes its internals during backward (``torch.utils.checkpoint``). Outputs, gradients and
-    BatchNorm statistics are exactly those of the plain network.
+    BatchNorm statistics are exactly those of the plain network. ``partial_channels`` K (PC-DARTS)
+    searches each edge on 1/K of the channels: less memory and compute, a different (approximate)
+    supernet; edge normalisation, PC-DARTS's second part, is not included.
     """
 
     def __init__(self, num_classes: int, num_layers: int = NUM_LAYERS, num_levels: int = NUM_LEVELS,
                  filter_multiplier: int = 8, block_multiplier: int = 5, steps: int = 5,
-                 checkpoint_cells: bool = False):
+                 checkpoint_cells: bool = False, partial_channels: int = 1):
         super().__init__()
+        if partial_channels < 1 or filter_multiplier % partial_channels:
+            raise ValueError(f"partial_channels must divide filter_multiplier ({filter_multiplier}), "
+                             f"got {partial_channels}")
         self.checkpoint_cells = checkpoint_cells
         if not 1 <= block_multiplier <= steps:
             raise ValueError(f"block_multiplier must be in 1..steps ({steps}), got {block_multiplier}")
@@ -223,7 +242,7 @@ class AutoDeepLabSearch(nn.Module):
                 else:
                     prev_prev_channels = None  # the level first appears at layer-1: no H^{l-2}
                 row[str(level)] = SearchCell(layer, level, filter_multiplier, block_multiplier, steps,
-                                             num_levels, prev_prev_channels)
+                                             num_levels, prev_prev_channels, partial_channels)
             self.cells.append(row)
         self.heads = nn.ModuleDict({
             str(level): SearchHead(stem_width * 2**level, level_stride(level), num_classes)

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling.genotypes import PRIMITIVES, edge_index, num_edges
-from modeling.model_search import SEARCH_OPS, AutoDeepLabSearch, GroupedBatchNorm2d, level_sizes
+from modeling.model_search import (SEARCH_OPS, AutoDeepLabSearch, GroupedBatchNorm2d, MixedOp, channel_shuffle,
+                                   level_sizes)
 
 
 def small_supernet(**kw) -> AutoDeepLabSearch:
@@ -168,3 +169,38 @@ def test_checkpointed_cells_compute_exactly_the_plain_network():
     plain.eval(), checkpointed.eval()
     with torch.no_grad():
         assert torch.equal(plain(x), checkpointed(x))
+
+
+def test_channel_shuffle_interleaves_the_groups():
+    x = torch.arange(6.0).reshape(1, 6, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    assert channel_shuffle(x, 3).flatten().tolist() == [0, 2, 4, 1, 3, 5]
+
+
+def test_partial_channels_search_a_quarter_and_pass_the_rest_through():
+    torch.manual_seed(0)
+    op = MixedOp(8, partial_channels=4)
+    full = MixedOp(8)
+    assert sum(p.numel() for p in op.parameters()) < sum(p.numel() for p in full.parameters()) / 3
+    x = torch.randn(2, 8, 6, 6)
+    weights = torch.softmax(torch.randn(len(PRIMITIVES)), dim=0)
+    out = op(x, weights)
+    assert out.shape == x.shape
+    # The ops see channels 0..1; channels 2..7 bypass them and reappear unchanged where the shuffle puts them.
+    reference = channel_shuffle(torch.cat([torch.zeros(2, 2, 6, 6), x[:, 2:]], dim=1), 4)
+    bypass_positions = channel_shuffle(torch.arange(8.0).reshape(1, 8, 1, 1), 4).flatten() >= 2
+    assert torch.equal(out[:, bypass_positions], reference[:, bypass_positions])
+    searched = op.ops[0](x[:, :2]) * weights[1]
+    for w, o in zip(weights[2:], op.ops[1:]):
+        searched = searched + w * o(x[:, :2])
+    assert torch.allclose(out[:, ~bypass_positions], searched, atol=1e-6)
+
+
+def test_partial_channel_supernet_trains_and_must_divide_f():
+    torch.manual_seed(0)
+    model = AutoDeepLabSearch(3, 3, filter_multiplier=4, block_multiplier=2, steps=2, partial_channels=2)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.randint(0, 3, (2, 32, 32)))
+    loss.backward()
+    assert model.alphas.grad.abs().sum() > 0 and model.betas.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="partial_channels must divide filter_multiplier"):
+        AutoDeepLabSearch(3, 3, filter_multiplier=4, partial_channels=3)
