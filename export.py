@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from config_utils.common import Parser, add_flag, positive_int
 from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
 from modeling.trained import checkpoint_classes, load_trained_model
+from utils.atomic import atomic_path
 from utils.cli import run_cli
 from utils.errors import UserError
 
@@ -136,17 +136,13 @@ def main(argv: list[str] | None = None) -> Path:
     program = export_onnx(model, input_size, args.opset)
     program.model.metadata_props.update(metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        program.save(tmp, external_data=False)
-        difference = max_difference_to_pytorch(tmp, model, input_size)
+    with atomic_path(out) as temporary:
+        program.save(temporary, external_data=False)
+        difference = max_difference_to_pytorch(temporary, model, input_size)
         print(f"onnxruntime vs PyTorch on a random batch of {CHECK_BATCH}: max abs difference {difference:.3g}")
         if not difference <= MAX_ABS_DIFFERENCE:
             raise UserError(f"the exported model differs from PyTorch by up to {difference:.3g} (more than "
                             f"{MAX_ABS_DIFFERENCE:g}); nothing was written")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     height, width = input_size
     print(f"exported {ckpt} to {out} (opset {args.opset}, input 'image' [N, 3, {height}, {width}], "
           f"output 'logits' [N, {checkpoint['args']['num_classes']}, {height}, {width}])")

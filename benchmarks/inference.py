@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.search_step import synchronize  # noqa: E402
+from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
 from config_utils.common import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
 from utils.cli import resolve_device, run_cli  # noqa: E402
 
@@ -104,12 +103,6 @@ def multi_adds_g(name: str, num_classes: int, input_size: tuple[int, int]) -> fl
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.empty(1, 3, *input_size, device="meta"))
     return counter.get_total_flops() / 2e9
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB); ru_maxrss is KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def time_forward(forward: Callable[[], object], device: torch.device, warmup: int, steps: int) -> float:

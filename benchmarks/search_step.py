@@ -31,6 +31,12 @@ from modeling.model_search import AutoDeepLabSearch  # noqa: E402
 from utils.cli import resolve_device  # noqa: E402
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB); ru_maxrss is KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(prog="search_step.py", description=__doc__.splitlines()[0])
     add_flag(parser, "filter_multiplier", type=positive_int, default=8)
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
     weight_s, arch_s = statistics.median(timings["weight"]), statistics.median(timings["arch"])
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,

@@ -120,16 +120,21 @@ def source_palette(info: DatasetInfo, source: SegmentationSource, num_classes: i
     return np.asarray(own if own is not None else info.palette(num_classes), dtype=np.uint8)[:num_classes]
 
 
-def dataset_root(info: DatasetInfo, args: argparse.Namespace, required: Sequence[str] = ()) -> Path:
+def dataset_root(info: DatasetInfo, args: argparse.Namespace, required: Sequence[str] = (),
+                 nested: str | Path | None = None) -> Path:
     """The dataset's root folder, checked to exist and to hold every path in ``required``.
 
-    The error names where the root came from (flag or environment variable) and the layout expected.
+    With ``nested`` (e.g. ``VOCdevkit/VOC2012``), a root holding that folder stands for it, so users may
+    point at either the archive's folder or its parent. The error names where the root came from (flag
+    or environment variable) and the layout expected.
     """
     root_text, origin = DataPath.root_and_origin(info.name, args.data_root, info.layout)
     root = Path(root_text).expanduser()
     if not root.is_dir():
         raise UserError(f"{info.name}: data root {root} (from {origin}) is not a folder; expected the layout "
                         f"{info.layout}")
+    if nested is not None and (root / nested).is_dir():
+        root = root / nested
     missing = [name for name in required if not (root / name).exists()]
     if missing:
         raise UserError(f"{info.name}: data root {root} (from {origin}) lacks {', '.join(missing)}; expected "

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataloaders.registry import IGNORE_INDEX
 from utils.torchvision_compat import import_torchvision
 
 import_torchvision()
@@ -27,7 +28,6 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 # The mean colour as uint8: padding with it makes the padded area about 0 after normalisation.
 MEAN_FILL = [round(255 * channel) for channel in IMAGENET_MEAN]
 PAD_FILL = {tv_tensors.Image: MEAN_FILL, tv_tensors.Mask: IGNORE_INDEX}

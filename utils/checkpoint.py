@@ -7,7 +7,6 @@ the target, so a crash leaves the previous checkpoint intact. Loading uses
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from utils.atomic import atomic_path
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "autodeeplab-checkpoint"
@@ -23,15 +23,8 @@ CHECKPOINT_FORMAT = "autodeeplab-checkpoint"
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, file)
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from dataloaders.registry import IGNORE_INDEX
+
 IGNORE_COLOUR = (255, 255, 255)
 
 

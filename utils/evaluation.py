@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dataloaders.registry import IGNORE_INDEX
 from utils.distributed import DistributedContext, all_reduce_sum
 from utils.metrics import ConfusionMatrix
 
-IGNORE_INDEX = 255
 PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finite on a confident mistake
 
 

@@ -7,7 +7,6 @@ training machines.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from modeling.genotypes import (  # noqa: E402
     level_stride,
     num_edges,
 )
+from utils.atomic import atomic_path  # noqa: E402
 
 LEVEL_DELTAS = (-1, 0, 1)  # β's last axis: move down to a finer level, stay, move to a coarser one
 PATH_COLOR = "tab:red"
@@ -41,13 +41,10 @@ NODE_WIDTH, NODE_HEIGHT, NODE_PAD = 1.1, 0.44, 0.02
 
 def save_figure(fig: Figure, path: str | Path) -> None:
     """Write ``fig`` as a PNG without ever leaving a half-written file at ``path``, then close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 

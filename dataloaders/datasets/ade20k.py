@@ -9,7 +9,6 @@ is an error naming the file. The root may be ``ADEChallengeData2016`` itself or 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dataloaders.files import IMAGE_SUFFIXES, FilePairSource, files_with_suffix, label_lookup_table, pair_by_stem
 from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
@@ -40,16 +39,10 @@ LAYOUT = (f"<root>/images/{{training,validation}}/ADE_*.jpg and <root>/annotatio
           f"<root> being {ARCHIVE_FOLDER} or a folder holding it")
 
 
-def _archive_root(args: argparse.Namespace, split_folder: str) -> Path:
-    """The ``ADEChallengeData2016`` folder: the root itself, or its subfolder of that name when present."""
-    inside = ARCHIVE_FOLDER if (dataset_root(INFO, args) / ARCHIVE_FOLDER).is_dir() else ""
-    root = dataset_root(INFO, args, [str(Path(inside, folder, split_folder)) for folder in ("images", "annotations")])
-    return root / inside
-
-
 def make_ade20k_source(split: str, args: argparse.Namespace) -> FilePairSource:
     split_folder = SPLIT_FOLDERS[split]
-    root = _archive_root(args, split_folder)
+    root = dataset_root(INFO, args, [f"{folder}/{split_folder}" for folder in ("images", "annotations")],
+                        nested=ARCHIVE_FOLDER)
     images = files_with_suffix(root / "images" / split_folder, IMAGE_SUFFIXES)
     labels = files_with_suffix(root / "annotations" / split_folder, (".png",))
     pairs = pair_by_stem(images, labels, f"ade20k {split} ({root / 'annotations' / split_folder})")

@@ -8,7 +8,6 @@ value is an error naming the file. The root may be ``CamVid`` itself or a folder
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -34,15 +33,8 @@ def camvid_palette(num_classes: int) -> np.ndarray:
     return np.array([colour for _, colour in CLASSES[:num_classes]], dtype=np.uint8)
 
 
-def _camvid_root(args: argparse.Namespace, split: str) -> Path:
-    """The ``CamVid`` folder: the root itself, or its subfolder of that name when present."""
-    inside = DATASET_FOLDER if (dataset_root(INFO, args) / DATASET_FOLDER).is_dir() else ""
-    root = dataset_root(INFO, args, [str(Path(inside, split)), str(Path(inside, f"{split}annot"))])
-    return root / inside
-
-
 def make_camvid_source(split: str, args: argparse.Namespace) -> FilePairSource:
-    root = _camvid_root(args, split)
+    root = dataset_root(INFO, args, [split, f"{split}annot"], nested=DATASET_FOLDER)
     images = files_with_suffix(root / split, IMAGE_SUFFIXES)
     labels = files_with_suffix(root / f"{split}annot", (".png",))
     pairs = pair_by_stem(images, labels, f"camvid {split} ({root / f'{split}annot'})")

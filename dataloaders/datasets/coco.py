@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from config_utils.common import add_flag
 from dataloaders.files import read_image
 from dataloaders.registry import IGNORE_INDEX, DatasetInfo, dataset_root, register_dataset
+from utils.atomic import atomic_path
 from utils.errors import UserError
 from utils.run_dir import LOGGER_NAME
 
@@ -173,18 +173,11 @@ def _read_id_cache(cache_file: Path, key: dict[str, Any], known_ids: Any) -> lis
 
 def _write_id_cache(cache_file: Path, content: dict[str, Any]) -> None:
     """Write atomically (temporary file, fsync, rename); an unwritable folder only costs the cache."""
-    temporary = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")
     try:
-        with open(temporary, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, cache_file)
+        with atomic_path(cache_file) as temporary:
+            temporary.write_text(json.dumps(content))
     except OSError as error:
         log.warning(f"coco: cannot write {cache_file} ({error}); the images will be selected again next time")
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
 
 
 def kept_image_ids(coco: Any, classes: dict[int, int], annotation_file: Path, split: str,

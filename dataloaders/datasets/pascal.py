@@ -76,9 +76,8 @@ def read_ids(list_file: Path) -> list[str]:
 
 def voc_root(args: argparse.Namespace, split_files: list[str]) -> Path:
     """The ``VOC2012`` folder: the data root itself, or its ``VOCdevkit/VOC2012`` when present."""
-    nested = NESTED_VOC if (dataset_root(INFO, args) / NESTED_VOC).is_dir() else Path()
     required = ["JPEGImages", "SegmentationClass"] + [str(SPLIT_LISTS / f"{name}.txt") for name in split_files]
-    return dataset_root(INFO, args, [str(nested / name) for name in required]) / nested
+    return dataset_root(INFO, args, required, nested=NESTED_VOC)
 
 
 def sbd_root(args: argparse.Namespace) -> Path:
