@@ -156,7 +156,6 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
             for step, (images, masks) in enumerate(progress, start=so_far["steps"]):
                 loss = batch_loss(trainer, images, masks, device, "weight", epoch, step, checkpoint_path,
                                   weight_precision.autocast())
-                weight_optimizer.zero_grad(set_to_none=True)
                 weight_precision.backward(loss, inputs=weight_params)
                 weight_precision.step(weight_optimizer, weight_params, args.grad_clip)
                 scheduler.step()
@@ -165,7 +164,6 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
                     images_b, masks_b = next(batches_b)
                     arch_loss = batch_loss(model, images_b, masks_b, device, "architecture", epoch, step,
                                            checkpoint_path, arch_precision.autocast())
-                    arch_optimizer.zero_grad(set_to_none=True)
                     arch_precision.backward(arch_loss, inputs=arch_params)  # no weight gradients are computed
                     arch_precision.step(arch_optimizer, before_step=lambda: all_reduce_mean(
                         [p.grad for p in arch_params], context))

@@ -208,7 +208,6 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
                                                                    epoch * steps_per_epoch + step, total_steps))
                 loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
                                   precision.autocast(), criterion)
-                optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
                 precision.step(optimizer)
                 scheduler.step()

@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     def weight_step() -> None:
         loss = F.cross_entropy(model(images), masks)
-        weight_optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=weight_params)
         weight_optimizer.step()
+        weight_optimizer.zero_grad(set_to_none=True)  # as the search script does: no gradient outlives its step
 
     def arch_step() -> None:
         loss = F.cross_entropy(model(images), masks)
-        arch_optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=arch_params)
         arch_optimizer.step()
+        arch_optimizer.zero_grad(set_to_none=True)
 
     timings: dict[str, list[float]] = {"weight": [], "arch": []}
     for i in range(args.warmup + args.steps):

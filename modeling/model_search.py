@@ -6,8 +6,9 @@ level s by a stride-2 convolution (from s/2), a 1x1 convolution (same level) or 
 upsampling followed by a 1x1 convolution (from 2s). The ops on the edges from H^{l-2} see the same
 input for every direction, so they are computed once per node; the rest of the cell runs once
 per incoming direction, which is exactly the paper's sum of cells. The directions run together,
-stacked along the batch dimension (fewer, larger convolutions), with a BatchNorm that keeps the
-statistics of each direction separate, so the result equals running the cell once per direction.
+stacked along the batch dimension (fewer, larger convolutions), with BatchNorm statistics kept
+separate per direction, so the result equals running the cell once per direction. All edges that
+leave one cell state are computed together (``modeling.fused_edges``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from modeling.fused_edges import EdgeFanOut
 from modeling.genotypes import PRIMITIVES, edge_index, level_stride, num_edges
 from modeling.heads import ASPP, aspp_rates
-from modeling.operations import OPS, ReLUConvBN, Stem, half_size
+from modeling.operations import ReLUConvBN, Stem, half_size
 from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists, levels_at,
                                    normalize_betas, transition_table)
-
-SEARCH_OPS = PRIMITIVES[1:]  # "none" contributes zero and is skipped
-
 
 def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
     """Spatial size of every level, from the stride-4 size by repeated ceil-halving."""
@@ -39,71 +38,11 @@ def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[in
     return sizes
 
 
-class GroupedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm over a batch that stacks ``groups`` independent inputs (a node's incoming directions).
-
-    In training, each group is normalised with its own batch statistics and the running statistics
-    are updated once per group, in order: exactly what ``groups`` separate calls would compute.
-    """
-
-    def __init__(self, num_features: int, groups: int, affine: bool):
-        super().__init__(num_features, affine=affine)
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.groups == 1:
-            return super().forward(x)
-        g, (n, c, h, w) = self.groups, x.shape
-        per_group = x.view(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)
-        weight = self.weight.repeat(g) if self.affine else None
-        bias = self.bias.repeat(g) if self.affine else None
-        y = F.batch_norm(per_group, None, None, weight, bias, training=True, eps=self.eps)
-        with torch.no_grad():
-            values = x.detach().to(self.running_mean.dtype).view(g, n // g, c, h * w)  # float32 under --amp
-            values = values.transpose(1, 2).reshape(g, c, -1)
-            for mean, var in zip(values.mean(dim=2), values.var(dim=2, unbiased=True)):
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var, self.momentum)
-            self.num_batches_tracked += g
-        return y.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
-
-
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave ``groups`` equal channel groups (ShuffleNet), so that the next partial-channel edge
     processes other channels than this one did."""
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
-class MixedOp(nn.Module):
-    """Σ_o softmax(α)_o · o(x) over the non-`none` ops; pools get a BN as in DARTS.
-
-    ``groups`` is the number of inputs stacked along the batch (see ``GroupedBatchNorm2d``).
-    With ``partial_channels`` K > 1 (PC-DARTS), only the first C/K channels go through the ops; the
-    others bypass them, and the channels are shuffled so that every channel is searched somewhere.
-    """
-
-    def __init__(self, channels: int, groups: int = 1, partial_channels: int = 1):
-        super().__init__()
-        self.partial_channels = partial_channels
-        ops = []
-        for name in SEARCH_OPS:
-            op = OPS[name](channels // partial_channels, 1, False)
-            if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(channels // partial_channels, affine=False))
-            ops.append(_group_batchnorms(op, groups))
-        self.ops = nn.ModuleList(ops)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # weights: softmax over all PRIMITIVES; weights[0] belongs to "none"
-        searched = x if self.partial_channels == 1 else x[:, : x.shape[1] // self.partial_channels]
-        out = weights[1] * self.ops[0](searched)
-        for w, op in zip(weights[2:], self.ops[1:]):
-            out = out + w * op(searched)
-        if self.partial_channels == 1:
-            return out
-        bypass = x[:, x.shape[1] // self.partial_channels:]
-        return channel_shuffle(torch.cat([out, bypass], dim=1), self.partial_channels)
 
 
 class SearchCell(nn.Module):
@@ -131,52 +70,49 @@ class SearchCell(nn.Module):
                 self.preprocess[str(d)] = ReLUConvBN(out_channels(source), c, 1, affine=False)
         self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, c, 1, affine=False)
                                      if prev_prev_channels is not None else None)
+        self.partial_channels = partial_channels
+        # edges leave cell input j (0 = H^{l-2}, 1 = H^{l-1}, 2+b = block b) towards blocks max(j-1, 0)..steps-1
         first_input = 0 if prev_prev_channels is not None else 1
-        directions = len(self.preprocess)  # edges after H^{l-1} see all directions stacked
-        self.edges = nn.ModuleDict({
-            str(edge_index(b, j)): MixedOp(c, groups=1 if j == 0 else directions, partial_channels=partial_channels)
-            for b in range(steps) for j in range(first_input, 2 + b)
+        directions = len(self.preprocess)  # states after H^{l-1} stack all directions along the batch
+        self.fan_outs = nn.ModuleDict({
+            str(j): EdgeFanOut(c // partial_channels, steps - max(j - 1, 0), groups=1 if j == 0 else directions)
+            for j in range(first_input, steps + 1)
         })
+
+    def mixed_ops(self, j: int, state: torch.Tensor, alpha_weights: torch.Tensor) -> list[torch.Tensor]:
+        """The mixed-op outputs of the edges leaving input j, one [groups, n, C, H, W] tensor per target block."""
+        rows = [edge_index(b, j) for b in range(max(j - 1, 0), self.steps)]
+        fan_out = self.fan_outs[str(j)]
+        k = self.partial_channels
+        if k == 1:
+            return list(fan_out(state, alpha_weights[rows]))
+        searched = fan_out(state[:, : state.shape[1] // k].contiguous(), alpha_weights[rows])
+        bypass = state[:, state.shape[1] // k:]
+        return [channel_shuffle(torch.cat([edge.flatten(0, 1), bypass], dim=1), k).view(edge.shape[:2] + state.shape[1:])
+                for edge in searched]
 
     def forward(self, prev_prev: torch.Tensor | None, inputs: list[tuple[torch.Tensor, torch.Tensor, int]],
                 alpha_weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``inputs`` holds (H^{l-1} from a source level, its normalised β, direction index)."""
-        from_prev_prev = None
+        blocks: list = [0] * self.steps  # running sums, [directions (or 1 for H^{l-2} terms), n, C, H, W]
         if self.preprocess_prev_prev is not None:
             if prev_prev.shape[-2:] != size:  # only the stem's stride-2 feature, for layer 0
                 prev_prev = F.interpolate(prev_prev, size=size, mode="bilinear", align_corners=False)
-            s0 = self.preprocess_prev_prev(prev_prev)
-            from_prev_prev = [self.edges[str(edge_index(b, 0))](s0, alpha_weights[edge_index(b, 0)])
-                              for b in range(self.steps)]
+            blocks = self.mixed_ops(0, self.preprocess_prev_prev(prev_prev), alpha_weights)  # shared by directions
         projected = []
         for s1, _, d in inputs:
             if DIRECTIONS[d] == -1:
                 s1 = F.interpolate(s1, size=size, mode="bilinear", align_corners=False)
             projected.append(self.preprocess[str(d)](s1))
-        groups, batch = len(projected), projected[0].shape[0]
-        states = [None, torch.cat(projected, dim=0)]  # directions stacked along the batch
-        for b in range(self.steps):
-            h = 0
-            for j in range(1, 2 + b):
-                e = edge_index(b, j)
-                h = h + self.edges[str(e)](states[j], alpha_weights[e])
-            if from_prev_prev is not None:  # shared by every direction
-                h = (h.view(groups, batch, *h.shape[1:]) + from_prev_prev[b]).view(h.shape)
-            states.append(h)
-        stacked = torch.cat(states[-self.block_multiplier:], dim=1)
+        state = torch.cat(projected, dim=0)  # directions stacked along the batch
+        for j in range(1, self.steps + 1):
+            if j >= 2:  # block j-2 has all its inputs now
+                state = blocks[j - 2].flatten(0, 1)
+            for b, out in enumerate(self.mixed_ops(j, state, alpha_weights), start=max(j - 1, 0)):
+                blocks[b] = blocks[b] + out
+        stacked = torch.cat(blocks[-self.block_multiplier:], dim=2)
         betas = torch.stack([beta for _, beta, _ in inputs]).to(stacked.dtype)
-        return (betas.view(-1, 1, 1, 1, 1) * stacked.view(groups, batch, *stacked.shape[1:])).sum(dim=0)
-
-
-def _group_batchnorms(module: nn.Module, groups: int) -> nn.Module:
-    """Replace every BatchNorm2d in ``module`` by a GroupedBatchNorm2d over ``groups`` stacked inputs."""
-    if groups == 1:
-        return module
-    if isinstance(module, nn.BatchNorm2d):
-        return GroupedBatchNorm2d(module.num_features, groups, module.affine)
-    for name, child in module.named_children():
-        setattr(module, name, _group_batchnorms(child, groups))
-    return module
+        return (betas.view(-1, 1, 1, 1, 1) * stacked).sum(dim=0)
 
 
 class SearchHead(nn.Sequential):
@@ -190,16 +126,19 @@ class SearchHead(nn.Sequential):
 def _frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
     """While a checkpointed cell recomputes its forward for backward, leave BatchNorm running statistics
     (and counters) as they are: the first forward already updated them once."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, EdgeFanOut))]
+    momenta = [m.momentum for m in norms]
+    counters = [(m.num_batches_tracked, m.num_batches_tracked.clone()) for m in norms
+                if isinstance(m, nn.BatchNorm2d)]
     for m in norms:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistic
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(norms, saved):
+        for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+        for counter, value in counters:
+            counter.copy_(value)
 
 
 class AutoDeepLabSearch(nn.Module):

@@ -1,10 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from modeling.genotypes import PRIMITIVES, edge_index, num_edges
-from modeling.model_search import (SEARCH_OPS, AutoDeepLabSearch, GroupedBatchNorm2d, MixedOp, channel_shuffle,
-                                   level_sizes)
+from modeling.model_search import AutoDeepLabSearch, SearchCell, channel_shuffle, level_sizes
+from modeling.operations import OPS
 
 
 def small_supernet(**kw) -> AutoDeepLabSearch:
@@ -29,6 +30,19 @@ def reference_betas(betas: torch.Tensor) -> list:
     return out
 
 
+def plain_edge_ops(cell: SearchCell, block: int, cell_input: int) -> nn.ModuleDict:
+    """The plain ops of ``modeling.operations`` for one edge, holding copies of that edge's weights."""
+    fan_out = cell.fan_outs[str(cell_input)]
+    ops = nn.ModuleDict()
+    for name in PRIMITIVES[1:]:
+        op = OPS[name](fan_out.channels, 1, False)
+        ops[name] = nn.Sequential(op, nn.BatchNorm2d(fan_out.channels, affine=False)) if "pool" in name else op
+    incompatible = ops.load_state_dict(fan_out.edge_state(block - max(cell_input - 1, 0)), strict=False)
+    assert not incompatible.unexpected_keys
+    assert all(key.endswith("num_batches_tracked") for key in incompatible.missing_keys)
+    return ops.to(next(cell.parameters()).dtype)
+
+
 def reference_cell(cell, prev_prev, s1, direction, alpha_weights, size):
     """One cell, one incoming direction, every edge a plain weighted sum of its ops."""
     if prev_prev is not None and prev_prev.shape[-2:] != size:
@@ -43,17 +57,14 @@ def reference_cell(cell, prev_prev, s1, direction, alpha_weights, size):
             if states[j] is None:
                 continue
             e = edge_index(b, j)
-            for o, op in enumerate(cell.edges[str(e)].ops):
-                h = h + alpha_weights[e, PRIMITIVES.index(SEARCH_OPS[o])] * op(states[j])
+            for name, op in plain_edge_ops(cell, b, j).items():
+                h = h + alpha_weights[e, PRIMITIVES.index(name)] * op(states[j])
         states.append(h)
     return torch.cat(states[-cell.block_multiplier:], dim=1)
 
 
 def reference_forward(model: AutoDeepLabSearch, x: torch.Tensor) -> torch.Tensor:
     """Paper Eq. 6 evaluated node by node, one plain cell evaluation per incoming direction."""
-    for module in model.modules():
-        if isinstance(module, GroupedBatchNorm2d):
-            module.groups = 1  # per-call statistics: each direction is its own call here
     nb = reference_betas(model.betas)
     alpha_weights = torch.softmax(model.alphas, dim=-1)
     early, stem = model.stem(x)
@@ -91,21 +102,6 @@ def test_forward_and_gradients_equal_paper_equation_6():
                                           [model.alphas, model.betas, model.stem.conv1[0].weight])
     for fast, reference in zip(fast_grads, reference_grads):
         torch.testing.assert_close(fast, reference, rtol=1e-8, atol=1e-10)
-
-
-def test_grouped_batchnorm_equals_one_call_per_group():
-    torch.manual_seed(0)
-    grouped, plain = GroupedBatchNorm2d(5, groups=3, affine=True), torch.nn.BatchNorm2d(5)
-    with torch.no_grad():
-        grouped.weight.normal_()
-        grouped.bias.normal_()
-    plain.load_state_dict(grouped.state_dict())
-    chunks = [torch.randn(4, 5, 6, 7) * (i + 1) + i for i in range(3)]
-    torch.testing.assert_close(grouped(torch.cat(chunks)), torch.cat([plain(c) for c in chunks]))
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(grouped, name), getattr(plain, name))
-    grouped.eval(), plain.eval()
-    torch.testing.assert_close(grouped(torch.cat(chunks)), plain(torch.cat(chunks)))
 
 
 @pytest.mark.parametrize("size", [(33, 47), (64, 64), (41, 29)])
@@ -147,7 +143,7 @@ def test_architecture_gradient_reaches_every_used_alpha_and_valid_beta_only():
 def test_level_without_h_l_minus_2_has_no_edges_from_it():
     model = small_supernet()
     cell = model.cells[0]["1"]  # stride 8 first appears at layer 0: no H^{l-2} there
-    assert cell.preprocess_prev_prev is None and "0" not in cell.edges
+    assert cell.preprocess_prev_prev is None and "0" not in cell.fan_outs
     assert model.cells[2]["1"].preprocess_prev_prev is not None
 
 
@@ -179,21 +175,22 @@ def test_channel_shuffle_interleaves_the_groups():
 
 def test_partial_channels_search_a_quarter_and_pass_the_rest_through():
     torch.manual_seed(0)
-    op = MixedOp(8, partial_channels=4)
-    full = MixedOp(8)
-    assert sum(p.numel() for p in op.parameters()) < sum(p.numel() for p in full.parameters()) / 3
+    partial = SearchCell(0, 0, 8, 5, 5, 4, 8, partial_channels=4)
+    full = SearchCell(0, 0, 8, 5, 5, 4, 8)
+    assert sum(p.numel() for p in partial.parameters()) < sum(p.numel() for p in full.parameters()) / 3
     x = torch.randn(2, 8, 6, 6)
-    weights = torch.softmax(torch.randn(len(PRIMITIVES)), dim=0)
-    out = op(x, weights)
-    assert out.shape == x.shape
+    weights = torch.softmax(torch.randn(num_edges(5), len(PRIMITIVES)), dim=1)
+    outputs = partial.mixed_ops(0, x, weights)  # the five edges from H^{l-2}, one per block
+    assert len(outputs) == 5 and all(out.shape == (1, *x.shape) for out in outputs)
     # The ops see channels 0..1; channels 2..7 bypass them and reappear unchanged where the shuffle puts them.
     reference = channel_shuffle(torch.cat([torch.zeros(2, 2, 6, 6), x[:, 2:]], dim=1), 4)
     bypass_positions = channel_shuffle(torch.arange(8.0).reshape(1, 8, 1, 1), 4).flatten() >= 2
-    assert torch.equal(out[:, bypass_positions], reference[:, bypass_positions])
-    searched = op.ops[0](x[:, :2]) * weights[1]
-    for w, o in zip(weights[2:], op.ops[1:]):
-        searched = searched + w * o(x[:, :2])
-    assert torch.allclose(out[:, ~bypass_positions], searched, atol=1e-6)
+    for block, out in enumerate(outputs):
+        assert torch.equal(out[0][:, bypass_positions], reference[:, bypass_positions])
+        e = edge_index(block, 0)
+        searched = sum(weights[e, PRIMITIVES.index(name)] * op(x[:, :2])
+                       for name, op in plain_edge_ops(partial, block, 0).items())
+        assert torch.allclose(out[0][:, ~bypass_positions], searched, atol=1e-6)
 
 
 def test_partial_channel_supernet_trains_and_must_divide_f():

@@ -48,7 +48,8 @@ class PrecisionStep:
     def step(self, optimizer: torch.optim.Optimizer, clip_params: Sequence[torch.Tensor] = (),
              clip_norm: float = 0.0, before_step: Callable[[], None] | None = None) -> None:
         """Run ``before_step`` (averaging gradients over processes: before unscaling, so that every process
-        sees the same overflow verdict), then unscale, clip, step and update the scale."""
+        sees the same overflow verdict), then unscale, clip, step and update the scale. The gradients are
+        released at once (set to None): kept, they would hold memory through the next forward."""
         if before_step is not None:
             before_step()
         self.scaler.unscale_(optimizer)
@@ -56,6 +57,7 @@ class PrecisionStep:
             torch.nn.utils.clip_grad_norm_(clip_params, clip_norm)
         self.scaler.step(optimizer)
         self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         return self.scaler.state_dict()
