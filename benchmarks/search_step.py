@@ -3,7 +3,8 @@
 Prints one table (or, with --json, one JSON object): median seconds of the weight step (forward,
 cross-entropy, backward, SGD step) and of the architecture step (forward, backward into α/β
 only, Adam step) over --steps measured steps after --warmup, peak memory (RSS on CPU,
-torch.cuda.max_memory_allocated on CUDA), Multi-Adds of one forward, images per second.
+torch.cuda.max_memory_allocated on CUDA), the activations autograd saves for backward (a figure
+independent of the allocator and the runtime), Multi-Adds of one forward, images per second.
 
     python benchmarks/search_step.py --filter_multiplier 8 --crop_size 64 --batch_size 2 --num_classes 19 --steps 5
 
@@ -54,6 +55,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def saved_for_backward_mb(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """MB that autograd keeps for the backward of one training forward: the distinct storages packed by
+    saved-tensor hooks, the parameters excluded (they exist anyway)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        F.cross_entropy(model(images), masks)
+    return sum(saved.values()) / 2**20
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -95,12 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
             synchronize(device)
             if i >= args.warmup:
                 timings[name].append(time.perf_counter() - started)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = peak_rss_mb()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images)
+    # checkpointed cells keep their inputs outside the hooks, so the figure would undercount them
+    saved_mb = None if args.checkpoint_cells else round(saved_for_backward_mb(model, images, masks), 1)
     weight_s, arch_s = statistics.median(timings["weight"]), statistics.median(timings["arch"])
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,
@@ -113,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images_per_s": round(args.batch_size / (weight_s + arch_s), 3),
         "forward_gmacs": round(counter.get_total_flops() / 2e9, 3),
         "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
+        "saved_for_backward_mb": saved_mb,
     }
     if args.json:
         print(json.dumps(result))

@@ -45,8 +45,10 @@ def trimmed_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     weight gradients are exactly zero)."""
     kernel, dilation = conv.kernel_size, conv.dilation
     reach = [min(k // 2, (size - 1) // d) for k, size, d in zip(kernel, x.shape[-2:], dilation)]
-    weight = conv.weight[:, :, kernel[0] // 2 - reach[0]: kernel[0] // 2 + reach[0] + 1,
-                         kernel[1] // 2 - reach[1]: kernel[1] // 2 + reach[1] + 1]
+    weight = conv.weight
+    if reach != [k // 2 for k in kernel]:  # slicing costs a zero-filled full-size gradient in backward
+        weight = weight[:, :, kernel[0] // 2 - reach[0]: kernel[0] // 2 + reach[0] + 1,
+                        kernel[1] // 2 - reach[1]: kernel[1] // 2 + reach[1] + 1]
     return F.conv2d(x, weight, padding=(dilation[0] * reach[0], dilation[1] * reach[1]), dilation=dilation,
                     groups=conv.groups)
 

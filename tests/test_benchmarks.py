@@ -14,6 +14,7 @@ def test_search_step_json_has_the_documented_keys():
                              "--steps", "1", "--warmup", "0", "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    for key in ("weight_step_s", "arch_step_s", "peak_rss_mb", "forward_gmacs", "images_per_s"):
+    for key in ("weight_step_s", "arch_step_s", "peak_rss_mb", "forward_gmacs", "images_per_s",
+                "saved_for_backward_mb"):
         assert figures[key] > 0, key
     assert figures["filter_multiplier"] == 1 and figures["num_layers"] == 2
