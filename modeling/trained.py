@@ -16,7 +16,7 @@ from torch import nn
 from modeling.deeplabv3plus import DeepLabV3Plus
 from modeling.genotypes import Architecture
 from modeling.model_retrain import AutoDeepLab
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, load_model_state
 from utils.errors import UserError
 
 MODELS = ("autodeeplab", "deeplabv3plus")
@@ -40,12 +40,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     arch = (Architecture.from_json_dict(checkpoint["architecture"], f"{path} (architecture)")
             if checkpoint.get("architecture") is not None else None)
     model = build_network(checkpoint["args"], arch)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[1:2] or [str(error)]
-        raise UserError(f"{path}: the weights do not fit the network its arguments describe ({first[0].strip()})") \
-            from None
+    load_model_state(model, checkpoint["model"], str(path))
     return model.to(device).eval(), checkpoint
 
 

@@ -70,3 +70,15 @@ def test_run_directories_are_numbered_past_ten_and_never_reused(tmp_path):
     (taken / "log.txt").write_text("x")
     with pytest.raises(UserError, match="already exists and is not empty"):
         new_run_dir(str(taken), "synthetic", "search")
+
+
+def test_weights_of_another_layout_are_one_readable_error():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = model.state_dict()
+    ckpt.load_model_state(model, state, "run/checkpoint.pth.tar")  # its own state loads
+    old_layout = {key.replace("0.", "edges.0."): value for key, value in state.items()}
+    with pytest.raises(UserError, match=r"^--resume: the weights do not fit the network .*Missing key\(s\)"):
+        ckpt.load_model_state(model, old_layout, "--resume")
+    resized = dict(state, **{"0.weight": torch.zeros(5, 3, 3, 3)})
+    with pytest.raises(UserError, match=r"^run/checkpoint.pth.tar: .*size mismatch for 0.weight"):
+        ckpt.load_model_state(model, resized, "run/checkpoint.pth.tar")

@@ -51,6 +51,17 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any
     return state
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)``, with a mismatch (weights of another version or another network)
+    as one UserError naming ``source`` and the first difference."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[1:2] or [str(error)]
+        raise UserError(f"{source}: the weights do not fit the network (written by another version of autodeeplab "
+                        f"or for another network: {first[0].strip()})") from None
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dataloaders import DatasetInfo, SeededSampler, make_loader
 from dataloaders.transforms import denormalize
-from utils.checkpoint import restore_rng_state, save_checkpoint
+from utils.checkpoint import load_model_state, restore_rng_state, save_checkpoint
 from utils.colors import colorize
 from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.errors import UserError
@@ -194,7 +194,7 @@ def restore_run(resumed: dict[str, Any] | None, run_dir: Path | None, model: nn.
     Returns (first epoch to run, best validation mIoU so far)."""
     if resumed is None:
         return 0, -1.0
-    model.load_state_dict(resumed["model"])
+    load_model_state(model, resumed["model"], "--resume")
     for key, obj in stateful.items():
         obj.load_state_dict(resumed[key])
     restore_rng_state(resumed["rng"])
