@@ -168,6 +168,7 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
                     arch_precision.step(arch_optimizer, before_step=lambda: all_reduce_mean(
                         [p.grad for p in arch_params], context))
                     arch_losses.append(arch_loss.item())
+                    check_identical(arch_params, "α and β", context)  # ~300 numbers: negligible next to the step
                 log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * steps_per_epoch + step)
                 stop_if_requested(stop, context, checkpoint_path, training_state, epoch, step + 1,
                                   {"losses": losses, "arch_losses": arch_losses, "seconds": time.time() - started})
@@ -177,7 +178,6 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
             if arch_losses:
                 record["arch_loss"] = mean_over_ranks(arch_losses, context)
             record |= validation_record(model, val_loader, args, epoch, device, writer, palette, context)
-            check_identical(arch_params, "α and β", context)
             if not context.is_main:
                 continue
             arch = decode_architecture(model.alphas, model.betas, args.filter_multiplier, args.block_multiplier)

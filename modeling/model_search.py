@@ -86,10 +86,13 @@ class SearchCell(nn.Module):
         k = self.partial_channels
         if k == 1:
             return list(fan_out(state, alpha_weights[rows]))
-        searched = fan_out(state[:, : state.shape[1] // k].contiguous(), alpha_weights[rows])
-        bypass = state[:, state.shape[1] // k:]
-        return [channel_shuffle(torch.cat([edge.flatten(0, 1), bypass], dim=1), k).view(edge.shape[:2] + state.shape[1:])
-                for edge in searched]
+        searched_channels = state.shape[1] // k
+        bypass = state[:, searched_channels:]
+        outputs = []
+        for edge in fan_out(state[:, :searched_channels].contiguous(), alpha_weights[rows]):
+            mixed = torch.cat([edge.flatten(0, 1), bypass], dim=1)  # the edge's groups stacked like the state's
+            outputs.append(channel_shuffle(mixed, k).view(*edge.shape[:2], *state.shape[1:]))
+        return outputs
 
     def forward(self, prev_prev: torch.Tensor | None, inputs: list[tuple[torch.Tensor, torch.Tensor, int]],
                 alpha_weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

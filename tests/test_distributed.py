@@ -142,6 +142,7 @@ def test_two_processes_train_like_one(tmp_path, script, args, launcher):
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.2)
     if script == "train_autodeeplab.py":
         history = [json.loads(line) for line in (tmp_path / "two" / "architecture_history.jsonl").read_text().splitlines()]
-        assert len(history) == 2  # every epoch passed the check that all ranks hold identical α and β
+        # every architecture step passed the check that all ranks hold identical α and β
+        assert len(history) == 2
     else:
         assert (tmp_path / "two" / "report_val" / "metrics.json").is_file()
