@@ -94,15 +94,19 @@ class EdgeFanOut(nn.Module):
 
     def _normalisation(self, z: torch.Tensor, slot: str, batch_stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) of shape [groups, C] with BatchNorm(z) = scale * z + shift."""
+        mean, var = self._statistics(z, slot, batch_stats)
+        scale = torch.rsqrt(var + self.eps)
+        return scale, -mean * scale
+
+    def _statistics(self, z: torch.Tensor, slot: str, batch_stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, biased variance) [groups, C] that BatchNorm uses: of the batch in training (recorded in
+        ``batch_stats`` for the running statistics), the running ones in eval."""
         if self.training:
             mean, var = batch_statistics(z, self.groups)
             batch_stats[slot] = (mean, var, z.numel() // (z.shape[1] * self.groups))
-        else:
-            part = self.slots[slot]
-            mean = self.running_mean[part].expand(self.groups, -1)
-            var = self.running_var[part].expand(self.groups, -1)
-        scale = torch.rsqrt(var + self.eps)
-        return scale, -mean * scale
+            return mean, var
+        part = self.slots[slot]
+        return self.running_mean[part].expand(self.groups, -1), self.running_var[part].expand(self.groups, -1)
 
     def _separable(self, name: str, relu_x: torch.Tensor, batch_stats: dict) -> torch.Tensor:
         layers = self.separable[name]
@@ -123,16 +127,19 @@ class EdgeFanOut(nn.Module):
         before_norm["max_pool_3x3"] = F.max_pool2d(x, 3, stride=1, padding=1)
         before_norm["avg_pool_3x3"] = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
+        # the statistics of every op as [ops, k, groups, C] (the pools' shared by all edges), in one go
+        means, variances = zip(*(self._statistics(z, name, batch_stats) for name, z in before_norm.items()))
+        mean, var = (torch.stack([s.view(g, -1, c).transpose(0, 1).expand(k, g, c) for s in stats])
+                     for stats in (means, variances))
+        op_weights = weights[:, [PRIMITIVES.index(name) for name in before_norm]].T.reshape(-1, k, 1, 1)
+        coefficients = op_weights * torch.rsqrt(var + self.eps)
+        shift = -(coefficients * mean).sum(dim=0)  # [k, groups, C]
+
         out = weights[:, SKIP].view(k, 1, 1, 1, 1, 1) * x.view(1, g, gn // g, c, h, w)
-        total_shift = 0
-        for name, z in before_norm.items():
-            scale, shift = self._normalisation(z, name, batch_stats)  # [g, k'*C], k' = k or 1 (pools)
-            op_weights = weights[:, PRIMITIVES.index(name)].view(k, 1, 1)
-            scale = op_weights * scale.view(g, -1, c).transpose(0, 1)  # [k, g, C]
-            total_shift = total_shift + op_weights * shift.view(g, -1, c).transpose(0, 1)
-            z = z.view(g, gn // g, -1, c, h, w).permute(2, 0, 1, 3, 4, 5)  # [k', g, n, C, H, W]
-            out.addcmul_(scale.view(k, g, 1, c, 1, 1), z)
-        out.add_(total_shift.view(k, g, 1, c, 1, 1))
+        for coefficient, z in zip(coefficients, before_norm.values()):
+            z = z.view(g, gn // g, -1, c, h, w).permute(2, 0, 1, 3, 4, 5)  # [k or 1 (pools), g, n, C, H, W]
+            out.addcmul_(coefficient.view(k, g, 1, c, 1, 1), z)
+        out.add_(shift.view(k, g, 1, c, 1, 1))
         if self.training:
             self._update_running_statistics(batch_stats)
         return out
