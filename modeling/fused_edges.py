@@ -85,10 +85,11 @@ class EdgeFanOut(nn.Module):
         })
         # One buffer for every BatchNorm; slots in the order forward computes them.
         self.slots: dict[str, slice] = {}
+        total = 0
         for name in [*(f"{op}.inner" for op in SEPARABLE_OPS), *SEPARABLE_OPS, *ATROUS_OPS, *POOL_OPS]:
-            start = len(self.slots) and max(s.stop for s in self.slots.values())
-            self.slots[name] = slice(start, start + (c if name in POOL_OPS else k * c))
-        total = max(s.stop for s in self.slots.values())
+            size = c if name in POOL_OPS else k * c
+            self.slots[name] = slice(total, total + size)
+            total += size
         self.register_buffer("running_mean", torch.zeros(total))
         self.register_buffer("running_var", torch.ones(total))
 

@@ -49,6 +49,11 @@ def edge_index(block: int, cell_input: int) -> int:
     return sum(2 + b for b in range(block)) + cell_input
 
 
+def blocks_reading(cell_input: int, steps: int) -> range:
+    """The blocks that have an edge from ``cell_input`` (block b reads inputs 0..b+1)."""
+    return range(max(cell_input - 1, 0), steps)
+
+
 def level_stride(level: int) -> int:
     return STEM_STRIDE * 2**level
 

@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from modeling.fused_edges import EdgeFanOut
-from modeling.genotypes import PRIMITIVES, edge_index, level_stride, num_edges
+from modeling.genotypes import PRIMITIVES, blocks_reading, edge_index, level_stride, num_edges
 from modeling.heads import ASPP, aspp_rates
 from modeling.operations import ReLUConvBN, Stem, half_size
 from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists, levels_at,
@@ -71,17 +71,17 @@ class SearchCell(nn.Module):
         self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, c, 1, affine=False)
                                      if prev_prev_channels is not None else None)
         self.partial_channels = partial_channels
-        # edges leave cell input j (0 = H^{l-2}, 1 = H^{l-1}, 2+b = block b) towards blocks max(j-1, 0)..steps-1
+        # one fan-out per cell input j (0 = H^{l-2}, 1 = H^{l-1}, 2+b = block b) with edges leaving it
         first_input = 0 if prev_prev_channels is not None else 1
         directions = len(self.preprocess)  # states after H^{l-1} stack all directions along the batch
         self.fan_outs = nn.ModuleDict({
-            str(j): EdgeFanOut(c // partial_channels, steps - max(j - 1, 0), groups=1 if j == 0 else directions)
+            str(j): EdgeFanOut(c // partial_channels, len(blocks_reading(j, steps)), groups=1 if j == 0 else directions)
             for j in range(first_input, steps + 1)
         })
 
     def mixed_ops(self, j: int, state: torch.Tensor, alpha_weights: torch.Tensor) -> list[torch.Tensor]:
         """The mixed-op outputs of the edges leaving input j, one [groups, n, C, H, W] tensor per target block."""
-        rows = [edge_index(b, j) for b in range(max(j - 1, 0), self.steps)]
+        rows = [edge_index(b, j) for b in blocks_reading(j, self.steps)]
         fan_out = self.fan_outs[str(j)]
         k = self.partial_channels
         if k == 1:
@@ -111,7 +111,7 @@ class SearchCell(nn.Module):
         for j in range(1, self.steps + 1):
             if j >= 2:  # block j-2 has all its inputs now
                 state = blocks[j - 2].flatten(0, 1)
-            for b, out in enumerate(self.mixed_ops(j, state, alpha_weights), start=max(j - 1, 0)):
+            for b, out in zip(blocks_reading(j, self.steps), self.mixed_ops(j, state, alpha_weights)):
                 blocks[b] = blocks[b] + out
         stacked = torch.cat(blocks[-self.block_multiplier:], dim=2)
         betas = torch.stack([beta for _, beta, _ in inputs]).to(stacked.dtype)

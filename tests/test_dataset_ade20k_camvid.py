@@ -74,6 +74,14 @@ def dataset_tree(name, base, nested):
     return base / "data", base / "data"
 
 
+def assert_load_and_check_fail(source, name, message):
+    """Both the loader and the pre-training check stop with the same one-line error."""
+    with pytest.raises(UserError, match=message):
+        source.load(0)
+    with pytest.raises(UserError, match=message):
+        source.check(NUM_CLASSES[name])
+
+
 def make_source(name, root, split="train"):
     args = search_parser().parse_args(["--dataset", name, "--data_root", str(root)])
     args.num_classes = NUM_CLASSES[name]
@@ -154,10 +162,7 @@ def test_unknown_label_value_is_named_with_the_file(tmp_path, name, unknown_valu
     _, label_path = write_sample(name, tmp_path, "train", stem_of(name, "train"), mask)
     source = make_source(name, tmp_path)
     message = rf"{re.escape(str(label_path))}: label values {unknown_value} are not {name} label ids"
-    with pytest.raises(UserError, match=message):
-        source.load(0)
-    with pytest.raises(UserError, match=message):
-        source.check(NUM_CLASSES[name])
+    assert_load_and_check_fail(source, name, message)
 
 
 @pytest.mark.parametrize("name", ["ade20k", "camvid"])
@@ -166,10 +171,7 @@ def test_mask_of_another_size_names_both_files(tmp_path, name):
                                           np.full((8, 8), 2, dtype=np.uint8), image=gradient_image())
     source = make_source(name, tmp_path)
     message = rf"{re.escape(str(label_path))}: mask is 8x8 but its image {re.escape(str(image_path))} is 10x16"
-    with pytest.raises(UserError, match=message):
-        source.load(0)
-    with pytest.raises(UserError, match=message):
-        source.check(NUM_CLASSES[name])
+    assert_load_and_check_fail(source, name, message)
 
 
 @pytest.mark.parametrize("name", ["ade20k", "camvid"])
@@ -178,10 +180,7 @@ def test_corrupt_image_is_named(tmp_path, name):
     image_path.write_bytes(b"these bytes are not an image")
     source = make_source(name, tmp_path)
     message = rf"{re.escape(str(image_path))}: cannot read this image"
-    with pytest.raises(UserError, match=message):
-        source.load(0)
-    with pytest.raises(UserError, match=message):
-        source.check(NUM_CLASSES[name])
+    assert_load_and_check_fail(source, name, message)
 
 
 @pytest.mark.parametrize("name, first, last", [("ade20k", "wall", "flag"), ("camvid", "Sky", "Bicyclist")])
