@@ -157,8 +157,8 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
                 loss = batch_loss(trainer, images, masks, device, "weight", epoch, step, checkpoint_path,
                                   weight_precision.autocast())
                 weight_precision.backward(loss, inputs=weight_params)
-                weight_precision.step(weight_optimizer, weight_params, args.grad_clip)
-                scheduler.step()
+                if weight_precision.step(weight_optimizer, weight_params, args.grad_clip):
+                    scheduler.step()
                 losses.append(loss.item())
                 if arch_step:
                     images_b, masks_b = next(batches_b)

@@ -209,8 +209,8 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
                 loss = batch_loss(trainer, images, masks, device, "training", epoch, step, checkpoint_path,
                                   precision.autocast(), criterion)
                 precision.backward(loss)
-                precision.step(optimizer)
-                scheduler.step()
+                if precision.step(optimizer):
+                    scheduler.step()
                 losses.append(loss.item())
                 log_step(writer, progress, losses[-1], scheduler.get_last_lr()[0], epoch * steps_per_epoch + step)
                 stop_if_requested(stop, context, checkpoint_path, training_state, epoch, step + 1,

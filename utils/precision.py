@@ -11,18 +11,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
-from utils.errors import UserError
+from torch.amp import GradScaler
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def amp_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: float16 on CUDA (the fastest there, with loss scaling), bfloat16 on CPU (the only choice)."""
+    """``auto``: float16 on CUDA (the fastest there, with loss scaling), bfloat16 on CPU (no loss scaling
+    needed, and the faster of the two there)."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.bfloat16
-    if device.type == "cpu" and name == "fp16":
-        raise UserError("--amp_dtype fp16: CPU autocast supports bf16 only")
     return AMP_DTYPES[name]
 
 
@@ -37,7 +35,7 @@ class PrecisionStep:
         self.enabled = enabled
         self.device_type = device.type
         self.dtype = dtype
-        self.scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+        self.scaler = GradScaler(device.type, enabled=enabled and dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
@@ -46,18 +44,25 @@ class PrecisionStep:
         self.scaler.scale(loss).backward(inputs=inputs)
 
     def step(self, optimizer: torch.optim.Optimizer, clip_params: Sequence[torch.Tensor] = (),
-             clip_norm: float = 0.0, before_step: Callable[[], None] | None = None) -> None:
+             clip_norm: float = 0.0, before_step: Callable[[], None] | None = None) -> bool:
         """Run ``before_step`` (averaging gradients over processes: before unscaling, so that every process
         sees the same overflow verdict), then unscale, clip, step and update the scale. The gradients are
-        released at once (set to None): kept, they would hold memory through the next forward."""
+        released at once (set to None): kept, they would hold memory through the next forward.
+
+        Returns whether the optimizer stepped: False when float16 gradients overflowed, the step was
+        skipped and the scale backed off. The caller then leaves its learning-rate schedule alone, so the
+        schedule counts the updates actually made.
+        """
         if before_step is not None:
             before_step()
         self.scaler.unscale_(optimizer)
         if clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(clip_params, clip_norm)
+        scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        return self.scaler.get_scale() >= scale  # the scale shrinks exactly when inf/NaN gradients were found
 
     def state_dict(self) -> dict[str, Any]:
         return self.scaler.state_dict()
