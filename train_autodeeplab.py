@@ -116,6 +116,9 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     # The weight step runs through DDP (gradients averaged while backward runs); α and β are left out of
     # DDP and averaged by hand in the architecture step, which reads the plain model.
     trainer = model
+    sync_bn = context.enabled and device.type == "cuda" and args.sync_bn
+    if sync_bn:  # SyncBatchNorm runs on CUDA only; CPU processes keep per-process statistics
+        model.synchronize_batchnorm()
     if context.enabled:
         # DDP matches root parameters both as "alphas" and as ".alphas" (module name "" + "." + name).
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -124,7 +127,8 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     logger.info(f"search: {args.dataset} ({args.num_classes} classes), trainA {len(split_a)} / trainB "
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}, {context.world_size} "
-                f"process(es) of {batch_size} images, amp {dtype if args.amp else 'off'}; run directory {run_dir}")
+                f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
+                f"{dtype if args.amp else 'off'}; run directory {run_dir}")
 
     if args.alpha_epoch >= args.epochs:
         logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "

@@ -70,8 +70,8 @@ def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None
     add_flag(scale, "local_rank", type=int, default=None,
              help="set by 'python -m torch.distributed.launch'; torchrun sets LOCAL_RANK instead")
     add_flag(scale, "sync_bn", action=argparse.BooleanOptionalAction, default=True,
-             help="SyncBatchNorm across GPUs when several CUDA processes train (default: on; plain BatchNorm "
-                  "on CPU, where SyncBatchNorm does not run)")
+             help="BatchNorm statistics over all GPUs when several CUDA processes search or retrain (default: "
+                  "on; per-process statistics on CPU, where SyncBatchNorm does not run)")
     add_flag(scale, "amp", action="store_true",
              help="mixed precision with torch.autocast (α, β and their softmax stay float32)")
     add_flag(scale, "amp_dtype", default="auto", choices=("auto", "bf16", "fp16"),

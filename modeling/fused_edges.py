@@ -20,17 +20,21 @@ an Auto-DeepLab cell do.
 
 Inputs may stack ``groups`` independent inputs along the batch (the incoming directions of a
 node): each group is normalised with its own batch statistics, and the running statistics are
-updated once per group in order, exactly as separate calls would.
+updated once per group in order, exactly as separate calls would. With ``synchronize`` set (several
+GPUs, ``--sync_bn``) the batch statistics are those of all processes' batches together, still per
+group, which torch's SyncBatchNorm cannot do: it would merge the groups.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from modeling.genotypes import PRIMITIVES
 from modeling.search_space import at_least_float32
+from utils.distributed import sum_over_processes
 
 SEPARABLE_OPS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
 ATROUS_OPS = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}
@@ -56,10 +60,28 @@ def trimmed_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def batch_statistics(z: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance per (group, channel) of ``z`` [groups*n, C, H, W], in float32 or wider."""
     values = at_least_float32(z).reshape(groups, z.shape[0] // groups, z.shape[1], -1)
-    if values.shape[1] * values.shape[3] < 2:
-        raise ValueError(f"BatchNorm needs more than 1 value per channel in training, got input {list(z.shape)}")
     var, mean = torch.var_mean(values, dim=(1, 3), correction=0)
     return mean, var
+
+
+def statistics_over_processes(stats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every process's (mean, biased variance) of an equally sized batch, combined into those of the whole
+    batch: the mean of the means, and the mean of (variance + squared deviation of the process's mean),
+    which avoids the cancellation of E[x²] - E[x]². One differentiable collective for the whole list."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    local = torch.cat([torch.cat([mean.reshape(-1), var.reshape(-1)]) for mean, var in stats])
+    rows = [torch.zeros_like(local)] * world
+    rows[rank] = local
+    gathered = sum_over_processes(torch.stack(rows))  # row r holds process r's statistics
+    combined, offset = [], 0
+    for mean, _ in stats:
+        size = mean.numel()
+        means = gathered[:, offset:offset + size].view(world, *mean.shape)
+        variances = gathered[:, offset + size:offset + 2 * size].view(world, *mean.shape)
+        offset += 2 * size
+        whole_mean = means.mean(dim=0)
+        combined.append((whole_mean, (variances + (means - whole_mean) ** 2).mean(dim=0)))
+    return combined
 
 
 class EdgeFanOut(nn.Module):
@@ -70,6 +92,7 @@ class EdgeFanOut(nn.Module):
         c, k = channels, num_edges
         self.channels, self.num_edges, self.groups = c, k, groups
         self.eps, self.momentum = eps, momentum
+        self.synchronize = False  # batch statistics over all processes (multi-GPU SyncBatchNorm)
         self.separable = nn.ModuleDict({
             name: nn.ModuleDict({
                 # output channel i*k + e of the first depthwise conv is channel i of edge e
@@ -93,29 +116,35 @@ class EdgeFanOut(nn.Module):
         self.register_buffer("running_mean", torch.zeros(total))
         self.register_buffer("running_var", torch.ones(total))
 
-    def _normalisation(self, z: torch.Tensor, slot: str, batch_stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of shape [groups, C] with BatchNorm(z) = scale * z + shift."""
-        mean, var = self._statistics(z, slot, batch_stats)
-        scale = torch.rsqrt(var + self.eps)
-        return scale, -mean * scale
-
-    def _statistics(self, z: torch.Tensor, slot: str, batch_stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, biased variance) [groups, C] that BatchNorm uses: of the batch in training (recorded in
-        ``batch_stats`` for the running statistics), the running ones in eval."""
-        if self.training:
-            mean, var = batch_statistics(z, self.groups)
-            batch_stats[slot] = (mean, var, z.numel() // (z.shape[1] * self.groups))
-            return mean, var
-        part = self.slots[slot]
-        return self.running_mean[part].expand(self.groups, -1), self.running_var[part].expand(self.groups, -1)
+    def _statistics(self, inputs: dict[str, torch.Tensor], batch_stats: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, biased variance) [groups, C] that BatchNorm uses on each slot's input: in training those of
+        the batch, over all processes when ``synchronize`` is set (recorded in ``batch_stats`` for the running
+        statistics); in eval the running ones."""
+        if not self.training:
+            return [(self.running_mean[self.slots[slot]].expand(self.groups, -1),
+                     self.running_var[self.slots[slot]].expand(self.groups, -1)) for slot in inputs]
+        stats = [batch_statistics(z, self.groups) for z in inputs.values()]
+        processes = dist.get_world_size() if self.synchronize and dist.is_initialized() else 1
+        if processes > 1:
+            stats = statistics_over_processes(stats)
+        for (slot, z), (mean, var) in zip(inputs.items(), stats):
+            count = processes * z.numel() // (z.shape[1] * self.groups)
+            if count < 2:
+                raise ValueError(f"BatchNorm needs more than 1 value per channel in training, got input {list(z.shape)}")
+            batch_stats[slot] = (mean, var, count)
+        return stats
 
     def _separable(self, name: str, relu_x: torch.Tensor, batch_stats: dict) -> torch.Tensor:
+        """A separable op up to its last BatchNorm: depthwise, pointwise, BatchNorm (as scale * z + shift),
+        ReLU, depthwise, pointwise."""
         layers = self.separable[name]
         (gn, c, h, w), g, k = relu_x.shape, self.groups, self.num_edges
         y = trimmed_conv2d(relu_x, layers["depthwise1"]).view(gn, c, k, h, w).transpose(1, 2).reshape(gn, k * c, h, w)
         z = layers["pointwise1"](y)
-        scale, shift = self._normalisation(z, f"{name}.inner", batch_stats)
-        z = torch.addcmul(shift[:, None, :, None, None], scale[:, None, :, None, None], z.view(g, gn // g, k * c, h, w))
+        [(mean, var)] = self._statistics({f"{name}.inner": z}, batch_stats)
+        scale = torch.rsqrt(var + self.eps)
+        z = torch.addcmul((-mean * scale)[:, None, :, None, None], scale[:, None, :, None, None],
+                          z.view(g, gn // g, k * c, h, w))
         return layers["pointwise2"](trimmed_conv2d(F.relu(z, inplace=True).view(gn, k * c, h, w), layers["depthwise2"]))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -129,7 +158,7 @@ class EdgeFanOut(nn.Module):
         before_norm["avg_pool_3x3"] = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
         # the statistics of every op as [ops, k, groups, C] (the pools' shared by all edges), in one go
-        means, variances = zip(*(self._statistics(z, name, batch_stats) for name, z in before_norm.items()))
+        means, variances = zip(*self._statistics(before_norm, batch_stats))
         mean, var = (torch.stack([s.view(g, -1, c).transpose(0, 1).expand(k, g, c) for s in stats])
                      for stats in (means, variances))
         op_weights = weights[:, [PRIMITIVES.index(name) for name in before_norm]].T.reshape(-1, k, 1, 1)

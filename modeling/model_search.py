@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeling.fused_edges import EdgeFanOut
 from modeling.genotypes import PRIMITIVES, blocks_reading, edge_index, level_stride, num_edges
@@ -129,10 +130,10 @@ class SearchHead(nn.Sequential):
 def _frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
     """While a checkpointed cell recomputes its forward for backward, leave BatchNorm running statistics
     (and counters) as they are: the first forward already updated them once."""
-    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, EdgeFanOut))]
+    norms = [m for m in module.modules() if isinstance(m, (_BatchNorm, EdgeFanOut))]  # SyncBatchNorm included
     momenta = [m.momentum for m in norms]
     counters = [(m.num_batches_tracked, m.num_batches_tracked.clone()) for m in norms
-                if isinstance(m, nn.BatchNorm2d)]
+                if isinstance(m, _BatchNorm)]
     for m in norms:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistic
     try:
@@ -202,6 +203,14 @@ class AutoDeepLabSearch(nn.Module):
         return torch.utils.checkpoint.checkpoint(
             cell, *args, use_reentrant=False,
             context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_statistics(cell)))
+
+    def synchronize_batchnorm(self) -> None:
+        """BatchNorm statistics over all processes (several GPUs): torch's SyncBatchNorm for the plain
+        layers (CUDA only), the fused edges' own exchange for theirs, which keeps directions apart."""
+        nn.SyncBatchNorm.convert_sync_batchnorm(self)
+        for module in self.modules():
+            if isinstance(module, EdgeFanOut):
+                module.synchronize = True
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name not in ("alphas", "betas")]

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from modeling.fused_edges import EdgeFanOut
+from modeling.genotypes import PRIMITIVES
 from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_identical,
                                per_process_batch)
 from utils.errors import UserError
@@ -112,6 +114,44 @@ def test_float16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     for results in run_in_two_processes(_float16_steps, tmp_path):
         assert results == [(False, [0.0, 0.0], 32768.0),  # nobody steps, every scale backs off
                            (True, [-1.5, -1.5], 32768.0)]  # then the mean gradient (1 + 2) / 2 on both
+
+
+def _fan_out_gradients(fan_out, x, weights, upstream):
+    x, weights = x.clone().requires_grad_(), weights.clone().requires_grad_()
+    out = fan_out(x, weights)
+    grads = torch.autograd.grad((out * upstream).sum(), [x, weights, *fan_out.parameters()])
+    return out.detach(), grads, fan_out.running_mean.clone(), fan_out.running_var.clone()
+
+
+def _synchronised_fan_out(context, state, x, weights, upstream):
+    """This process's half of each group's images through a fan-out that synchronises its statistics."""
+    fan_out = EdgeFanOut(3, 2, groups=2).double()
+    fan_out.load_state_dict(state)
+    fan_out.synchronize = True
+    half = slice(2 * context.rank, 2 * context.rank + 2)
+    return _fan_out_gradients(fan_out, x.unflatten(0, (2, 4))[:, half].flatten(0, 1), weights, upstream[:, :, half])
+
+
+def test_synchronised_fan_out_statistics_make_two_half_batches_one_batch(tmp_path):
+    torch.manual_seed(0)
+    fan_out = EdgeFanOut(3, 2, groups=2).double()
+    state = {name: value.clone() for name, value in fan_out.state_dict().items()}
+    x = torch.randn(8, 3, 5, 6, dtype=torch.float64)  # 2 groups (directions) of 4 images
+    x[:2] += 3  # the two processes' shards differ in mean: the combined variance must account for it
+    weights = torch.softmax(torch.randn(2, len(PRIMITIVES), dtype=torch.float64), dim=1)
+    upstream = torch.randn(2, 2, 4, 3, 5, 6, dtype=torch.float64)  # [edges, groups, images, C, H, W]
+    out, grads, running_mean, running_var = _fan_out_gradients(fan_out, x, weights, upstream)
+    results = run_in_two_processes(_synchronised_fan_out, tmp_path, state, x, weights, upstream)
+    for rank, (shard_out, shard_grads, shard_mean, shard_var) in enumerate(results):
+        half = slice(2 * rank, 2 * rank + 2)
+        torch.testing.assert_close(shard_out, out[:, :, half], rtol=1e-10, atol=1e-12)
+        # the input's gradient includes the other process's loss, through the shared statistics
+        torch.testing.assert_close(shard_grads[0], grads[0].unflatten(0, (2, 4))[:, half].flatten(0, 1),
+                                   rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(shard_mean, running_mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(shard_var, running_var, rtol=1e-12, atol=1e-14)  # unbiased over all 4 images
+    for index, whole in enumerate(grads[1:], start=1):  # α and the weights: the sum over processes (DDP averages)
+        torch.testing.assert_close(results[0][1][index] + results[1][1][index], whole, rtol=1e-9, atol=1e-12)
 
 
 def test_global_batch_must_split_evenly():

@@ -84,15 +84,18 @@ def test_parameters_are_those_of_the_plain_edges_and_initialised_alike():
         assert split.abs().max() <= bound and split.abs().max() > 0.8 * bound, name
 
 
-def test_batch_statistics_are_per_group_and_refuse_a_single_value():
+def test_batch_statistics_are_per_group_and_a_single_value_is_refused_in_training():
     z = torch.cat([torch.full((2, 3, 4, 4), 1.0), torch.arange(96.0).view(2, 3, 4, 4)])
     mean, var = batch_statistics(z, groups=2)
     assert torch.equal(mean[0], torch.ones(3)) and torch.equal(var[0], torch.zeros(3))
     per_channel = z[2:].transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(mean[1], per_channel.mean(dim=1))
     torch.testing.assert_close(var[1], per_channel.var(dim=1, unbiased=False))
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        batch_statistics(torch.randn(2, 3, 1, 1), groups=2)
+    fan_out = EdgeFanOut(3, 2, groups=2)
+    weights = torch.softmax(torch.randn(2, len(PRIMITIVES)), dim=1)
+    with pytest.raises(ValueError, match=r"more than 1 value per channel in training, got input \[2, 6, 1, 1\]"):  # 2 edges' inner BatchNorm
+        fan_out(torch.randn(2, 3, 1, 1), weights)
+    assert fan_out.eval()(torch.randn(2, 3, 1, 1), weights).shape == (2, 2, 1, 3, 1, 1)
 
 
 @pytest.mark.parametrize("kernel,dilation,groups", [(5, 2, 1), (3, 2, 1), (5, 1, 4), (3, 1, 1), (5, 3, 2)])

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeling.fused_edges import EdgeFanOut
 from modeling.genotypes import PRIMITIVES, edge_index, num_edges
 from modeling.model_search import AutoDeepLabSearch, SearchCell, channel_shuffle, level_sizes
 from modeling.operations import OPS
@@ -147,12 +148,19 @@ def test_level_without_h_l_minus_2_has_no_edges_from_it():
     assert model.cells[2]["1"].preprocess_prev_prev is not None
 
 
-def test_checkpointed_cells_compute_exactly_the_plain_network():
+@pytest.mark.parametrize("synchronized", [False, True], ids=["batchnorm", "syncbatchnorm"])
+def test_checkpointed_cells_compute_exactly_the_plain_network(synchronized):
     torch.manual_seed(0)
     plain = AutoDeepLabSearch(3, 4, filter_multiplier=2, block_multiplier=3, steps=3).double()
     checkpointed = AutoDeepLabSearch(3, 4, filter_multiplier=2, block_multiplier=3, steps=3,
                                      checkpoint_cells=True).double()
     checkpointed.load_state_dict(plain.state_dict())
+    if synchronized:  # as several GPUs run it (one process here: the statistics stay local)
+        parameters = checkpointed.weight_parameters()
+        checkpointed.synchronize_batchnorm()
+        assert not any(type(m) is nn.BatchNorm2d for m in checkpointed.modules())
+        assert all(m.synchronize for m in checkpointed.modules() if isinstance(m, EdgeFanOut))
+        assert all(a is b for a, b in zip(parameters, checkpointed.weight_parameters(), strict=True))
     x = torch.randn(2, 3, 33, 29, dtype=torch.float64)
     target = torch.randint(0, 3, (2, 33, 29))
     for model in (plain, checkpointed):

@@ -93,6 +93,29 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return total
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient. Every process's output feeds that process's loss, so the gradient
+    of one process's input is the sum of the output gradients of all processes: an all_reduce again."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all processes of the default group, differentiable (e.g. BatchNorm
+    statistics synchronised inside a forward pass). Every process must call it in the same order."""
+    return _SumOverProcesses.apply(tensor)
+
+
 def broadcast_from_main(model: nn.Module, context: DistributedContext, parameters: bool = False) -> None:
     """Give every process rank 0's buffers (BatchNorm running statistics), and its parameters when asked,
     e.g. before evaluating, or after rank 0 loaded the best weights."""
