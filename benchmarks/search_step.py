@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_utils.common import Parser, add_flag, positive_int  # noqa: E402
 from modeling.model_search import AutoDeepLabSearch  # noqa: E402
 from utils.cli import resolve_device  # noqa: E402
+from utils.precision import PrecisionStep, amp_dtype  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -51,11 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "device", default="auto")
     add_flag(parser, "checkpoint_cells", action="store_true", help="activation checkpointing of the cells")
     add_flag(parser, "partial_channels", type=positive_int, default=1, help="PC-DARTS partial channels K")
+    add_flag(parser, "amp", default="off", choices=("off", "bf16", "fp16"),
+             help="mixed precision as the search's --amp --amp_dtype runs it (fp16 with loss scaling)")
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
 
-def saved_for_backward_mb(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+def saved_for_backward_mb(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                          precision: PrecisionStep) -> float:
     """MB that autograd keeps for the backward of one training forward: the distinct storages packed by
     saved-tensor hooks, the parameters excluded (they exist anyway)."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -68,7 +72,9 @@ def saved_for_backward_mb(model: torch.nn.Module, images: torch.Tensor, masks: t
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        F.cross_entropy(model(images), masks)
+        with precision.autocast():
+            logits = model(images)
+        F.cross_entropy(logits.float(), masks)
     return sum(saved.values()) / 2**20
 
 
@@ -92,17 +98,20 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
     masks = torch.randint(0, args.num_classes, (args.batch_size, args.crop_size, args.crop_size), device=device)
 
-    def weight_step() -> None:
-        loss = F.cross_entropy(model(images), masks)
-        loss.backward(inputs=weight_params)
-        weight_optimizer.step()
-        weight_optimizer.zero_grad(set_to_none=True)  # as the search script does: no gradient outlives its step
+    dtype = torch.float32 if args.amp == "off" else amp_dtype(args.amp, device)
+    weight_precision, arch_precision = (PrecisionStep(args.amp != "off", device, dtype) for _ in range(2))
+
+    def weight_step() -> None:  # as the search script runs it: no gradient outlives its step
+        with weight_precision.autocast():
+            logits = model(images)
+        weight_precision.backward(F.cross_entropy(logits.float(), masks), inputs=weight_params)
+        weight_precision.step(weight_optimizer)
 
     def arch_step() -> None:
-        loss = F.cross_entropy(model(images), masks)
-        loss.backward(inputs=arch_params)
-        arch_optimizer.step()
-        arch_optimizer.zero_grad(set_to_none=True)
+        with arch_precision.autocast():
+            logits = model(images)
+        arch_precision.backward(F.cross_entropy(logits.float(), masks), inputs=arch_params)
+        arch_precision.step(arch_optimizer)
 
     timings: dict[str, list[float]] = {"weight": [], "arch": []}
     for i in range(args.warmup + args.steps):
@@ -120,13 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(images)
     # checkpointed cells keep their inputs outside the hooks, so the figure would undercount them
-    saved_mb = None if args.checkpoint_cells else round(saved_for_backward_mb(model, images, masks), 1)
+    saved_mb = None if args.checkpoint_cells else round(saved_for_backward_mb(model, images, masks, weight_precision), 1)
     weight_s, arch_s = statistics.median(timings["weight"]), statistics.median(timings["arch"])
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "filter_multiplier": args.filter_multiplier,
         "crop_size": args.crop_size, "batch_size": args.batch_size, "num_layers": args.num_layers,
         "num_classes": args.num_classes, "checkpoint_cells": args.checkpoint_cells,
-        "partial_channels": args.partial_channels,
+        "partial_channels": args.partial_channels, "amp": args.amp,
         "weight_params": sum(p.numel() for p in weight_params),
         "weight_step_s": round(weight_s, 4), "arch_step_s": round(arch_s, 4),
         "search_step_s": round(weight_s + arch_s, 4),
