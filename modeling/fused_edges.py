@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from modeling.genotypes import PRIMITIVES
 from modeling.search_space import at_least_float32
@@ -57,11 +58,31 @@ def trimmed_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                     groups=conv.groups)
 
 
+class _BatchStatistics(torch.autograd.Function):
+    """Mean and biased variance over dims 1 and 3 of ``values`` [groups, n, C, L], computed in float32 or
+    wider, keeping for backward only the input in its own precision. Under --amp, torch.var_mean of a
+    float32 copy would keep that copy, twice the size of the half-precision input that the
+    normalisation keeps anyway."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        var, mean = torch.var_mean(at_least_float32(values), dim=(1, 3), correction=0)
+        ctx.save_for_backward(values, mean)
+        return mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:
+        values, mean = ctx.saved_tensors
+        count = values.shape[1] * values.shape[3]
+        centred = at_least_float32(values) - mean[:, None, :, None]
+        grad = grad_mean[:, None, :, None] + 2 * grad_var[:, None, :, None] * centred  # d(mean), d(var)
+        return (grad / count).to(values.dtype)
+
+
 def batch_statistics(z: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance per (group, channel) of ``z`` [groups*n, C, H, W], in float32 or wider."""
-    values = at_least_float32(z).reshape(groups, z.shape[0] // groups, z.shape[1], -1)
-    var, mean = torch.var_mean(values, dim=(1, 3), correction=0)
-    return mean, var
+    return _BatchStatistics.apply(z.reshape(groups, z.shape[0] // groups, z.shape[1], -1))
 
 
 def statistics_over_processes(stats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -98,6 +98,24 @@ def test_batch_statistics_are_per_group_and_a_single_value_is_refused_in_trainin
     assert fan_out.eval()(torch.randn(2, 3, 1, 1), weights).shape == (2, 2, 1, 3, 1, 1)
 
 
+def test_batch_statistics_of_half_precision_keep_no_float32_copy_for_backward():
+    torch.manual_seed(0)
+    z = (torch.randn(4, 3, 5, 5) + 2).bfloat16().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        mean, var = batch_statistics(z, groups=2)
+    assert mean.dtype == var.dtype == torch.float32
+    assert sorted((str(t.dtype), t.numel()) for t in saved) == [("torch.bfloat16", z.numel()), ("torch.float32", 6)]
+    upstream_mean, upstream_var = torch.randn(2, 3), torch.randn(2, 3)
+    grad, = torch.autograd.grad((mean * upstream_mean).sum() + (var * upstream_var).sum(), z)
+    reference = z.detach().float().requires_grad_()
+    var32, mean32 = torch.var_mean(reference.view(2, 2, 3, 25), dim=(1, 3), correction=0)
+    torch.testing.assert_close((mean, var), (mean32, var32))
+    reference_grad, = torch.autograd.grad((mean32 * upstream_mean).sum() + (var32 * upstream_var).sum(), reference)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), reference_grad, rtol=8e-3, atol=1e-4)  # bfloat16 rounding only
+
+
 @pytest.mark.parametrize("kernel,dilation,groups", [(5, 2, 1), (3, 2, 1), (5, 1, 4), (3, 1, 1), (5, 3, 2)])
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (4, 4), (9, 12)])
 def test_trimmed_convolution_equals_the_full_kernel(kernel, dilation, groups, size):
