@@ -1,0 +1,45 @@
+"""What only a GPU can check: float16 with loss scaling on CUDA, and NCCL with SyncBatchNorm on 2 GPUs
+matching 1 GPU. Skipped without CUDA (CI has none); `make test` on a GPU machine runs them."""
+
+import pytest
+import torch
+
+import train_autodeeplab
+import train_new_model
+from tests.test_distributed import RETRAIN, SEARCH, launch, records
+from utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@pytest.mark.parametrize("module, args, scalers", [
+    (train_autodeeplab, SEARCH, ["weight_scaler", "arch_scaler"]),
+    (train_new_model, RETRAIN, ["scaler"]),
+], ids=["search", "retrain"])
+def test_float16_with_loss_scaling_on_cuda(tmp_path, module, args, scalers):
+    run_dir = module.main(args + ["--device", "cuda", "--amp", "--out-dir", str(tmp_path / "run")])
+    assert "device cuda" in (run_dir / "log.txt").read_text()
+    assert "amp torch.float16" in (run_dir / "log.txt").read_text()
+    assert all(torch.isfinite(torch.tensor(record["train_loss"])) for record in records(run_dir))
+    state = load_checkpoint(run_dir / "checkpoint.pth.tar")
+    assert all(value.dtype == torch.float32 for value in state["model"].values() if value.is_floating_point())
+    assert all("scale" in state[name] for name in scalers)
+
+
+@pytest.mark.slow
+@two_gpus
+@pytest.mark.parametrize("script, args, tolerance", [
+    ("train_autodeeplab.py", SEARCH, 1e-2),
+    ("train_new_model.py", RETRAIN, 5e-2),  # the ASPP's dropout draws other masks for 2 shards than for 1 batch
+], ids=["search", "retrain"])
+def test_two_gpus_with_sync_batchnorm_train_like_one(tmp_path, script, args, tolerance):
+    launch(["torch.distributed.run", "--standalone"], script, args + ["--out-dir", str(tmp_path / "two")],
+           tmp_path / "logs-two")
+    launch(None, script, args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "2 process(es) of 2 images, SyncBatchNorm" in log and "device cuda:0" in log
+    # Synchronised statistics make the 2-GPU run the 1-GPU run's mathematics; float rounding, cuDNN's
+    # choice of algorithms and dropout may differ. (Tolerances not yet calibrated on a GPU.)
+    for two_epoch, one_epoch in zip(records(tmp_path / "two"), records(tmp_path / "one"), strict=True):
+        assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=tolerance)
