@@ -219,11 +219,12 @@ def test_two_processes_train_like_one(tmp_path, script, args, launcher):
     log = (tmp_path / "two" / "log.txt").read_text()
     assert "2 process(es) of 2 images" in log and "1 process(es) of 4 images" in (tmp_path / "one" / "log.txt").read_text()
     assert log.count("epoch 1:") == 1  # rank 0 alone logs
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("logs")) == ["one", "two"]  # and alone writes a run directory
-    # Same global batches, but BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA) and the
-    # search's per-direction BatchNorm is never synchronised, so the runs agree only approximately: at batch 2
-    # against 4 the gradients of these tiny networks differ by about their own size. (Validation of networks
-    # this barely trained swings wildly in eval mode, so only the training losses are compared.)
+    # and alone writes a run directory
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("logs")) == ["one", "two"]
+    # Same global batches, but BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA, so
+    # --sync_bn synchronises nothing there), so the runs agree only approximately: at batch 2 against 4 the
+    # gradients of these tiny networks differ by about their own size. (Validation of networks this barely
+    # trained swings wildly in eval mode, so only the training losses are compared.)
     two_records, one_records = records(tmp_path / "two"), records(tmp_path / "one")
     assert [r["epoch"] for r in two_records] == [r["epoch"] for r in one_records] == [0, 1]
     for two_epoch, one_epoch in zip(two_records, one_records):
