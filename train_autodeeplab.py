@@ -30,7 +30,7 @@ from modeling.search_space import normalize_betas
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.distributed import (DistributedContext, all_reduce_mean, check_identical, per_process_batch,
-                               process_device, run_in_process_group)
+                               process_device, run_in_process_group, uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
 from utils.precision import PrecisionStep, amp_dtype
@@ -116,8 +116,8 @@ def search(args: argparse.Namespace, resumed: dict | None, context: DistributedC
     # The weight step runs through DDP (gradients averaged while backward runs); α and β are left out of
     # DDP and averaged by hand in the architecture step, which reads the plain model.
     trainer = model
-    sync_bn = context.enabled and device.type == "cuda" and args.sync_bn
-    if sync_bn:  # SyncBatchNorm runs on CUDA only; CPU processes keep per-process statistics
+    sync_bn = uses_sync_batchnorm(context, device, args.sync_bn)
+    if sync_bn:
         model.synchronize_batchnorm()
     if context.enabled:
         # DDP matches root parameters both as "alphas" and as ".alphas" (module name "" + "." + name).

@@ -30,7 +30,7 @@ from modeling.trained import build_network
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
-                               run_in_process_group)
+                               run_in_process_group, uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.evaluation import evaluate, write_report
 from utils.plots import plot_curves, save_figure
@@ -173,9 +173,9 @@ def retrain(args: argparse.Namespace, resumed: dict | None, context: Distributed
     start_epoch, best_miou = restore_run(resumed, run_dir, model,
                                          {"optimizer": optimizer, "scheduler": scheduler, "scaler": precision})
     trainer = model
-    sync_bn = context.enabled and device.type == "cuda" and args.sync_bn
+    sync_bn = uses_sync_batchnorm(context, device, args.sync_bn)
     if context.enabled:
-        if sync_bn:  # SyncBatchNorm runs on CUDA only; CPU processes keep per-process statistics
+        if sync_bn:
             trainer = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
     logger.info(f"retrain: {args.dataset} ({args.num_classes} classes), train {len(train_set)} / val "

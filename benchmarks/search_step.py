@@ -101,24 +101,21 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.float32 if args.amp == "off" else amp_dtype(args.amp, device)
     weight_precision, arch_precision = (PrecisionStep(args.amp != "off", device, dtype) for _ in range(2))
 
-    def weight_step() -> None:  # as the search script runs it: no gradient outlives its step
-        with weight_precision.autocast():
+    def training_step(precision: PrecisionStep, optimizer: torch.optim.Optimizer, params: list) -> None:
+        """As the search script runs it: backward into ``params`` only, and no gradient outlives its step."""
+        with precision.autocast():
             logits = model(images)
-        weight_precision.backward(F.cross_entropy(logits.float(), masks), inputs=weight_params)
-        weight_precision.step(weight_optimizer)
+        precision.backward(F.cross_entropy(logits.float(), masks), inputs=params)
+        precision.step(optimizer)
 
-    def arch_step() -> None:
-        with arch_precision.autocast():
-            logits = model(images)
-        arch_precision.backward(F.cross_entropy(logits.float(), masks), inputs=arch_params)
-        arch_precision.step(arch_optimizer)
-
+    steps = {"weight": (weight_precision, weight_optimizer, weight_params),
+             "arch": (arch_precision, arch_optimizer, arch_params)}
     timings: dict[str, list[float]] = {"weight": [], "arch": []}
     for i in range(args.warmup + args.steps):
-        for name, step in (("weight", weight_step), ("arch", arch_step)):
+        for name, step in steps.items():
             synchronize(device)
             started = time.perf_counter()
-            step()
+            training_step(*step)
             synchronize(device)
             if i >= args.warmup:
                 timings[name].append(time.perf_counter() - started)

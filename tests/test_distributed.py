@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from modeling.fused_edges import EdgeFanOut
 from modeling.genotypes import PRIMITIVES
 from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_identical,
-                               per_process_batch)
+                               per_process_batch, uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.precision import PrecisionStep
@@ -152,6 +152,14 @@ def test_synchronised_fan_out_statistics_make_two_half_batches_one_batch(tmp_pat
         torch.testing.assert_close(shard_var, running_var, rtol=1e-12, atol=1e-14)  # unbiased over all 4 images
     for index, whole in enumerate(grads[1:], start=1):  # α and the weights: the sum over processes (DDP averages)
         torch.testing.assert_close(results[0][1][index] + results[1][1][index], whole, rtol=1e-9, atol=1e-12)
+
+
+def test_sync_batchnorm_only_for_several_cuda_processes():
+    two = DistributedContext(0, 2, 0)
+    assert uses_sync_batchnorm(two, torch.device("cuda", 0), requested=True)
+    assert not uses_sync_batchnorm(two, torch.device("cuda", 0), requested=False)
+    assert not uses_sync_batchnorm(two, torch.device("cpu"), requested=True)
+    assert not uses_sync_batchnorm(DistributedContext(), torch.device("cuda", 0), requested=True)
 
 
 def test_global_batch_must_split_evenly():

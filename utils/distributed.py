@@ -65,6 +65,12 @@ def process_device(context: DistributedContext, name: str) -> torch.device | Non
     return None
 
 
+def uses_sync_batchnorm(context: DistributedContext, device: torch.device, requested: bool) -> bool:
+    """Whether --sync_bn takes effect: several processes on CUDA (SyncBatchNorm runs on CUDA only; CPU
+    processes keep per-process statistics)."""
+    return requested and context.enabled and device.type == "cuda"
+
+
 def per_process_batch(global_batch: int, context: DistributedContext) -> int:
     if global_batch % context.world_size:
         raise UserError(f"--batch_size {global_batch}: the global batch must split evenly over the "
