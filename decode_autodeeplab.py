@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 from config_utils.decode_args import decode_parser
-from modeling.decoding import decode_architecture
-from modeling.genotypes import Architecture, level_stride
+from modeling.autodeeplab.decoding import decode_architecture
+from modeling.autodeeplab.genotype import Architecture
+from modeling.autodeeplab.search_space import level_stride
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
-from utils.plots import plot_architecture, save_figure
+from modeling.autodeeplab.plots import plot_architecture
+from utils.plots import save_figure
 
 DEFAULT_CHECKPOINT = "checkpoint.pth.tar"
 

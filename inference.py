@@ -22,7 +22,7 @@ from dataloaders.files import IMAGE_SUFFIXES, files_with_suffix, read_image
 from dataloaders.transforms import image_to_input
 from modeling.trained import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
-from utils.colors import overlay, palette_bytes
+from utils.labels import overlay, palette_bytes
 from utils.errors import UserError
 from utils.evaluation import predict
 

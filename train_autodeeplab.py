@@ -23,16 +23,17 @@ from config_utils.search_args import search_parser
 from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, make_loader, resolve_num_classes,
                          source_palette, split_indices)
 from dataloaders.transforms import eval_transform, search_train_transform
-from modeling.decoding import decode_architecture
-from modeling.genotypes import level_stride
-from modeling.model_search import AutoDeepLabSearch
-from modeling.search_space import normalize_betas
+from modeling.autodeeplab.decoding import decode_architecture
+from modeling.autodeeplab.search_space import level_stride
+from modeling.autodeeplab.model_search import AutoDeepLabSearch
+from modeling.autodeeplab.search_space import normalize_betas
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli
 from utils.distributed import (DistributedContext, all_reduce_mean, check_identical, per_process_batch,
                                process_device, run_in_process_group, uses_sync_batchnorm)
 from utils.errors import UserError
-from utils.plots import plot_alphas, plot_betas, plot_curves, save_figure
+from modeling.autodeeplab.plots import plot_alphas, plot_betas
+from utils.plots import plot_curves, save_figure
 from utils.precision import PrecisionStep, amp_dtype
 from utils.run_dir import LOGGER_NAME, append_jsonl, read_jsonl
 from utils.interrupt import StopRequest

@@ -24,8 +24,9 @@ from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, m
                          source_palette)
 from dataloaders.transforms import eval_transform, retrain_train_transform
 from modeling.drop_path import scheduled_probability
-from modeling.genotypes import Architecture, level_stride
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import Architecture
+from modeling.autodeeplab.search_space import level_stride
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.trained import build_network
 from utils.checkpoint import load_checkpoint, rng_state
 from utils.cli import resolve_device, run_cli

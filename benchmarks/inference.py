@@ -79,8 +79,8 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     """The named network, freshly initialised (no weights are read or downloaded)."""
     # Imported here: the parent process only starts subprocesses and never builds a model.
     if name in AUTODEEPLAB_F:
-        from modeling.genotypes import paper_architecture
-        from modeling.model_retrain import AutoDeepLab
+        from modeling.autodeeplab.genotype import paper_architecture
+        from modeling.autodeeplab.model_retrain import AutoDeepLab
 
         return AutoDeepLab(paper_architecture(AUTODEEPLAB_F[name]), num_classes, AUTODEEPLAB_F[name])
     if name == "deeplabv3plus-resnet101":

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config_utils.common import Parser, add_flag, positive_int  # noqa: E402
-from modeling.model_search import AutoDeepLabSearch  # noqa: E402
+from modeling.autodeeplab.model_search import AutoDeepLabSearch  # noqa: E402
 from utils.cli import resolve_device  # noqa: E402
 from utils.precision import PrecisionStep, amp_dtype  # noqa: E402
 

@@ -7,7 +7,7 @@ import argparse
 from config_utils.common import Parser, add_flag, add_training_flags, non_negative_int, positive_int
 from dataloaders import add_dataset_arguments
 from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
-from modeling.genotypes import PAPER_ARCHITECTURE_PATH
+from modeling.autodeeplab.genotype import PAPER_ARCHITECTURE_PATH
 from modeling.trained import MODELS
 from utils.lr_schedule import SCHEDULES
 

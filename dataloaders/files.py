@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dataloaders.registry import IGNORE_INDEX, check_mask_values
+from dataloaders.registry import check_mask_values
 from utils.errors import UserError
+from utils.labels import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_MODES = ("P", "L")  # palette PNGs hold class indices; greyscale PNGs hold them as grey levels

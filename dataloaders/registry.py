@@ -19,9 +19,7 @@ import numpy as np
 from config_utils.common import add_flag, positive_int
 from mypath import Path as DataPath
 from utils.errors import UserError
-
-IGNORE_INDEX = 255
-
+from utils.labels import IGNORE_INDEX, voc_palette
 
 class SegmentationSource(Protocol):
     """What a dataset provides for one split: raw arrays, no tensors, no augmentation.
@@ -38,19 +36,6 @@ class SegmentationSource(Protocol):
     def describe(self, index: int) -> str: ...
 
     def check(self, num_classes: int) -> None: ...
-
-
-def voc_palette(num_classes: int) -> np.ndarray:
-    """The PASCAL VOC colour map: [N, 3] uint8, class 0 black, neighbours clearly distinct."""
-    palette = np.zeros((num_classes, 3), dtype=np.uint8)
-    for class_id in range(num_classes):
-        bits, colour = class_id, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((bits >> channel) & 1) << shift
-            bits >>= 3
-        palette[class_id] = colour
-    return palette
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataloaders.registry import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
 from utils.torchvision_compat import import_torchvision
 
 import_torchvision()

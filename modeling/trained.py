@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from modeling.deeplabv3plus import DeepLabV3Plus
-from modeling.genotypes import Architecture
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import Architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from utils.checkpoint import load_checkpoint, load_model_state
 from utils.errors import UserError
 

@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.inference import multi_adds_g
-from modeling.genotypes import paper_architecture
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import paper_architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from train_new_model import component_costs
 from utils.torchvision_compat import import_torchvision
 

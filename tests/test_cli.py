@@ -12,7 +12,7 @@ import pytest
 import decode_autodeeplab
 import train_autodeeplab
 from dataloaders import get_dataset_info
-from modeling.genotypes import Architecture
+from modeling.autodeeplab.genotype import Architecture
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 

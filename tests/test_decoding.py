@@ -3,9 +3,9 @@ import itertools
 import pytest
 import torch
 
-from modeling.decoding import decode_architecture, decode_cell, viterbi_path
-from modeling.genotypes import PRIMITIVES, edge_index, num_edges
-from modeling.search_space import normalize_betas
+from modeling.autodeeplab.decoding import decode_architecture, decode_cell, viterbi_path
+from modeling.autodeeplab.genotype import PRIMITIVES, edge_index, num_edges
+from modeling.autodeeplab.search_space import normalize_betas
 
 
 def all_paths(num_layers: int, num_levels: int):

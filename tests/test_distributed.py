@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from modeling.fused_edges import EdgeFanOut
-from modeling.genotypes import PRIMITIVES
+from modeling.autodeeplab.fused_edges import EdgeFanOut
+from modeling.autodeeplab.genotype import PRIMITIVES
 from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_identical,
                                per_process_batch, uses_sync_batchnorm)
 from utils.errors import UserError

@@ -13,8 +13,8 @@ from torch import nn
 import evaluate as evaluate_script
 import inference as inference_script
 from dataloaders.transforms import image_to_input
-from modeling.genotypes import paper_architecture
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import paper_architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.trained import load_trained_model
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError

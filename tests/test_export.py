@@ -13,8 +13,8 @@ import torch
 
 import export as export_script
 from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
-from modeling.genotypes import Architecture, paper_architecture
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import Architecture, paper_architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 

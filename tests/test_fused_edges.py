@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeling.fused_edges import EdgeFanOut, batch_statistics, trimmed_conv2d
-from modeling.genotypes import PRIMITIVES
-from modeling.operations import OPS
+from modeling.autodeeplab.fused_edges import EdgeFanOut, batch_statistics, trimmed_conv2d
+from modeling.autodeeplab.genotype import PRIMITIVES
+from modeling.autodeeplab.operations import OPS
 
 
 def plain_ops(channels: int) -> nn.ModuleDict:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from modeling.genotypes import (PAPER_ARCHITECTURE_PATH, Architecture, edge_index, num_edges,
+from modeling.autodeeplab.genotype import (PAPER_ARCHITECTURE_PATH, Architecture, edge_index, num_edges,
                                 paper_architecture)
 from utils.errors import UserError
 

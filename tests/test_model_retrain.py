@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeling.genotypes import Architecture, paper_architecture
-from modeling.model_retrain import AutoDeepLab, RetrainCell
-from modeling.operations import FactorizedReduce
+from modeling.autodeeplab.genotype import Architecture, paper_architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab, RetrainCell
+from modeling.autodeeplab.operations import FactorizedReduce
 from train_new_model import component_costs
 
 

@@ -3,10 +3,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.fused_edges import EdgeFanOut
-from modeling.genotypes import PRIMITIVES, edge_index, num_edges
-from modeling.model_search import AutoDeepLabSearch, SearchCell, channel_shuffle, level_sizes
-from modeling.operations import OPS
+from modeling.autodeeplab.fused_edges import EdgeFanOut
+from modeling.autodeeplab.genotype import PRIMITIVES, edge_index, num_edges
+from modeling.autodeeplab.model_search import AutoDeepLabSearch, SearchCell, channel_shuffle
+from modeling.autodeeplab.search_space import level_sizes
+from modeling.autodeeplab.operations import OPS
 
 
 def small_supernet(**kw) -> AutoDeepLabSearch:
@@ -32,7 +33,7 @@ def reference_betas(betas: torch.Tensor) -> list:
 
 
 def plain_edge_ops(cell: SearchCell, block: int, cell_input: int) -> nn.ModuleDict:
-    """The plain ops of ``modeling.operations`` for one edge, holding copies of that edge's weights."""
+    """The plain ops of ``modeling.autodeeplab.operations`` for one edge, holding copies of that edge's weights."""
     fan_out = cell.fan_outs[str(cell_input)]
     ops = nn.ModuleDict()
     for name in PRIMITIVES[1:]:
@@ -135,7 +136,7 @@ def test_architecture_gradient_reaches_every_used_alpha_and_valid_beta_only():
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert model.alphas.grad[:, 0].abs().sum() > 0  # "none" takes softmax mass, so it has a gradient
     assert (model.alphas.grad.abs().sum(dim=1) > 0).all()
-    from modeling.search_space import valid_beta_mask
+    from modeling.autodeeplab.search_space import valid_beta_mask
     mask = valid_beta_mask(4, 4)
     assert (model.betas.grad[~mask] == 0).all()
     assert (model.betas.grad[mask] != 0).all()

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from modeling.genotypes import PRIMITIVES
-from modeling.operations import OPS, PARAMETER_FREE_OPS, Stem, half_size
+from modeling.autodeeplab.genotype import PRIMITIVES
+from modeling.autodeeplab.operations import OPS, PARAMETER_FREE_OPS, Stem, half_size
 
 
 def n_params(module: nn.Module) -> int:

@@ -7,8 +7,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Annotation
 from PIL import Image
 
-from modeling.genotypes import PRIMITIVES, paper_architecture
-from utils.plots import plot_alphas, plot_architecture, plot_betas, plot_curves, save_figure
+from modeling.autodeeplab.genotype import PRIMITIVES, paper_architecture
+from modeling.autodeeplab.plots import plot_alphas, plot_architecture, plot_betas
+from utils.plots import plot_curves, save_figure
 
 PAPER_STRIDES = [4, 4, 4, 8, 16, 8, 16, 16, 32, 32, 16, 8]
 

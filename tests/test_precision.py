@@ -7,7 +7,7 @@ import torch
 
 import train_autodeeplab
 import train_new_model
-from modeling.model_search import AutoDeepLabSearch
+from modeling.autodeeplab.model_search import AutoDeepLabSearch
 from utils.checkpoint import load_checkpoint
 from utils.precision import PrecisionStep, amp_dtype
 

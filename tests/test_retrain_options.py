@@ -8,8 +8,8 @@ import torch
 
 import train_new_model
 from modeling.drop_path import drop_path, scheduled_probability
-from modeling.genotypes import paper_architecture
-from modeling.model_retrain import AutoDeepLab
+from modeling.autodeeplab.genotype import paper_architecture
+from modeling.autodeeplab.model_retrain import AutoDeepLab
 from utils.errors import UserError
 from utils.losses import cross_entropy, ohem_cross_entropy
 from utils.lr_schedule import lr_factor

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from modeling.search_space import (DIRECTIONS, level_exists, levels_at, normalize_betas, transition_table,
+from modeling.autodeeplab.search_space import (DIRECTIONS, level_exists, levels_at, normalize_betas, transition_table,
                                    valid_beta_mask)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dataloaders.registry import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
 from utils.distributed import DistributedContext, all_reduce_sum
 from utils.metrics import ConfusionMatrix
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dataloaders.registry import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

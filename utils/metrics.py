@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.labels import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Pixel counts per (ground truth, prediction) pair: rows are ground truth, columns predictions."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
@@ -42,7 +44,7 @@ class ConfusionMatrix:
         self._matrix += counts.reshape(self.num_classes, self.num_classes)
 
     @classmethod
-    def from_counts(cls, counts: torch.Tensor | np.ndarray | list, ignore_index: int = 255) -> ConfusionMatrix:
+    def from_counts(cls, counts: torch.Tensor | np.ndarray | list, ignore_index: int = IGNORE_INDEX) -> ConfusionMatrix:
         """A matrix holding saved counts (e.g. the ``confusion_matrix`` of an evaluation summary)."""
         counts_t = torch.as_tensor(counts)
         matrix = cls(counts_t.shape[0], ignore_index)

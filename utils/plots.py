@@ -1,13 +1,14 @@
-"""Figures for search and training runs: α and β weights, the decoded architecture, loss curves.
+"""Figures shared by every run: loss curves and the confusion matrix, and the atomic PNG writer.
 
 Each ``plot_*`` function returns an unsaved Figure so callers and tests can inspect its artists;
 ``save_figure`` writes one to disk and closes it. The Agg backend keeps this working on headless
-training machines.
+training machines. The figures of one search system live with its model (e.g.
+``modeling.autodeeplab.plots``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -16,27 +17,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
 
-from modeling.genotypes import (  # noqa: E402
-    PRIMITIVES,
-    STEM_STRIDE,
-    Architecture,
-    edge_index,
-    level_stride,
-    num_edges,
-)
 from utils.atomic import atomic_path  # noqa: E402
-
-LEVEL_DELTAS = (-1, 0, 1)  # β's last axis: move down to a finer level, stay, move to a coarser one
-PATH_COLOR = "tab:red"
-TRANSITION_COLOR = "tab:blue"
-CHOSEN_COLOR = "red"
-CELL_ROW_SPACING = 1.3  # cell diagram, in data units: distance between node rows
-NODE_WIDTH, NODE_HEIGHT, NODE_PAD = 1.1, 0.44, 0.02
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
@@ -46,91 +29,6 @@ def save_figure(fig: Figure, path: str | Path) -> None:
             fig.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-
-
-def plot_alphas(alpha_probs: np.ndarray, steps: int,
-                chosen: Sequence[tuple[int, int]] | None = None) -> Figure:
-    """Heatmap of the cell-level op weights, one row per edge, with the decoded choice outlined.
-
-    ``alpha_probs`` is the softmaxed α [num_edges(steps), len(PRIMITIVES)]. ``chosen`` lists the
-    (edge, op index) cells to outline; by default the two strongest edges of each block with their
-    best non-none op, the usual decoding rule.
-    """
-    probs = np.asarray(alpha_probs, dtype=float)
-    expected_shape = (num_edges(steps), len(PRIMITIVES))
-    if probs.shape != expected_shape:
-        raise ValueError(f"alpha_probs for {steps} steps must have shape {expected_shape}, "
-                         f"got {probs.shape}")
-    if chosen is None:
-        chosen = _strongest_edges(probs, steps)
-
-    fig, ax = plt.subplots(figsize=(len(PRIMITIVES) + 4, 0.34 * len(probs) + 2))
-    vmax = max(float(probs.max()), 1e-12)
-    image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
-    for (edge, op), value in np.ndenumerate(probs):
-        ax.text(op, edge, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                color="white" if value < 0.6 * vmax else "black")
-    for edge, op in chosen:
-        ax.add_patch(Rectangle((op - 0.5, edge - 0.5), 1, 1, fill=False, edgecolor=CHOSEN_COLOR,
-                               linewidth=2.5))
-    for block in range(1, steps):
-        ax.axhline(edge_index(block, 0) - 0.5, color="white", linewidth=2)
-
-    row_labels = [""] * len(probs)
-    for block in range(steps):
-        for cell_input in range(block + 2):
-            row_labels[edge_index(block, cell_input)] = f"block {block + 1} ← {_input_name(cell_input)}"
-    ax.set_yticks(range(len(probs)), row_labels)
-    ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=30, ha="right")
-    ax.set_title("cell-level α (softmax per edge); outlined: decoded ops")
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="weight")
-    fig.tight_layout()
-    return fig
-
-
-def plot_betas(beta_probs: np.ndarray, path: Sequence[int] | None = None) -> Figure:
-    """The network-level lattice with every allowed transition drawn as wide as its β weight.
-
-    ``beta_probs`` is [num_layers, num_levels, 3]: ``beta[l, i, d]`` weighs the move from level
-    ``i`` at layer ``l - 1`` (the stem for ``l = 0``) to level ``i + (-1, 0, +1)[d]`` at layer
-    ``l``. ``path``, one level per layer, is drawn on top.
-    """
-    betas = np.asarray(beta_probs, dtype=float)
-    if betas.ndim != 3 or betas.shape[2] != len(LEVEL_DELTAS):
-        raise ValueError(f"beta_probs must have shape [layers, levels, 3], got {betas.shape}")
-    num_layers, num_levels = betas.shape[:2]
-    if path is not None:
-        _check_path(path, num_layers, num_levels)
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * num_layers + 2.5), 1.1 * num_levels + 1.8))
-    for layer, source, direction, target in _valid_transitions(num_layers, num_levels):
-        weight = float(np.clip(betas[layer, source, direction], 0.0, 1.0))
-        ax.plot([layer - 1, layer], [level_stride(source), level_stride(target)],
-                color=TRANSITION_COLOR, linewidth=0.4 + 6 * weight, alpha=0.15 + 0.85 * weight,
-                solid_capstyle="round", zorder=1)
-    _draw_lattice_nodes(ax, num_layers, num_levels)
-    if path is not None:
-        _draw_path(ax, path, label="decoded path")
-        ax.legend(loc="lower left")
-    _format_lattice_axes(ax, num_layers, num_levels)
-    ax.set_title("network-level β: line width and opacity grow with the transition weight")
-    fig.tight_layout()
-    return fig
-
-
-def plot_architecture(arch: Architecture) -> Figure:
-    """The decoded architecture as in the paper's Fig. 3: network path (left) and cell (right)."""
-    fig, (path_ax, cell_ax) = plt.subplots(1, 2, figsize=(15, 7.5),
-                                           gridspec_kw={"width_ratios": [1.15, 1]})
-    _draw_lattice_nodes(path_ax, arch.num_layers, arch.num_levels, color="0.8")
-    _draw_path(path_ax, arch.network_path, label="network path")
-    _format_lattice_axes(path_ax, arch.num_layers, arch.num_levels)
-    path_ax.set_title("network path")
-    _draw_cell(cell_ax, arch)
-    strides = " → ".join(str(level_stride(level)) for level in arch.network_path)
-    fig.suptitle(f"F = {arch.filter_multiplier}, path strides: {strides}")
-    fig.tight_layout()
-    return fig
 
 
 def plot_curves(history: list[dict[str, float]], keys: Sequence[str], x_key: str = "epoch",
@@ -151,142 +49,6 @@ def plot_curves(history: list[dict[str, float]], keys: Sequence[str], x_key: str
         ax.legend()
     fig.tight_layout()
     return fig
-
-
-def _input_name(cell_input: int) -> str:
-    """People-facing name of a cell input: one of the two previous cells, or a 1-based block."""
-    if cell_input == 0:
-        return "$H^{l-2}$"
-    if cell_input == 1:
-        return "$H^{l-1}$"
-    return f"block {cell_input - 1}"
-
-
-def _strongest_edges(alpha_probs: np.ndarray, steps: int) -> list[tuple[int, int]]:
-    """Per block, the two inputs whose best non-none op weighs most, each with that op."""
-    real_ops = [index for index, name in enumerate(PRIMITIVES) if name != "none"]
-    chosen = []
-    for block in range(steps):
-        edges = [edge_index(block, cell_input) for cell_input in range(block + 2)]
-        best_op = {edge: real_ops[int(np.argmax(alpha_probs[edge, real_ops]))] for edge in edges}
-        strongest = sorted(edges, key=lambda edge: -alpha_probs[edge, best_op[edge]])[:2]
-        chosen.extend((edge, best_op[edge]) for edge in sorted(strongest))
-    return chosen
-
-
-def _valid_transitions(num_layers: int, num_levels: int) -> Iterator[tuple[int, int, int, int]]:
-    """(layer, source level, β direction index, target level) of every move the lattice allows."""
-    for layer in range(num_layers):
-        for source in range(min(layer, num_levels - 1) + 1):
-            for direction, delta in enumerate(LEVEL_DELTAS):
-                if 0 <= source + delta < num_levels:
-                    yield layer, source, direction, source + delta
-
-
-def _check_path(path: Sequence[int], num_layers: int, num_levels: int) -> None:
-    if len(path) != num_layers:
-        raise ValueError(f"path has {len(path)} layers, the β lattice has {num_layers}")
-    if not all(0 <= level < num_levels for level in path):
-        raise ValueError(f"path levels must be in 0..{num_levels - 1}, got {list(path)}")
-
-
-def _draw_lattice_nodes(ax: Axes, num_layers: int, num_levels: int, color: str = "black") -> None:
-    """A dot per node that exists: the stem at stride 4, then level k from layer k - 1 on."""
-    nodes = [(layer, level_stride(level)) for layer in range(-1, num_layers)
-             for level in range(min(layer + 1, num_levels - 1) + 1)]
-    xs, ys = zip(*nodes)
-    ax.scatter(xs, ys, s=22, color=color, zorder=3)
-
-
-def _draw_path(ax: Axes, path: Sequence[int], label: str) -> None:
-    """The stem at stride 4, then one point per layer."""
-    xs = range(-1, len(path))
-    ys = [STEM_STRIDE, *(level_stride(level) for level in path)]
-    ax.plot(xs, ys, color=PATH_COLOR, linewidth=2.5, marker="o", markersize=6, zorder=4, label=label)
-
-
-def _format_lattice_axes(ax: Axes, num_layers: int, num_levels: int) -> None:
-    """Strides on a log2 axis with stride 4 on top; layers numbered from 1 after the stem."""
-    strides = [level_stride(level) for level in range(num_levels)]
-    ax.set_yscale("log", base=2)
-    ax.set_yticks(strides, [str(stride) for stride in strides])
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.set_ylim(strides[-1] * 1.4, strides[0] / 1.4)
-    ax.set_xticks(range(-1, num_layers), ["stem", *(str(layer + 1) for layer in range(num_layers))])
-    ax.set_xlim(-1.5, num_layers - 0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("stride")
-    ax.grid(alpha=0.3)
-
-
-def _draw_cell(ax: Axes, arch: Architecture) -> None:
-    """The cell as an arc diagram: inputs and blocks in a column, op edges arcing on the left.
-
-    Each arc bulges out in proportion to how many rows it spans, so op labels placed at the arc
-    apexes stay apart; the concat fan sits on the right, away from them. Arcs leave and enter
-    nodes on their left edge, a block's two inputs at separate points so both arrowheads show.
-    """
-    names = [_input_name(0), _input_name(1), *(f"block {block + 1}" for block in range(arch.steps))]
-    centers = [(0.0, -CELL_ROW_SPACING * row) for row in range(len(names))]
-    colors = ["#cfe2f3", "#cfe2f3", *["#fff2cc"] * arch.steps]
-    concat_rows = range(len(names) - arch.block_multiplier, len(names))
-    concat_x = 3.0
-    names.append("concat")
-    centers.append((concat_x, float(np.mean([centers[row][1] for row in concat_rows]))))
-    colors.append("#d9ead3")
-    boxes = [_draw_node(ax, name, xy, color) for name, xy, color in zip(names, centers, colors)]
-
-    left_edge = -NODE_WIDTH / 2 - NODE_PAD
-    widest_bulge = 0.0
-    for block, pairs in enumerate(arch.cell):
-        target = block + 2
-        # the wider arc arrives more steeply, so landing it higher keeps the two from crossing
-        for (cell_input, op), landing in zip(sorted(pairs), (0.1, -0.1)):
-            span = target - cell_input
-            bulge = _arc_bulge(span)
-            widest_bulge = max(widest_bulge, bulge)
-            start = (left_edge, centers[cell_input][1])
-            end = (left_edge, centers[target][1] + landing)
-            rad = bulge / ((start[1] - end[1]) / 2)
-            _draw_arrow(ax, start, end, rad=rad, color="0.2")
-            # apex of matplotlib's arc3 curve (a quadratic Bézier): the chord midpoint moved by
-            # half the control-point offset rad * (dy, -dx); exact here because aspect is equal
-            apex = (left_edge + rad * (end[1] - start[1]) / 2, (start[1] + end[1]) / 2)
-            ax.text(*apex, op, ha="center", va="center", fontsize=9, zorder=5,
-                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "0.6"})
-    for row in concat_rows:
-        _draw_arrow(ax, centers[row], centers[-1], rad=0.0, color="0.55", clip=(boxes[row], boxes[-1]))
-
-    ax.set_xlim(left_edge - widest_bulge - 0.8, concat_x + 0.8)
-    ax.set_ylim(centers[len(names) - 2][1] - 0.6, 0.6)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.set_title(f"cell: {arch.steps} blocks, output = concat of the last "
-                 f"{arch.block_multiplier}")
-
-
-def _arc_bulge(span: int) -> float:
-    """Sideways reach of an op arc spanning ``span`` rows: labels at equal height stay apart."""
-    return 0.3 + 0.8 * span
-
-
-def _draw_node(ax: Axes, name: str, xy: tuple[float, float], color: str) -> FancyBboxPatch:
-    box = FancyBboxPatch((xy[0] - NODE_WIDTH / 2, xy[1] - NODE_HEIGHT / 2), NODE_WIDTH, NODE_HEIGHT,
-                         boxstyle=f"round,pad={NODE_PAD}", facecolor=color, edgecolor="0.3",
-                         zorder=3)
-    ax.add_patch(box)
-    ax.text(*xy, name, ha="center", va="center", fontsize=11, zorder=4)
-    return box
-
-
-def _draw_arrow(ax: Axes, source: tuple[float, float], target: tuple[float, float], rad: float,
-                color: str, clip: tuple[FancyBboxPatch, FancyBboxPatch] | None = None) -> None:
-    """An arc3 arrow; ``clip`` trims it to the edges of the two node boxes it joins."""
-    patch_a, patch_b = clip if clip is not None else (None, None)
-    ax.annotate("", xy=target, xytext=source, zorder=2,
-                arrowprops={"arrowstyle": "-|>", "connectionstyle": f"arc3,rad={rad}",
-                            "patchA": patch_a, "patchB": patch_b, "shrinkA": 0, "shrinkB": 0,
-                            "color": color, "linewidth": 1.3, "mutation_scale": 14})
 
 
 def plot_confusion(counts: np.ndarray, class_names: Sequence[str]) -> Figure:

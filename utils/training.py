@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dataloaders import DatasetInfo, SeededSampler, make_loader
 from dataloaders.transforms import denormalize
 from utils.checkpoint import load_model_state, restore_rng_state, save_checkpoint
-from utils.colors import colorize
+from utils.labels import colorize
 from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.errors import UserError
 from utils.evaluation import evaluate

@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from config_utils.common import add_flag
 from dataloaders.files import read_image
-from dataloaders.registry import IGNORE_INDEX, DatasetInfo, dataset_root, register_dataset
+from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
 from utils.atomic import atomic_path
 from utils.errors import UserError
+from utils.labels import IGNORE_INDEX
 from utils.run_dir import LOGGER_NAME
 
 # (COCO category id, its COCO name, the VOC class it becomes), in VOC class order 1..20.

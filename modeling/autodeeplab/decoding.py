@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from modeling.genotypes import PRIMITIVES, Architecture, CellGenotype, edge_index, num_edges
-from modeling.search_space import levels_at, normalize_betas, transition_table
+from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, CellGenotype, edge_index, num_edges
+from modeling.autodeeplab.search_space import levels_at, normalize_betas, transition_table
 
 
 def viterbi_path(normalized_betas: torch.Tensor) -> list[int]:
@@ -46,7 +46,13 @@ def decode_cell(alphas: torch.Tensor, steps: int) -> CellGenotype:
     """Top-2 incoming edges per block by their strongest non-`none` op, each with that op."""
     if alphas.shape != (num_edges(steps), len(PRIMITIVES)):
         raise ValueError(f"alphas must be [{num_edges(steps)}, {len(PRIMITIVES)}], got {list(alphas.shape)}")
-    probs = torch.softmax(alphas.detach().double().cpu(), dim=-1)[:, 1:]  # drop "none"
+    return strongest_edges(torch.softmax(alphas.detach().double().cpu(), dim=-1), steps)
+
+
+def strongest_edges(alpha_probs: torch.Tensor, steps: int) -> CellGenotype:
+    """The decoding rule on softmaxed α [edges, ops]: per block, the two inputs whose best non-`none` op
+    weighs most, each with that op (ties go to the lower input)."""
+    probs = torch.as_tensor(alpha_probs, dtype=torch.float64)[:, 1:]  # drop "none"
     cell = []
     for block in range(steps):
         candidates = []

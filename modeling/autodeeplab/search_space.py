@@ -1,4 +1,6 @@
-"""The network-level search space: layers, levels, and the β layout (the one place that defines it).
+"""The network-level search space: layers, levels, strides, sizes, transitions and the β layout.
+
+The supernet, the decoder, the retrained network and the pictures all read the lattice from here.
 
 Nodes are (layer, level). Level k has stride 4 * 2**k; the stem output is the node
 (-1, 0) at stride 4. Level k exists at layer l when k <= l + 1 (layer 0 has strides 4 and 8,
@@ -23,9 +25,26 @@ from dataclasses import dataclass
 
 import torch
 
+from modeling.autodeeplab.operations import half_size
+
 DIRECTIONS: tuple[int, int, int] = (-1, 0, 1)
 NUM_LAYERS = 12
 NUM_LEVELS = 4
+STEM_STRIDE = 4
+
+
+def level_stride(level: int) -> int:
+    """Stride of level ``level`` (the stem output is level 0, stride 4)."""
+    return STEM_STRIDE * 2**level
+
+
+def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
+    """Spatial size of every level, from the stride-4 size by repeated ceil-halving (stride-2 steps)."""
+    sizes = [stride4_size]
+    for _ in range(num_levels - 1):
+        h, w = sizes[-1]
+        sizes.append((half_size(h), half_size(w)))
+    return sizes
 
 
 @dataclass(frozen=True)

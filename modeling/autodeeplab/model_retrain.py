@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.drop_path import drop_path
-from modeling.genotypes import Architecture, CellGenotype, level_stride
+from modeling.autodeeplab.genotype import Architecture, CellGenotype
 from modeling.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
-from modeling.model_search import level_sizes
-from modeling.operations import OPS, ReLUConvBN, Stem
+from modeling.autodeeplab.search_space import level_sizes, level_stride
+from modeling.autodeeplab.operations import OPS, ReLUConvBN, Stem
 
 STEM_WIDTHS = (64, 64, 128)
 ASPP_CHANNELS = 256

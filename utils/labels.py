@@ -1,12 +1,24 @@
-"""Class maps as pictures: palette colouring and overlays, for inference outputs and TensorBoard."""
+"""Label maps: the ignore label, class colours, and class maps as pictures (inference outputs, TensorBoard)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dataloaders.registry import IGNORE_INDEX
-
+IGNORE_INDEX = 255  # pixels without a label: skipped by the losses and the metrics
 IGNORE_COLOUR = (255, 255, 255)
+
+
+def voc_palette(num_classes: int) -> np.ndarray:
+    """The PASCAL VOC colour map: [N, 3] uint8, class 0 black, neighbours clearly distinct."""
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for class_id in range(num_classes):
+        bits, colour = class_id, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((bits >> channel) & 1) << shift
+            bits >>= 3
+        palette[class_id] = colour
+    return palette
 
 
 def colour_table(palette: np.ndarray) -> np.ndarray:

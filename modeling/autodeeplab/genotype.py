@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeling.autodeeplab.search_space import NUM_LEVELS, level_stride
 from utils.errors import UserError
 
 PRIMITIVES: tuple[str, ...] = (
@@ -29,10 +30,9 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
-STEM_STRIDE = 4
 FORMAT_NAME = "autodeeplab-architecture"
 FORMAT_VERSION = 1
-PAPER_ARCHITECTURE_PATH = Path(__file__).resolve().parent / "architectures" / "autodeeplab_paper.json"
+PAPER_ARCHITECTURE_PATH = Path(__file__).resolve().parents[1] / "architectures" / "autodeeplab_paper.json"
 
 CellGenotype = tuple[tuple[tuple[int, str], ...], ...]
 
@@ -54,10 +54,6 @@ def blocks_reading(cell_input: int, steps: int) -> range:
     return range(max(cell_input - 1, 0), steps)
 
 
-def level_stride(level: int) -> int:
-    return STEM_STRIDE * 2**level
-
-
 @dataclass(frozen=True)
 class Architecture:
     """A decoded architecture: one cell genotype shared by all layers and the network path."""
@@ -66,7 +62,7 @@ class Architecture:
     cell: CellGenotype
     filter_multiplier: int
     block_multiplier: int
-    num_levels: int = 4
+    num_levels: int = NUM_LEVELS
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -149,9 +145,9 @@ def _parse_architecture(data: Any, origin: str) -> Architecture:
         raise fail("search_space", "expected an object describing the search space")
     if space.get("primitives") != list(PRIMITIVES):
         raise fail("search_space.primitives", f"expected {list(PRIMITIVES)}")
-    num_levels = space.get("num_levels", 4)
-    if not isinstance(num_levels, int) or not 1 <= num_levels <= 4:
-        raise fail("search_space.num_levels", f"expected an integer in 1..4, got {num_levels!r}")
+    num_levels = space.get("num_levels", NUM_LEVELS)
+    if not isinstance(num_levels, int) or not 1 <= num_levels <= NUM_LEVELS:
+        raise fail("search_space.num_levels", f"expected an integer in 1..{NUM_LEVELS}, got {num_levels!r}")
 
     path = data.get("network_path")
     if not isinstance(path, list) or not path or not all(isinstance(k, int) for k in path):

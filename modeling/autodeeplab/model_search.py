@@ -8,7 +8,7 @@ input for every direction, so they are computed once per node; the rest of the c
 per incoming direction, which is exactly the paper's sum of cells. The directions run together,
 stacked along the batch dimension (fewer, larger convolutions), with BatchNorm statistics kept
 separate per direction, so the result equals running the cell once per direction. All edges that
-leave one cell state are computed together (``modeling.fused_edges``).
+leave one cell state are computed together (``modeling.autodeeplab.fused_edges``).
 """
 
 from __future__ import annotations
@@ -23,21 +23,13 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeling.fused_edges import EdgeFanOut
-from modeling.genotypes import PRIMITIVES, blocks_reading, edge_index, level_stride, num_edges
+from modeling.autodeeplab.fused_edges import EdgeFanOut
+from modeling.autodeeplab.genotype import PRIMITIVES, blocks_reading, edge_index, num_edges
 from modeling.heads import ASPP, aspp_rates
-from modeling.operations import ReLUConvBN, Stem, half_size
-from modeling.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists, levels_at,
-                                   normalize_betas, transition_table)
-
-def level_sizes(stride4_size: tuple[int, int], num_levels: int) -> list[tuple[int, int]]:
-    """Spatial size of every level, from the stride-4 size by repeated ceil-halving."""
-    sizes = [stride4_size]
-    for _ in range(num_levels - 1):
-        h, w = sizes[-1]
-        sizes.append((half_size(h), half_size(w)))
-    return sizes
-
+from modeling.autodeeplab.operations import ReLUConvBN, Stem
+from modeling.autodeeplab.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists,
+                                               level_sizes, level_stride, levels_at, normalize_betas,
+                                               transition_table)
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave ``groups`` equal channel groups (ShuffleNet), so that the next partial-channel edge

@@ -13,7 +13,7 @@ softmax(α) (paper Eq. 2). The k edges that leave one state share that input, so
 * kernel taps that can only read zero padding are skipped (``trimmed_conv2d``): on the small maps
   of the coarse levels, a 5x5 rate-2 convolution on a 2x2 map is a 1x1 convolution.
 
-This is the same mathematics as running the plain ops of ``modeling.operations`` edge by edge
+This is the same mathematics as running the plain ops of ``modeling.autodeeplab.operations`` edge by edge
 (tests check outputs, gradients and running statistics against them); the result is fewer and
 larger kernels and about half the saved activations. The ops run at stride 1, as all ops inside
 an Auto-DeepLab cell do.
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from modeling.genotypes import PRIMITIVES
-from modeling.search_space import at_least_float32
+from modeling.autodeeplab.genotype import PRIMITIVES
+from modeling.autodeeplab.search_space import at_least_float32
 from utils.distributed import sum_over_processes
 
 SEPARABLE_OPS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
@@ -206,7 +206,7 @@ class EdgeFanOut(nn.Module):
             self.running_var.lerp_(group_var, self.momentum)
 
     def edge_state(self, edge: int, fused: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The weights and running statistics of one edge, named as the plain ops of ``modeling.operations``
+        """The weights and running statistics of one edge, named as the plain ops of ``modeling.autodeeplab.operations``
         (each pool followed by its BatchNorm) name them; ``fused`` maps this module's state names to other
         tensors of the same layout (such as gradients) to split those instead."""
         fused = dict(self.state_dict()) if fused is None else fused
