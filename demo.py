@@ -53,7 +53,7 @@ def main() -> None:
 
     search_best = max(r.get("val_miou", 0.0) for r in read_jsonl(out / "search" / "metrics.jsonl"))
     final = read_jsonl(out / "retrain" / "metrics.jsonl")[-1]
-    print(f"\nfound architecture:\n{decode_autodeeplab.describe(arch)}")
+    print(f"\nfound architecture:\n{arch.describe()}")
     print(f"\nsupernet best val mIoU {search_best:.4f}; retrained final val mIoU {final['val_miou']:.4f} "
           f"(pixel accuracy {final['val_pixel_accuracy']:.4f}); {time.time() - started:.0f} s in all")
     outputs = {

@@ -12,15 +12,16 @@ import argparse
 from pathlib import Path
 
 from config_utils.common import explicit_dests
-from config_utils.eval_args import eval_parser, inherit_dataset_flags
-from dataloaders import SegmentationDataset, get_dataset_info, resolve_num_classes
+from config_utils.eval_args import eval_parser
+from dataloaders import (SegmentationDataset, check_split, get_dataset_info,
+                         resolve_num_classes, validation_loader)
+from dataloaders.registry import inherit_dataset_flags
 from dataloaders.transforms import eval_transform
-from modeling.trained import checkpoint_classes, load_trained_model
+from modeling.registry import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
 from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.evaluation import evaluate, write_report
-from utils.training import check_split, validation_loader
 
 
 def default_report_dir(args: argparse.Namespace) -> Path:
@@ -44,10 +45,12 @@ def main(argv: list[str] | None = None) -> Path:
         raise UserError(f"--split {args.split}: dataset {args.dataset} has the splits {', '.join(info.splits)}")
     source = info.make_source(args.split, args)
     check_split(source, args.split, args)
-    loader = validation_loader(SegmentationDataset(source, eval_transform(args.resize), args.num_classes),
+    # Full-size images and labels: --resize shrinks only the network's input, and the scores are taken at the
+    # labels' own size (as the official evaluations do).
+    loader = validation_loader(SegmentationDataset(source, eval_transform(None), args.num_classes),
                                args.workers, DistributedContext())
     summary = evaluate(model, loader, args.num_classes, device, scales=args.eval_scales, flip=args.flip,
-                       desc=f"evaluating {args.dataset} {args.split}")
+                       desc=f"evaluating {args.dataset} {args.split}", resize=args.resize)
     out_dir = Path(args.out_dir) if args.out_dir else default_report_dir(args)
     details = {"checkpoint": str(Path(args.ckpt).resolve()), "epoch": checkpoint["epoch"], "dataset": args.dataset,
                "split": args.split, "images": len(source), "eval_scales": list(args.eval_scales), "flip": args.flip,

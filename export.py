@@ -12,7 +12,6 @@ checked against PyTorch's.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 from pathlib import Path
@@ -20,34 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from config_utils.common import Parser, add_flag, positive_int
+from config_utils.export_args import MIN_OPSET, export_parser
 from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
-from modeling.trained import checkpoint_classes, load_trained_model
+from modeling.registry import checkpoint_classes, checkpoint_model, load_trained_model
 from utils.atomic import atomic_path
 from utils.cli import run_cli
 from utils.errors import UserError
 
-FORMATS = ("onnx",)
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-MIN_OPSET = 18  # torch's exporter writes 18; its conversion to older opsets fails on this network
 MAX_ABS_DIFFERENCE = 1e-4
 CHECK_BATCH = 2  # also the example batch: torch.export would fix a batch of 1 as a constant
-
-
-def export_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="export.py",
-                    description="Export a trained network to a self-contained ONNX file with a free batch size, "
-                                "checked against PyTorch with onnxruntime.")
-    add_flag(parser, "ckpt", required=True, metavar="FILE",
-             help="a retrain checkpoint (model_best.pth.tar or checkpoint.pth.tar)")
-    add_flag(parser, "format", choices=FORMATS, default="onnx", help="export format (default: %(default)s)")
-    add_flag(parser, "input_size", type=positive_int, nargs=2, required=True, metavar=("H", "W"),
-             help="height and width of the images the exported network takes")
-    add_flag(parser, "out", default=None, metavar="FILE",
-             help="output file (default: the checkpoint's name with .onnx, beside it)")
-    add_flag(parser, "opset", type=int, default=MIN_OPSET,
-             help=f"ONNX opset version, at least {MIN_OPSET} (default: %(default)s)")
-    return parser
 
 
 def require_onnx_packages() -> None:
@@ -68,9 +49,11 @@ def default_output_path(ckpt: Path) -> Path:
     return ckpt.with_name(f"{name}.onnx")
 
 
-def onnx_metadata(checkpoint: dict, input_size: tuple[int, int]) -> dict[str, str]:
-    """What a deployer needs besides the graph: how to preprocess, how to name and colour the classes."""
+def onnx_metadata(checkpoint: dict, input_size: tuple[int, int], source: str) -> dict[str, str]:
+    """What a deployer needs besides the graph: how to preprocess, how to name and colour the classes, and
+    which network it is (the registered model's own description: architecture or backbone)."""
     names, palette = checkpoint_classes(checkpoint)
+    spec, genotype = checkpoint_model(checkpoint, source)
     return {
         "class_names": json.dumps(names),
         "palette": json.dumps(palette.tolist()),
@@ -79,16 +62,8 @@ def onnx_metadata(checkpoint: dict, input_size: tuple[int, int]) -> dict[str, st
         "std": json.dumps(list(IMAGENET_STD)),
         "preprocessing": "RGB, scaled to [0, 1], then (x - mean) / std per channel; layout NCHW, float32",
         "output": "logits [N, classes, H, W]; the argmax over axis 1 is the class id",
-        **network_metadata(checkpoint["args"], checkpoint.get("architecture")),
+        **spec.export_metadata(checkpoint["args"], genotype),
     }
-
-
-def network_metadata(args: dict, architecture: dict | None) -> dict[str, str]:
-    """Which network this is: the searched architecture and F, or the baseline's backbone and stride."""
-    if args.get("model", "autodeeplab") == "autodeeplab":
-        return {"model": "autodeeplab", "architecture": json.dumps(architecture),
-                "filter_multiplier": str(args["filter_multiplier"])}
-    return {"model": args["model"], "backbone": args["backbone"], "output_stride": str(args["output_stride"])}
 
 
 def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int) -> torch.onnx.ONNXProgram:
@@ -132,7 +107,7 @@ def main(argv: list[str] | None = None) -> Path:
     require_onnx_packages()
     model, checkpoint = load_trained_model(ckpt, "cpu")
     input_size = tuple(args.input_size)
-    metadata = onnx_metadata(checkpoint, input_size)
+    metadata = onnx_metadata(checkpoint, input_size, args.ckpt)
     program = export_onnx(model, input_size, args.opset)
     program.model.metadata_props.update(metadata)
     out.parent.mkdir(parents=True, exist_ok=True)

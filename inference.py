@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from config_utils.eval_args import inference_parser
 from dataloaders.files import IMAGE_SUFFIXES, files_with_suffix, read_image
 from dataloaders.transforms import image_to_input
-from modeling.trained import checkpoint_classes, load_trained_model
+from modeling.registry import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
 from utils.labels import overlay, palette_bytes
 from utils.errors import UserError
@@ -45,22 +44,6 @@ def list_images(in_path: Path) -> tuple[list[Path], Path]:
     return images, in_path
 
 
-@torch.no_grad()
-def segment(model: torch.nn.Module, image: torch.Tensor, resize: int | None, scales: list[float],
-            flip: bool) -> torch.Tensor:
-    """The class map [H, W] of one normalised image [3, H, W], at its own size whatever ``resize`` is."""
-    height, width = image.shape[-2:]
-    batch = image[None]
-    if resize is not None:
-        factor = resize / min(height, width)
-        batch = F.interpolate(batch, size=(max(1, round(height * factor)), max(1, round(width * factor))),
-                              mode="bilinear", align_corners=False)
-    probabilities = predict(model, batch, scales, flip)
-    if probabilities.shape[-2:] != (height, width):
-        probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
-    return probabilities.argmax(dim=1)[0]
-
-
 def main(argv: list[str] | None = None) -> Path:
     args = inference_parser().parse_args(argv)
     if not 0 <= args.overlay_alpha <= 1:
@@ -72,7 +55,10 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out_path)
     for path in tqdm(images, desc="segmenting", unit="image", disable=None):
         image = read_image(path)
-        classes = segment(model, image_to_input(image).to(device), args.resize, args.eval_scales, args.flip)
+        with torch.no_grad():
+            probabilities = predict(model, image_to_input(image)[None].to(device), args.eval_scales, args.flip,
+                                    args.resize)
+        classes = probabilities.argmax(dim=1)[0]
         classes_np = classes.to(torch.uint8).cpu().numpy()
         relative = path.relative_to(base).with_suffix("")
         mask_path, overlay_path = out / "masks" / f"{relative}.png", out / "overlays" / f"{relative}.jpg"

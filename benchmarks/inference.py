@@ -1,7 +1,7 @@
 """Inference benchmark: Auto-DeepLab-S/M/L beside DeepLabV3+ ResNet-101 and torchvision's DeepLabV3 ResNet-50.
 
 For each model: parameters, Multi-Adds of one forward of one image (billions; FlopCounterMode on
-the meta device, as ``train_new_model.component_costs`` counts them, so nothing is allocated),
+the meta device, as ``modeling.autodeeplab.costs.component_costs`` counts them, so nothing is allocated),
 median latency of one batch over --steps measured forwards after --warmup, images per second,
 and peak memory; every forward runs in eval mode under ``torch.inference_mode()``.
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
-from config_utils.common import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
+from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
 from utils.cli import resolve_device, run_cli  # noqa: E402
 
 PROG = "inference.py"

@@ -27,8 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config_utils.common import Parser, add_flag, positive_int  # noqa: E402
+from utils.flags import Parser, add_flag, positive_int  # noqa: E402
+from config_utils.search_args import search_parser  # noqa: E402
 from modeling.autodeeplab.model_search import AutoDeepLabSearch  # noqa: E402
+from search.bilevel import search_optimizers  # noqa: E402
 from utils.cli import resolve_device  # noqa: E402
 from utils.precision import PrecisionStep, amp_dtype  # noqa: E402
 
@@ -93,8 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
                               checkpoint_cells=args.checkpoint_cells,
                               partial_channels=args.partial_channels).to(device)
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
-    weight_optimizer = torch.optim.SGD(weight_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
-    arch_optimizer = torch.optim.Adam(arch_params, lr=3e-3, weight_decay=1e-3)
+    # the search's own optimisers, at its default hyperparameters
+    weight_optimizer, arch_optimizer, _ = search_optimizers(weight_params, arch_params, search_parser().parse_args([]),
+                                                            args.warmup + args.steps)
     images = torch.randn(args.batch_size, 3, args.crop_size, args.crop_size, device=device)
     masks = torch.randint(0, args.num_classes, (args.batch_size, args.crop_size, args.crop_size), device=device)
 

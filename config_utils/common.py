@@ -1,70 +1,44 @@
-"""Argument parsing shared by the stage scripts.
+"""Flags shared by the stage scripts (training, device, checkpoint) and the resume rules.
 
-Every flag is accepted in both spellings the public implementations used (``--batch_size`` and
-``--batch-size``); ``add_flag`` registers both under one destination. Parse errors are one line
-(``prog: error: ...``) with no usage dump, like every other user mistake.
+The flag machinery itself (``Parser``, ``add_flag``, converters) is ``utils.flags``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from utils.errors import UserError
+from utils.flags import add_flag, non_negative_int, positive_int
 
 
-class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are a single readable line."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(2)
+def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
 
 
-def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, *aliases: str,
-             **kwargs: Any) -> argparse.Action:
-    """Add ``--name`` with its underscore and dash spellings (plus ``aliases``) as one flag."""
-    stem = name.lstrip("-")
-    spellings = [f"--{stem}"]
-    for variant in (stem.replace("-", "_"), stem.replace("_", "-")):
-        if f"--{variant}" not in spellings:
-            spellings.append(f"--{variant}")
-    spellings.extend(a for a in aliases if a not in spellings)
-    kwargs.setdefault("dest", stem.replace("-", "_"))
-    return parser.add_argument(*spellings, **kwargs)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
+def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """--ckpt: the trained network that evaluation, inference and export read."""
+    add_flag(parser, "ckpt", required=True, metavar="FILE",
+             help="a retrain checkpoint (model_best.pth.tar or checkpoint.pth.tar)")
 
 
 def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     """Flags every training stage shares; dataset-dependent defaults are filled in later."""
-    add_flag(parser, "epochs", type=positive_int, default=None,
+    add_flag(parser, "epochs", type=positive_int, default=None, locked=True,
              help="number of epochs (default: the dataset's default for this stage)")
-    add_flag(parser, "batch_size", type=positive_int, default=None,
+    add_flag(parser, "batch_size", type=positive_int, default=None, locked=True,
              help="images per optimisation step (default: the dataset's default; at least 2)")
     add_flag(parser, "crop_size", type=positive_int, default=None,
              help="side of the square training crops (default: the dataset's default)")
     add_flag(parser, "workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    add_flag(parser, "seed", type=int, default=1, help="seed for initialisation, data order and augmentation")
+    add_flag(parser, "seed", type=int, default=1, locked=True,
+             help="seed for initialisation, data order and augmentation")
     add_flag(parser, "out-dir", default=None,
              help=f"run directory (default: a new run/<dataset>/{experiment}/experiment_<N>)")
     add_flag(parser, "checkname", default=experiment, help="experiment name used in the default run directory")
     add_flag(parser, "resume", default=None, metavar="CHECKPOINT",
              help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
-    add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
+    add_device_flag(parser)
     add_flag(parser, "eval_interval", type=positive_int, default=1, help="validate every N epochs")
     scale = parser.add_argument_group("multi-process and mixed precision")
     add_flag(scale, "local_rank", type=int, default=None,
@@ -92,8 +66,8 @@ def resumed_arguments(checkpoint: str, saved: dict[str, Any], args: argparse.Nam
                       locked: tuple[str, ...]) -> argparse.Namespace:
     """The run's own arguments from its checkpoint, overridden by flags given now.
 
-    A flag in ``locked`` shapes the run (model, data order, schedule); giving it a different
-    value is refused, naming every such flag.
+    A flag in ``locked`` (``locked_dests(parser)``) shapes the run (model, data order, schedule); giving it
+    a different value is refused, naming every such flag.
     """
     diffs = [f"--{key} {getattr(args, key)!r} (checkpoint has {saved.get(key)!r})"
              for key in locked if key in explicit and getattr(args, key) != saved.get(key)]

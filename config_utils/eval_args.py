@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import Parser, add_flag, non_negative_int, positive_int
+from config_utils.common import add_checkpoint_flag, add_device_flag
 from dataloaders import add_dataset_arguments
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+from utils.flags import Parser, add_flag, non_negative_int, positive_float, positive_int
 
 
 def add_prediction_flags(parser: argparse.ArgumentParser) -> None:
     """The checkpoint, the test-time augmentation and the device, shared by evaluation and inference."""
-    add_flag(parser, "ckpt", required=True, metavar="FILE",
-             help="a retrain checkpoint (model_best.pth.tar or checkpoint.pth.tar)")
+    add_checkpoint_flag(parser)
     add_flag(parser, "eval_scales", type=positive_float, nargs="+", default=[1.0], metavar="SCALE",
              help="average the predictions at these input scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75 (default: 1.0)")
     add_flag(parser, "flip", action="store_true", help="also average the predictions of mirrored inputs")
     add_flag(parser, "resize", type=positive_int, default=None,
-             help="resize the short side to this before predicting (default: none); inference writes masks at "
-                  "the input size all the same")
-    add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
+             help="resize the short side of the network's input to this (default: none); scores are taken, and "
+                  "masks written, at each image's own size all the same")
+    add_device_flag(parser)
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -40,20 +33,6 @@ def eval_parser() -> argparse.ArgumentParser:
              help="report folder (default: eval_<split>[_ms][_flip] beside the checkpoint)")
     add_flag(parser, "workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     return parser
-
-
-def inherit_dataset_flags(args: argparse.Namespace, trained: dict, explicit: set[str]) -> None:
-    """Fill the dataset flags not given on the command line from the arguments the network was trained with.
-
-    Giving another --dataset drops the trained class count, so the new dataset's own count is checked instead.
-    """
-    probe = Parser(prog="probe")
-    add_dataset_arguments(probe)
-    for action in probe._actions:
-        if action.dest not in explicit and action.dest in trained:
-            setattr(args, action.dest, trained[action.dest])
-    if "dataset" in explicit and "num_classes" not in explicit:
-        args.num_classes = None
 
 
 def inference_parser() -> argparse.ArgumentParser:

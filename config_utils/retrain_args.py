@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import Parser, add_flag, add_training_flags, non_negative_int, positive_int
+from config_utils.common import add_training_flags
 from dataloaders import add_dataset_arguments
+from utils.flags import Parser, add_flag, non_negative_int, positive_int
 from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
 from modeling.autodeeplab.genotype import PAPER_ARCHITECTURE_PATH
-from modeling.trained import MODELS
+from modeling.registry import MODELS
 from utils.lr_schedule import SCHEDULES
 
 
@@ -18,18 +19,19 @@ def retrain_parser() -> argparse.ArgumentParser:
                                 "segmentation network and evaluate it.")
     add_dataset_arguments(parser)
     add_training_flags(parser, experiment="retrain")
-    add_flag(parser, "model", default="autodeeplab", choices=MODELS,
-             help="autodeeplab (a searched architecture) or deeplabv3plus (the ResNet baseline) (default: %(default)s)")
+    add_flag(parser, "model", default="autodeeplab", choices=sorted(MODELS), locked=True,
+             help="autodeeplab (a searched architecture: the network registered for the architecture file's search "
+                  "system) or deeplabv3plus (the ResNet baseline) (default: %(default)s)")
     baseline = parser.add_argument_group("deeplabv3plus baseline")
-    add_flag(baseline, "backbone", default="resnet101", choices=sorted(BACKBONES),
+    add_flag(baseline, "backbone", default="resnet101", choices=sorted(BACKBONES), locked=True,
              help="torchvision ResNet backbone (default: %(default)s)")
-    add_flag(baseline, "output_stride", type=int, default=16, choices=OUTPUT_STRIDES,
+    add_flag(baseline, "output_stride", type=int, default=16, choices=OUTPUT_STRIDES, locked=True,
              help="backbone output stride, by dilating its last stage(s) (default: %(default)s)")
     add_flag(baseline, "backbone_weights", default=None, metavar="PATH",
              help="a local torchvision ResNet state dict to start from (nothing is ever downloaded)")
-    add_flag(parser, "saved_arch_path", default=str(PAPER_ARCHITECTURE_PATH),
+    add_flag(parser, "saved_arch_path", default=str(PAPER_ARCHITECTURE_PATH), locked=True,
              help="architecture.json, or a run directory holding one (default: the paper's architecture)")
-    add_flag(parser, "filter_multiplier", type=positive_int, default=20,
+    add_flag(parser, "filter_multiplier", type=positive_int, default=20, locked=True,
              help="F of the retrained network: 20/32/48 give Auto-DeepLab-S/M/L (default: %(default)s)")
     add_flag(parser, "scale_range", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
              help="random scale augmentation range before cropping (default: 0.5 2.0)")

@@ -1,11 +1,13 @@
-"""Arguments of the search stage (train_autodeeplab.py); defaults are the paper's (Sec. 5.1)."""
+"""Arguments of the search stage (train_autodeeplab.py); defaults are the paper's (Sec. 5.1).
+Unset training flags come from the recipe (``config_utils.recipes``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from config_utils.common import Parser, add_flag, add_training_flags, positive_int
+from config_utils.common import add_training_flags
 from dataloaders import add_dataset_arguments
+from utils.flags import Parser, add_flag, positive_int
 
 
 def search_parser() -> argparse.ArgumentParser:
@@ -17,12 +19,13 @@ def search_parser() -> argparse.ArgumentParser:
     add_flag(parser, "resize", type=positive_int, default=None,
              help="resize the short side to this before cropping (default: the dataset's default)")
     space = parser.add_argument_group("search space")
-    add_flag(space, "filter_multiplier", type=positive_int, default=8, help="F: channels per block at stride 4")
-    add_flag(space, "block_multiplier", type=positive_int, default=5,
+    add_flag(space, "filter_multiplier", type=positive_int, default=8, locked=True,
+             help="F: channels per block at stride 4")
+    add_flag(space, "block_multiplier", type=positive_int, default=5, locked=True,
              help="number of block outputs concatenated into the cell output")
-    add_flag(space, "steps", type=positive_int, default=5, help="B: blocks per cell")
-    add_flag(space, "num_layers", type=positive_int, default=12, help="L: layers of the supernet")
-    add_flag(parser, "partial_channels", type=positive_int, default=1, metavar="K",
+    add_flag(space, "steps", type=positive_int, default=5, locked=True, help="B: blocks per cell")
+    add_flag(space, "num_layers", type=positive_int, default=12, locked=True, help="L: layers of the supernet")
+    add_flag(parser, "partial_channels", type=positive_int, default=1, locked=True, metavar="K",
              help="PC-DARTS: each edge's ops see 1/K of the channels (must divide F; default 1 = all, exact)")
     add_flag(parser, "checkpoint_cells", action="store_true",
              help="activation checkpointing of the supernet's cells: less memory, more compute, same results")

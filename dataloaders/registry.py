@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from config_utils.common import add_flag, positive_int
+from utils.flags import add_flag, positive_int
 from mypath import Path as DataPath
 from utils.errors import UserError
 from utils.labels import IGNORE_INDEX, voc_palette
+from utils.registry import Registry
 
 class SegmentationSource(Protocol):
     """What a dataset provides for one split: raw arrays, no tensors, no augmentation.
@@ -40,7 +41,8 @@ class SegmentationSource(Protocol):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset's name, classes, default flag values, expected layout and source factory."""
+    """A dataset's name, classes, expected layout, source factory and the tasks its labels serve (data facts
+    only: training recipes live in ``config_utils.recipes``)."""
 
     name: str
     num_classes: int | None  # None: chosen with --num_classes, or counted by count_classes
@@ -49,35 +51,30 @@ class DatasetInfo:
     count_classes: Callable[[argparse.Namespace], int] | None = None  # the count the data (or a flag) fixes
     layout: str = ""  # the on-disk layout, quoted in errors about a missing or wrong root
     splits: tuple[str, ...] = ("train", "val")
-    defaults: dict[str, Any] = field(default_factory=dict)  # per-dataset default flag values
     palette: Callable[[int], np.ndarray] = voc_palette
+    tasks: tuple[str, ...] = ("semantic",)  # what its labels serve: semantic segmentation (panoptic later)
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None  # dataset-specific flags
 
 
-DATASETS: dict[str, DatasetInfo] = {}
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    if info.name in DATASETS:
-        raise ValueError(f"dataset {info.name!r} is already registered")
-    DATASETS[info.name] = info
-    return info
+    return DATASETS.register(info.name, info)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise UserError(f"--dataset: unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    return DATASETS.lookup(name, "--dataset")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset, --data_root, --num_classes, --skip_data_check, and each dataset's own flags."""
-    add_flag(parser, "dataset", default="synthetic", choices=sorted(DATASETS),
+    add_flag(parser, "dataset", default="synthetic", choices=sorted(DATASETS), locked=True,
              help="dataset to use (default: %(default)s)")
     add_flag(parser, "data_root", default=None,
              help="dataset root folder; overrides AUTODEEPLAB_<DATASET>_ROOT and "
                   "AUTODEEPLAB_DATA_ROOT (unused by synthetic)")
-    add_flag(parser, "num_classes", type=positive_int, default=None,
+    add_flag(parser, "num_classes", type=positive_int, default=None, locked=True,
              help="number of classes including background (default: the dataset's own)")
     add_flag(parser, "skip_data_check", action="store_true",
              help="do not read every label file before training (the check finds unpaired, mis-sized "
@@ -136,3 +133,17 @@ def check_mask_values(mask: np.ndarray, num_classes: int, where: str) -> None:
         raise UserError(f"{where}: label values {shown} are outside 0..{num_classes - 1} (and not "
                         f"{IGNORE_INDEX}); check --num_classes and the masks")
 
+
+
+def inherit_dataset_flags(args: argparse.Namespace, trained: dict, explicit: set[str]) -> None:
+    """Fill the dataset flags not given on the command line from the arguments a network was trained with.
+
+    Giving another --dataset drops the trained class count, so the new dataset's own count is checked instead.
+    """
+    probe = argparse.ArgumentParser(add_help=False)
+    add_dataset_arguments(probe)
+    for action in probe._actions:
+        if action.dest not in explicit and action.dest in trained:
+            setattr(args, action.dest, trained[action.dest])
+    if "dataset" in explicit and "num_classes" not in explicit:
+        args.num_classes = None

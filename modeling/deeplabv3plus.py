@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
+from modeling.heads import ASPP, DeepLabV3PlusDecoder, DeepLabV3PlusSegmentor, FeatureInfo, aspp_rates
+from modeling.registry import ModelSpec, register_model
 from utils.errors import UserError
 from utils.torchvision_compat import import_torchvision
 
@@ -54,7 +55,7 @@ class ResNetFeatures(nn.Module):
         return low_level, self.layer4(self.layer3(self.layer2(low_level)))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(DeepLabV3PlusSegmentor):
     """DeepLabV3+ (Chen et al. 2018) on a ResNet-50/101; ``forward`` gives logits at the input size."""
 
     def __init__(self, num_classes: int, backbone: str = "resnet101", output_stride: int = 16,
@@ -72,11 +73,10 @@ class DeepLabV3Plus(nn.Module):
             load_backbone_weights(self.backbone, Path(backbone_weights), backbone)
         self.aspp = ASPP(BACKBONE_CHANNELS, ASPP_CHANNELS, aspp_rates(output_stride, 3), dropout=ASPP_DROPOUT)
         self.decoder = DeepLabV3PlusDecoder(LOW_LEVEL_CHANNELS, ASPP_CHANNELS, num_classes)
+        self.feature_info = (FeatureInfo(LOW_LEVEL_CHANNELS, 4), FeatureInfo(BACKBONE_CHANNELS, output_stride))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low_level, features = self.backbone(x)
-        logits = self.decoder(self.aspp(features), low_level)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone(x)
 
 
 def _read_state_dict(path: Path, backbone: str) -> dict[str, torch.Tensor]:
@@ -117,3 +117,13 @@ def load_backbone_weights(features: ResNetFeatures, path: Path, backbone: str) -
                ([f"unexpected {_shown(result.unexpected_keys)}"] if result.unexpected_keys else [])
     if problems:
         raise UserError(f"{path}: weights do not fit {backbone}: {'; '.join(problems)}")
+
+
+register_model(ModelSpec(
+    name="deeplabv3plus",
+    build=lambda args, genotype, weights: DeepLabV3Plus(args["num_classes"], args["backbone"], args["output_stride"],
+                                                        weights),
+    describe=lambda args, genotype: f"DeepLabV3+ {args['backbone']} at output stride {args['output_stride']}",
+    export_metadata=lambda args, genotype: {"model": "deeplabv3plus", "backbone": args["backbone"],
+                                            "output_stride": str(args["output_stride"])},
+))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,15 @@ def aspp_rates(output_stride: int, num_rates: int) -> list[int]:
     return [max(1, 96 * (i + 1) // output_stride) for i in range(num_rates)]
 
 
+ASPP_MIN_BATCH = 2  # images per training batch (per process, unless BatchNorm is synchronised): see ASPP
+ASPP_MIN_BATCH_REASON = "BatchNorm in the ASPP image-pooling branch"
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: image pooling, a 1x1 branch and one 3x3 branch per rate.
 
-    The image-pooling branch has a BatchNorm over a 1x1 map, so training needs more than one
-    image per batch (per process).
+    The image-pooling branch has a BatchNorm over a 1x1 map, so training needs ``ASPP_MIN_BATCH``
+    images per batch (per process, unless the statistics are synchronised over the processes).
     """
 
     def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int], dropout: float = 0.0):
@@ -53,3 +58,31 @@ class DeepLabV3PlusDecoder(nn.Module):
     def forward(self, aspp_out: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         aspp_out = F.interpolate(aspp_out, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.fuse(torch.cat([aspp_out, self.low_level(low_level)], dim=1)))
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature an encoder returns: its channels and its stride relative to the input."""
+
+    channels: int
+    stride: int
+
+
+class DeepLabV3PlusSegmentor(nn.Module):
+    """An encoder followed by the ASPP and the DeepLabV3+ decoder, logits upsampled to the input size.
+
+    Subclasses build ``aspp`` and ``decoder`` and give ``encode(x) -> (low_level, features)`` with
+    ``feature_info`` stating the channels and stride of the two (mmseg's ``EncoderDecoder``).
+    """
+
+    feature_info: tuple[FeatureInfo, FeatureInfo]
+    aspp: ASPP
+    decoder: DeepLabV3PlusDecoder
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low_level, features = self.encode(x)
+        logits = self.decoder(self.aspp(features), low_level)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

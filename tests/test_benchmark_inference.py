@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.inference import multi_adds_g
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
-from train_new_model import component_costs
+from modeling.autodeeplab.costs import component_costs
 from utils.torchvision_compat import import_torchvision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -82,3 +82,37 @@ def test_weights_of_another_layout_are_one_readable_error():
     resized = dict(state, **{"0.weight": torch.zeros(5, 3, 3, 3)})
     with pytest.raises(UserError, match=r"^run/checkpoint.pth.tar: .*size mismatch for 0.weight"):
         ckpt.load_model_state(model, resized, "run/checkpoint.pth.tar")
+
+
+def test_run_dir_names_every_artefact_and_finds_the_newest_run_of_a_system_and_stage(tmp_path):
+    import json
+    import os
+
+    from utils.run_dir import RunDir
+
+    run = RunDir(tmp_path / "x")
+    assert (run.checkpoint.name, run.best.name, run.metrics.name, run.search_log.name, run.tensorboard.name) == (
+        "checkpoint.pth.tar", "model_best.pth.tar", "metrics.jsonl", "architecture_history.jsonl", "tensorboard")
+    assert run.curves("search").name == "search_curves.png" and run.report.name == "report_val"
+
+    def make(name, info=None, search_log=False, age=0):
+        path = tmp_path / "run" / "synthetic" / name
+        path.mkdir(parents=True)
+        (path / "checkpoint.pth.tar").write_bytes(b"PK")
+        os.utime(path / "checkpoint.pth.tar", (1e9 - age, 1e9 - age))
+        if info is not None:
+            (path / "args.json").write_text(json.dumps(info))
+        if search_log:
+            (path / "architecture_history.jsonl").write_text("")
+        return path
+
+    old_search = make("search/experiment_0", search_log=True, age=30)  # written before args.json named it
+    make("retrain/experiment_0", {"system": "autodeeplab", "stage": "retrain"}, age=5)
+    new_search = make("search/experiment_1", {"system": "autodeeplab", "stage": "search"}, age=10)
+    make("nas/experiment_0", {"system": "nas-segm", "stage": "search"}, age=0)
+    root = tmp_path / "run"
+    assert RunDir.latest(root, "synthetic", "autodeeplab", "search").path == new_search
+    assert RunDir.latest(root, "synthetic", "nas-segm", "search").path.name == "experiment_0"
+    (new_search / "checkpoint.pth.tar").unlink()
+    assert RunDir.latest(root, "synthetic", "autodeeplab", "search").path == old_search
+    assert RunDir.latest(root, "cityscapes", "autodeeplab", "search") is None

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from config_utils.common import Parser
+from utils.flags import Parser
+from config_utils.recipes import recipe
 from dataloaders import (DATASETS, DatasetInfo, SeededSampler, SegmentationDataset, add_dataset_arguments,
                          get_dataset_info, make_loader, register_dataset, resolve_num_classes, split_indices,
                          voc_palette)
-from dataloaders.synthetic import SyntheticShapes
+from dataloaders.datasets.synthetic import SyntheticShapes
 from dataloaders.transforms import eval_transform, search_train_transform
 from utils.errors import UserError
 
@@ -85,7 +86,8 @@ def test_synthetic_source_follows_the_flags():
     assert train.load(0)[0].shape == (33, 33, 3)
     assert train.class_names == SyntheticShapes.CLASS_NAMES[:3]
     assert not np.array_equal(train.load(0)[0], val.load(0)[0])
-    assert set(info.defaults) >= {"search_epochs", "retrain_epochs", "crop_size", "resize", "batch_size"}
+    for stage in ("search", "retrain"):  # the embedded dataset trains out of the box
+        assert set(recipe("autodeeplab", stage, "synthetic")) >= {"epochs", "crop_size", "batch_size"}
 
 
 def test_num_classes_of_a_free_dataset():

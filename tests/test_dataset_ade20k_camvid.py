@@ -9,10 +9,10 @@ from PIL import Image
 import dataloaders.datasets.ade20k  # noqa: F401 - registers the dataset before any parser is built
 import dataloaders.datasets.camvid  # noqa: F401 - registers the dataset before any parser is built
 from config_utils.retrain_args import retrain_parser
+from config_utils.recipes import RECIPES, fill_recipe_defaults
 from config_utils.search_args import search_parser
 from dataloaders import get_dataset_info
 from utils.errors import UserError
-from utils.training import fill_dataset_defaults
 
 HEIGHT, WIDTH = 10, 16  # 160 pixels: room for every raw label value of either dataset in one mask
 NUM_CLASSES = {"ade20k": 150, "camvid": 11}
@@ -214,5 +214,15 @@ def test_camvid_palette_is_the_segnet_one():
 def test_stage_flags_default_to_the_dataset_recipe(name, stage, expected):
     parser = search_parser() if stage == "search" else retrain_parser()
     args = parser.parse_args(["--dataset", name])
-    fill_dataset_defaults(args, get_dataset_info(name), stage)
+    fill_recipe_defaults(args, "autodeeplab", stage, required=tuple(expected))
     assert {flag: getattr(args, flag) for flag in expected} == expected
+    given = parser.parse_args(["--dataset", name, "--epochs", "3"])  # a flag on the command line wins
+    fill_recipe_defaults(given, "autodeeplab", stage, required=("epochs",))
+    assert given.epochs == 3
+
+
+def test_a_dataset_without_a_recipe_needs_its_flags_given(monkeypatch):
+    monkeypatch.delitem(RECIPES, ("autodeeplab", "search", "camvid"))  # as a dataset registered by a user
+    args = search_parser().parse_args(["--dataset", "camvid", "--batch_size", "4"])
+    with pytest.raises(UserError, match="no autodeeplab search recipe gives --epochs, --crop_size; give them"):
+        fill_recipe_defaults(args, "autodeeplab", "search", required=("epochs", "batch_size", "crop_size"))

@@ -10,7 +10,7 @@ from config_utils.search_args import search_parser
 from dataloaders import get_dataset_info, resolve_num_classes, source_palette
 from dataloaders.datasets.cityscapes import TRAIN_CLASSES, VOID_IDS
 from utils.errors import UserError
-from utils.training import check_split
+from dataloaders import check_split
 
 
 def save_png(path, array, mode=None):

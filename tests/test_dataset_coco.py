@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 import dataloaders.datasets.coco as coco_module  # registers "coco"; before any parser is built
+from config_utils.recipes import recipe
 from config_utils.search_args import search_parser
 from dataloaders import get_dataset_info, resolve_num_classes
 from utils.errors import UserError
@@ -198,8 +199,9 @@ def autodeeplab_log(caplog, monkeypatch):
 def test_registration_classes_and_defaults():
     info = get_dataset_info("coco")
     assert (info.num_classes, info.default_num_classes, info.splits) == (None, 21, ("train", "val"))
-    assert info.defaults == {"search_epochs": 30, "alpha_epoch": 15, "search_batch_size": 2, "search_crop_size": 321,
-                             "resize": 321, "retrain_epochs": 30, "retrain_batch_size": 8, "retrain_crop_size": 513}
+    assert recipe("autodeeplab", "search", "coco") == {"epochs": 30, "alpha_epoch": 15, "batch_size": 2,
+                                                       "crop_size": 321, "resize": 321}
+    assert recipe("autodeeplab", "retrain", "coco") == {"epochs": 30, "batch_size": 8, "crop_size": 513}
     assert coco_module.CAT_LIST == [0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72]
     assert coco_module.VOC_CLASS_NAMES == (
         "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -8,6 +8,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from config_utils.recipes import recipe
 from config_utils.search_args import search_parser
 from dataloaders import get_dataset_info, voc_palette
 from dataloaders.datasets import pascal  # registers the dataset before a parser lists the --dataset choices
@@ -242,4 +243,4 @@ def test_registered_with_the_voc_classes_and_paper_retrain_crop():
     info = get_dataset_info("pascal")
     assert info is pascal.INFO and pascal.CLASS_NAMES[15] == "person"
     assert info.num_classes == NUM_CLASSES and info.palette is voc_palette
-    assert info.defaults["retrain_crop_size"] == 513
+    assert recipe("autodeeplab", "retrain", "pascal")["crop_size"] == 513

@@ -14,12 +14,13 @@ import torch.multiprocessing as mp
 
 from modeling.autodeeplab.fused_edges import EdgeFanOut
 from modeling.autodeeplab.genotype import PRIMITIVES
-from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_identical,
+from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_batchnorm_batch,
+                               check_identical,
                                per_process_batch, uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.precision import PrecisionStep
-from utils.training import mean_over_ranks
+from utils.trainer import mean_over_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -168,6 +169,18 @@ def test_global_batch_must_split_evenly():
         per_process_batch(6, DistributedContext(0, 4, 0))
 
 
+def test_batchnorm_batch_is_checked_per_process_unless_synchronised():
+    alone, two = DistributedContext(), DistributedContext(0, 2, 0)
+    check_batchnorm_batch(2, alone, False, 2, "BatchNorm")
+    check_batchnorm_batch(4, two, False, 2, "BatchNorm")
+    check_batchnorm_batch(2, two, True, 2, "BatchNorm")  # one image per process, statistics over both
+    with pytest.raises(UserError, match="--batch_size 1: training needs at least 2 images per step"):
+        check_batchnorm_batch(1, alone, False, 2, "BatchNorm")
+    with pytest.raises(UserError, match=r"--batch_size 2: each of the 2 processes gets 1 image\(s\), and BatchNorm "
+                                        r"needs at least 2 per process .*use --batch_size 4 or fewer processes"):
+        check_batchnorm_batch(2, two, False, 2, "BatchNorm")
+
+
 # ---------------------------------------------------------------- torchrun, end to end
 
 DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "40",
@@ -176,9 +189,9 @@ SEARCH = DATA + ["--num_layers", "3", "--steps", "3", "--block_multiplier", "3",
 RETRAIN = DATA + ["--epochs", "2"]
 
 
-def launch(launcher, script, args, logs):
+def launch(launcher, script, args, logs, expect_code=0):
     """Run ``script`` in 2 processes through ``launcher``, or alone (None); the output goes to files in ``logs``
-    (two concurrent processes must not block on full pipes)."""
+    (two concurrent processes must not block on full pipes). Returns the output."""
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     python = [sys.executable, "-m"]
     if launcher is None:
@@ -201,7 +214,9 @@ def launch(launcher, script, args, logs):
     finally:
         for process in processes:
             process.kill()
-    assert codes == [0] * len(commands), "".join(output.read_text() for output in outputs)[-3000:]
+    output = "".join(output.read_text() for output in outputs)
+    assert codes == [expect_code] * len(commands), output[-3000:]
+    return output
 
 
 def free_port():
@@ -243,3 +258,14 @@ def test_two_processes_train_like_one(tmp_path, script, args, launcher):
         assert len(history) == 2
     else:
         assert (tmp_path / "two" / "report_val" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_one_image_per_cpu_process_is_refused_before_the_run_starts(tmp_path):
+    """The original's multi-GPU example, one image per process: on CPU BatchNorm cannot be synchronised."""
+    args = SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
+    output = launch(["torch.distributed.run", "--standalone"], "train_autodeeplab.py", args, tmp_path / "logs",
+                    expect_code=1)  # torchrun's own code when its processes fail
+    assert "train_autodeeplab.py: error: --batch_size 2: each of the 2 processes gets 1 image(s)" in output
+    assert "Expected more than 1 value per channel" not in output
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ import inference as inference_script
 from dataloaders.transforms import image_to_input
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
-from modeling.trained import load_trained_model
+from modeling.registry import load_trained_model
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.evaluation import evaluate, predict, report_table, write_report
@@ -165,6 +165,29 @@ def test_evaluate_script_reports_what_the_model_predicts(tmp_path, capsys):
     assert sum(map(sum, ms_metrics["confusion_matrix"])) == sum(map(sum, metrics["confusion_matrix"]))
 
 
+def test_evaluate_resize_shrinks_the_input_only_and_scores_at_the_labels_own_size(tmp_path):
+    """Scores stay comparable with the official evaluations: every labelled pixel of the full-size masks counts."""
+    make_folder_dataset(tmp_path / "data", sizes=((40, 56), (48, 32)))
+    model = tiny_checkpoint(tmp_path / "run" / "model_best.pth.tar", tmp_path / "data")
+    out_dir = evaluate_script.main(["--ckpt", str(tmp_path / "run" / "model_best.pth.tar"), "--resize", "20",
+                                    "--out-dir", str(tmp_path / "small")])
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    masks = [np.array(Image.open(tmp_path / "data" / "masks" / "val" / f"{i}.png")) for i in range(2)]
+    assert sum(map(sum, metrics["confusion_matrix"])) == sum(int((mask != 255).sum()) for mask in masks)
+    assert metrics["resize"] == 20
+    # and exactly what predicting on the resized image, then bilinearly back at each label's size, gives
+    matrix = ConfusionMatrix(3)
+    with torch.no_grad():
+        for index, mask in enumerate(masks):
+            image = image_to_input(np.array(Image.open(tmp_path / "data" / "images" / "val" / f"{index}.png")))[None]
+            factor = 20 / min(mask.shape)
+            small = torch.nn.functional.interpolate(image, size=(round(mask.shape[0] * factor),
+                                                                 round(mask.shape[1] * factor)), mode="bilinear")
+            logits = torch.nn.functional.interpolate(model(small), size=mask.shape, mode="bilinear")
+            matrix.update(logits.argmax(1), torch.from_numpy(mask.astype(np.int64))[None])
+    assert metrics["miou"] == pytest.approx(matrix.summary()["miou"], abs=1e-9)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dataset", "synthetic", "--num_classes", "5"], "--dataset synthetic: has 5 classes, but .* predicts 3"),
     (["--split", "bogus"], "--split bogus: dataset folder has the splits train, val, test"),
@@ -180,6 +203,15 @@ def test_a_search_checkpoint_is_refused(tmp_path):
     save_checkpoint({"stage": "search", "args": {}}, tmp_path / "search.pth.tar")
     with pytest.raises(UserError, match="is a 'search' checkpoint, expected a 'retrain' one"):
         load_trained_model(tmp_path / "search.pth.tar")
+
+
+def test_a_picture_given_as_checkpoint_is_called_what_it_is(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "cat.png")
+    with pytest.raises(UserError, match=r"cat.png: is not a checkpoint \(a PNG image\); expected a checkpoint.pth.tar"):
+        evaluate_script.main(["--ckpt", str(tmp_path / "cat.png")])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match=r"notes.txt: is not a checkpoint \(not a PyTorch file\)"):
+        load_trained_model(tmp_path / "notes.txt")
 
 
 # ---------------------------------------------------------------- inference.py

@@ -1,10 +1,10 @@
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
-from modeling.autodeeplab.genotype import (PAPER_ARCHITECTURE_PATH, Architecture, edge_index, num_edges,
-                                paper_architecture)
+from modeling.autodeeplab.genotype import Architecture, edge_index, num_edges, paper_architecture
 from utils.errors import UserError
 
 
@@ -44,12 +44,13 @@ def test_json_round_trip(tmp_path):
     loaded = Architecture.load(tmp_path)
     assert loaded == arch and loaded.source == arch.source
     data = json.loads((tmp_path / "architecture.json").read_text())
-    assert data["network_strides"] == [8, 16, 16, 8] and data["format_version"] == 1
+    assert data["genotype"]["network_strides"] == [8, 16, 16, 8] and data["format_version"] == 2
     assert data["search_space"]["primitives"][0] == "none"
 
 
 def _paper_json() -> dict:
-    return json.loads(PAPER_ARCHITECTURE_PATH.read_text())
+    """The paper's architecture as a version-1 file (the fields at the top level), as written before version 2."""
+    return json.loads((Path(__file__).resolve().parent / "fixtures" / "autodeeplab_paper_v1.json").read_text())
 
 
 @pytest.mark.parametrize("mutate,field", [

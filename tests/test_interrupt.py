@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_autodeeplab
-import train_new_model
 import utils.precision
-import utils.training
 from dataloaders import SeededSampler
+from tests.conftest import STEPS_PER_EPOCH, SignalAtStep
 from utils.checkpoint import load_checkpoint
 from utils.interrupt import RunInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "2", "--synthetic_size", "40",
-        "--batch_size", "2", "--crop_size", "32"]
-SEARCH = DATA + ["--filter_multiplier", "2", "--num_layers", "3", "--steps", "3", "--block_multiplier", "3",
-                 "--epochs", "3", "--alpha_epoch", "1"]
-RETRAIN = DATA + ["--filter_multiplier", "2", "--epochs", "3"]
 FLOAT16 = ["--amp", "--amp_dtype", "fp16"]
 
 
@@ -55,12 +48,14 @@ def test_sampler_skip_continues_the_same_epoch():
         sampler.set_epoch(4, skip=6)
 
 
-@pytest.mark.parametrize("module, args, stop_at", [
-    (train_autodeeplab, SEARCH, 5),  # epoch 1, step 2 of 3: weights and α/β steps, trainB partly drawn
-    (train_new_model, RETRAIN, 10),  # epoch 1, step 4 of 6
-    (train_autodeeplab, SEARCH + FLOAT16, 5),
+@pytest.mark.parametrize("stage, extra, stop_at", [
+    ("search", [], 5),  # epoch 1, step 2 of 3: weights and α/β steps, trainB partly drawn
+    ("retrain", [], 10),  # epoch 1, step 4 of 6
+    ("search", FLOAT16, 5),
 ], ids=["search", "retrain", "search-fp16"])
-def test_sigterm_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch, module, args, stop_at):
+def test_sigterm_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch, tiny_stage, stage, extra, stop_at):
+    module, args = tiny_stage(stage)
+    args += extra
     float16 = "--amp" in args
     if float16:
         # A loss scale that doubles after every good step overflows every few steps: which steps are skipped
@@ -72,26 +67,17 @@ def test_sigterm_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch, mod
         # some of the 9 weight steps and of the 6 architecture steps were skipped
         assert final["weight_scaler"]["scale"] < 65536 * 2**9 and final["arch_scaler"]["scale"] < 65536 * 2**6
 
-    real_log_step = utils.training.log_step
-    calls = []
-
-    def log_step_then_signal(writer, progress, loss, lr, global_step):
-        real_log_step(writer, progress, loss, lr, global_step)
-        calls.append(global_step)
-        if len(calls) == stop_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler only raises a flag: the step completes
-
-    with monkeypatch.context() as patch, pytest.raises(RunInterrupted, match="stopped by SIGTERM after step") as stopped:
-        patch.setattr(train_autodeeplab, "log_step", log_step_then_signal)
-        patch.setattr(train_new_model, "log_step", log_step_then_signal)
-        module.main(args + ["--out-dir", str(tmp_path / "cut")])
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM after step") as stopped:
+        module.main(args + ["--out-dir", str(tmp_path / "cut")], hooks=[SignalAtStep(stop_at)])
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored on the way out
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pth.tar")
-    steps_per_epoch = 3 if module is train_autodeeplab else 6
+    steps_per_epoch = STEPS_PER_EPOCH[stage]
     assert state["epoch"] == 0 and state["partial_epoch"]["epoch"] == 1
     assert state["partial_epoch"]["steps"] == stop_at - steps_per_epoch
-    assert len(state["partial_epoch"]["losses"]) == stop_at - steps_per_epoch
+    assert len(state["partial_epoch"]["values"]["train_loss"]) == stop_at - steps_per_epoch
+    if stage == "search":  # every step of epoch 1 had an architecture step too
+        assert len(state["partial_epoch"]["values"]["arch_loss"]) == stop_at - steps_per_epoch
 
     module.main(["--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
     assert_same_final_state(full, tmp_path / "cut")

@@ -5,7 +5,7 @@ from torch import nn
 from modeling.autodeeplab.genotype import Architecture, paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab, RetrainCell
 from modeling.autodeeplab.operations import FactorizedReduce
-from train_new_model import component_costs
+from modeling.autodeeplab.costs import component_costs
 
 
 def n_params(module: nn.Module) -> int:
@@ -56,7 +56,7 @@ def test_decoder_reads_a_stride_4_feature_whatever_the_path():
     never = AutoDeepLab(Architecture(PATHS[1], paper_architecture().cell, 4, 5), num_classes=3)
     assert never.low_level_layer == -1
     assert never.decoder.low_level[0].in_channels == 128  # the stem output
-    low, _ = never.backbone(torch.randn(2, 3, 64, 64))
+    low, _ = never.encode(torch.randn(2, 3, 64, 64))
     assert low.shape[-2:] == (16, 16)
 
 
@@ -93,3 +93,25 @@ def test_multi_adds_breakdown_auto_deeplab_s():
     cells = sum(macs for name, macs in rows.items() if name.startswith("cell"))
     assert (round(rows["stem"], 2), round(cells, 2), round(rows["ASPP"], 2)) == (30.01, 60.66, 58.39)
     assert round(rows["decoder (with logits)"], 2) == round(170.74 + 0.64, 2)
+
+
+@pytest.mark.parametrize("path", [(0, 0, 1, 2), (1, 2, 3, 3), (0, 1, 0, 0)])
+def test_the_encoder_states_the_channels_and_stride_of_what_it_returns(path):
+    paper = paper_architecture(4)
+    model = AutoDeepLab(Architecture(path, paper.cell[:4], 4, 3), num_classes=3).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        features = model.encode(image)
+    for feature, info in zip(features, model.feature_info):
+        assert feature.shape[1] == info.channels
+        assert (64 / feature.shape[2], 96 / feature.shape[3]) == (info.stride, info.stride)
+
+
+def test_the_baseline_encoder_states_its_features_too():
+    from modeling.deeplabv3plus import DeepLabV3Plus
+
+    for stride in (8, 16):
+        model = DeepLabV3Plus(3, "resnet50", stride).eval()
+        with torch.no_grad():
+            features = model.encode(torch.randn(1, 3, 64, 64))
+        assert [(f.shape[1], 64 // f.shape[2]) for f in features] == [(i.channels, i.stride) for i in model.feature_info]

@@ -6,41 +6,18 @@ import pytest
 import torch
 
 import train_autodeeplab
-import train_new_model
-import utils.training
+from tests.conftest import TINY_SEARCH, PreemptBeforeEpoch, Preempted
 from utils.checkpoint import load_checkpoint
-from utils.checkpoint import save_checkpoint as real_save
 from utils.errors import UserError
 
-DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "2", "--synthetic_size", "40",
-        "--batch_size", "2", "--crop_size", "32"]
-SEARCH = DATA + ["--filter_multiplier", "2", "--num_layers", "3", "--steps", "3", "--block_multiplier", "3",
-                 "--epochs", "3", "--alpha_epoch", "1"]
-RETRAIN = DATA + ["--filter_multiplier", "2", "--epochs", "3"]
 
-
-class Preempted(Exception):
-    pass
-
-
-def preempt_after_first_epoch(monkeypatch):
-    def save_then_die(state, path):
-        real_save(state, path)
-        if state["epoch"] == 0 and path.name == "checkpoint.pth.tar":
-            raise Preempted
-
-    monkeypatch.setattr(utils.training, "save_checkpoint", save_then_die)
-
-
-@pytest.mark.parametrize("module,args", [(train_autodeeplab, SEARCH), (train_new_model, RETRAIN)],
-                         ids=["search", "retrain"])
-def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, args):
+@pytest.mark.parametrize("stage", ["search", "retrain"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_stage, stage):
+    module, args = tiny_stage(stage)
     full = module.main(args + ["--out-dir", str(tmp_path / "full")])
 
-    preempt_after_first_epoch(monkeypatch)
     with pytest.raises(Preempted):
-        module.main(args + ["--out-dir", str(tmp_path / "cut")])
-    monkeypatch.undo()
+        module.main(args + ["--out-dir", str(tmp_path / "cut")], hooks=[PreemptBeforeEpoch(1)])
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth.tar")["epoch"] == 0
     assert load_checkpoint(tmp_path / "cut" / "model_best.pth.tar")["epoch"] == 0  # written before the checkpoint
     module.main(["--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])  # the run's own flags
@@ -60,16 +37,15 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch, module, ar
     assert epochs == [0, 1, 2]
 
 
-def test_search_split_is_saved_disjoint_and_kept_on_resume(tmp_path, monkeypatch):
-    preempt_after_first_epoch(monkeypatch)
+def test_search_split_is_saved_disjoint_and_kept_on_resume(tmp_path):
     with pytest.raises(Preempted):
-        train_autodeeplab.main(SEARCH + ["--out-dir", str(tmp_path / "run"), "--seed", "7"])
-    monkeypatch.undo()
+        train_autodeeplab.main(TINY_SEARCH + ["--out-dir", str(tmp_path / "run"), "--seed", "7"],
+                               hooks=[PreemptBeforeEpoch(1)])
     checkpoint = tmp_path / "run" / "checkpoint.pth.tar"
     split = load_checkpoint(checkpoint)["split"]
     assert not set(split["a"]) & set(split["b"]) and sorted(split["a"] + split["b"]) == list(range(12))
     with pytest.raises(UserError, match=r"--seed 8 \(checkpoint has 7\)"):
-        train_autodeeplab.main(SEARCH + ["--resume", str(checkpoint), "--seed", "8"])
-    train_autodeeplab.main(SEARCH + ["--resume", str(checkpoint), "--workers", "1"])
+        train_autodeeplab.main(TINY_SEARCH + ["--resume", str(checkpoint), "--seed", "8"])
+    train_autodeeplab.main(TINY_SEARCH + ["--resume", str(checkpoint), "--workers", "1"])
     assert load_checkpoint(checkpoint)["split"] == split
     assert load_checkpoint(checkpoint)["args"]["seed"] == 7

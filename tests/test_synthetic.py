@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from dataloaders.synthetic import ShapeSpec, SyntheticShapes, paint, shape_mask
+from dataloaders.datasets.synthetic import ShapeSpec, SyntheticShapes, paint, shape_mask
 from utils.errors import UserError
 
 

@@ -27,14 +27,20 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, file)
 
 
-def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, stage: str | None = None, system: str | None = None) -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint``; every failure is one readable UserError.
 
-    ``stage`` ("search" or "retrain") rejects a checkpoint written by the other stage script.
+    ``stage`` ("search" or "retrain") rejects a checkpoint written by the other stage script, ``system`` one of
+    another search system. A checkpoint without a ``system`` (written before there were several) is an
+    Auto-DeepLab one.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    kind = _foreign_file_kind(path)
+    if kind is not None:
+        raise UserError(f"{path}: is not a checkpoint ({kind}); expected a checkpoint.pth.tar or "
+                        "model_best.pth.tar written by this project")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -48,7 +54,55 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any
         raise UserError(f"{path}: not an autodeeplab checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     if stage is not None and state.get("stage") != stage:
         raise UserError(f"{path}: is a {state.get('stage')!r} checkpoint, expected a {stage!r} one")
+    state.setdefault("system", "autodeeplab")
+    if system is not None and state["system"] != system:
+        raise UserError(f"{path}: is a {state['system']} checkpoint, expected a {system} one")
     return state
+
+
+_FILE_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"{", "a JSON or text file"),
+                    (b"[", "a JSON or text file"))
+
+
+def _foreign_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is plainly no PyTorch file (torch writes a zip archive, or a pickle before
+    torch 1.6), else None."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None
+    for signature, kind in _FILE_SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    return "not a PyTorch file" if head else "an empty file"
+
+
+class Checkpointer:
+    """The state of a run, named once for saving and for restoring (detectron2's ``Checkpointer``).
+
+    ``header`` holds what describes the run (system, stage, arguments, classes, its data split...);
+    ``model`` and every object in ``stateful`` (optimizers, schedulers, loss scalers: anything with
+    ``state_dict``/``load_state_dict``) are saved under their keyword, with the RNG state.
+    """
+
+    def __init__(self, header: dict[str, Any], model: torch.nn.Module, **stateful: Any) -> None:
+        self.header = header
+        self.model = model
+        self.stateful = stateful
+
+    def state(self, **progress: Any) -> dict[str, Any]:
+        """Everything to save, plus ``progress`` (epoch, best score, partial epoch)."""
+        return {**self.header, "model": self.model.state_dict(),
+                **{key: obj.state_dict() for key, obj in self.stateful.items()}, "rng": rng_state(), **progress}
+
+    def restore(self, checkpoint: dict[str, Any], source: str) -> None:
+        """Load a checkpoint written from ``state`` into the model and every stateful object, and restore
+        the RNG; a model whose weights do not fit is one UserError naming ``source``."""
+        load_model_state(self.model, checkpoint["model"], source)
+        for key, obj in self.stateful.items():
+            obj.load_state_dict(checkpoint[key])
+        restore_rng_state(checkpoint["rng"])
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

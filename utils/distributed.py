@@ -21,6 +21,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from utils.errors import UserError
 
@@ -76,6 +77,34 @@ def per_process_batch(global_batch: int, context: DistributedContext) -> int:
         raise UserError(f"--batch_size {global_batch}: the global batch must split evenly over the "
                         f"{context.world_size} processes")
     return global_batch // context.world_size
+
+
+def check_batchnorm_batch(global_batch: int, context: DistributedContext, synchronized: bool, minimum: int,
+                          why: str) -> None:
+    """Refuse, before the run starts, a batch too small for the network's BatchNorm (``minimum`` images; ``why``
+    names the layer): per process, unless the statistics are synchronised over the processes."""
+    per_process = global_batch // context.world_size
+    if (global_batch if synchronized else per_process) >= minimum:
+        return
+    if not context.enabled:
+        raise UserError(f"--batch_size {global_batch}: training needs at least {minimum} images per step ({why})")
+    raise UserError(f"--batch_size {global_batch}: each of the {context.world_size} processes gets {per_process} "
+                    f"image(s), and {why} needs at least {minimum} per process unless its statistics are "
+                    f"synchronised (--sync_bn, which runs on CUDA only); use --batch_size "
+                    f"{minimum * context.world_size} or fewer processes")
+
+
+def wrap_ddp(model: nn.Module, context: DistributedContext, device: torch.device,
+             ignore: tuple[str, ...] = ()) -> nn.Module:
+    """``model`` under DistributedDataParallel when several processes run (else ``model`` itself). The root
+    parameters named in ``ignore`` (e.g. a search's architecture parameters, averaged by hand) are left out
+    of DDP's gradient averaging."""
+    if not context.enabled:
+        return model
+    if ignore:  # DDP matches root parameters both as "name" and as ".name" (module name "" + "." + name)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [prefix + name for name in ignore for prefix in ("", ".")])
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def all_reduce_mean(tensors: list[torch.Tensor], context: DistributedContext) -> None:

@@ -9,33 +9,42 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from utils.labels import IGNORE_INDEX
-from utils.distributed import DistributedContext, all_reduce_sum
+from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
+from utils.labels import IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix
 
+TENSORBOARD_EXAMPLES = 4  # validation images shown with their ground truth and prediction each validation
 PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finite on a confident mistake
 
 
 def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-            flip: bool = False) -> torch.Tensor:
+            flip: bool = False, resize: int | None = None) -> torch.Tensor:
     """Class probabilities [N, C, H, W] at the input size, averaged over ``scales`` (and mirrored inputs).
 
     Each scaled input is resized bilinearly, its logits resized back to the input size and
-    softmaxed; averaging probabilities (not logits) is DeepLab's multi-scale test.
+    softmaxed; averaging probabilities (not logits) is DeepLab's multi-scale test. ``resize`` first
+    brings the short side to that many pixels (the scales apply to that size); the probabilities still
+    come back at the input size, so scores are taken against the full-size labels.
     """
     height, width = images.shape[-2:]
+    base = (height, width)
+    if resize is not None:
+        factor = resize / min(height, width)
+        base = (max(1, round(height * factor)), max(1, round(width * factor)))
     total = None
     for scale in scales:
-        size = (max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale)))
+        size = (max(1, math.ceil(base[0] * scale)), max(1, math.ceil(base[1] * scale)))
         scaled = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear",
                                                                       align_corners=False)
         for mirrored in ((False, True) if flip else (False,)):
@@ -52,7 +61,7 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int, device: torch.device,
              scales: Sequence[float] = (1.0,), flip: bool = False, keep_examples: int = 0,
-             desc: str = "val", context: DistributedContext | None = None) -> dict[str, Any]:
+             desc: str = "val", context: DistributedContext | None = None, resize: int | None = None) -> dict[str, Any]:
     """Metrics of ``model`` on ``loader`` (see ``ConfusionMatrix.summary``) plus the mean loss and the
     confusion matrix; with ``keep_examples``, the first images with their ground truth and prediction
     (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode.
@@ -64,7 +73,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     context = context or DistributedContext()
     for images, masks in tqdm(loader, desc=desc, leave=False, disable=None if context.is_main else True):
         images, masks = images.to(device), masks.to(device)
-        probabilities = predict(model, images, scales, flip)
+        probabilities = predict(model, images, scales, flip, resize)
         log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
         total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
         batches += 1
@@ -81,6 +90,36 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     if keep_examples:
         summary["examples"] = examples
     return summary
+
+
+class SemanticValidation:
+    """An epoch's validation for the ``Validation`` hook: loss, mIoU, pixel accuracy and per-class IoU over
+    the whole split (each rank evaluates its shard and the counts are summed, so the scores are exact), and
+    on rank 0 the first images beside their ground truth and prediction in TensorBoard.
+
+    ``denormalize`` turns a network input back into a [3, H, W] picture in [0, 1] (the data pipeline's)."""
+
+    def __init__(self, model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int,
+                 device: torch.device, context: DistributedContext, palette: np.ndarray,
+                 denormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.model, self.loader, self.num_classes, self.device = model, loader, num_classes, device
+        self.context, self.palette, self.denormalize = context, palette, denormalize
+
+    def __call__(self, epoch: int, writer: SummaryWriter | None) -> dict[str, Any]:
+        broadcast_from_main(self.model, self.context)
+        val = evaluate(self.model, self.loader, self.num_classes, self.device, keep_examples=TENSORBOARD_EXAMPLES,
+                       context=self.context)
+        for index, (image, mask, prediction) in enumerate(val["examples"] if writer is not None else []):
+            panels = [self.denormalize(image)] + [
+                torch.from_numpy(colorize(m.numpy(), self.palette)).permute(2, 0, 1).float() / 255
+                for m in (mask, prediction)]
+            writer.add_image(f"val_examples/{index} (image | ground truth | prediction)", torch.cat(panels, dim=2),
+                             epoch)
+        return {"val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                "val_per_class_iou": val["per_class_iou"]}
+
+
+EVALUATORS: dict[str, type] = {"semantic": SemanticValidation}  # task -> an epoch's validation
 
 
 def report_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:

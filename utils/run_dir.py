@@ -1,12 +1,14 @@
 """Run directories: one per run, never overwriting an earlier one, self-describing.
 
-A run directory holds ``args.json`` (the exact arguments), ``versions.json`` (library versions),
-``log.txt``, ``metrics.jsonl`` (one JSON line per epoch), checkpoints, pictures and the
-TensorBoard events under ``tensorboard/``.
+A run directory holds ``args.json`` (the exact arguments, with the run's system and stage),
+``versions.json`` (library versions), ``log.txt``, ``metrics.jsonl`` (one JSON line per epoch),
+checkpoints, pictures and the TensorBoard events under ``tensorboard/``. ``RunDir`` is the one place
+that names them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import platform
@@ -22,6 +24,97 @@ import torch
 from utils.errors import UserError
 
 LOGGER_NAME = "autodeeplab"
+
+
+class RunDir:
+    """A run's folder and the name of every artefact in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def checkpoint(self) -> Path:
+        """The latest state, for --resume (written every epoch, and on a stop request)."""
+        return self.path / "checkpoint.pth.tar"
+
+    @property
+    def best(self) -> Path:
+        """The state of the epoch with the best validation score."""
+        return self.path / "model_best.pth.tar"
+
+    @property
+    def args(self) -> Path:
+        return self.path / "args.json"
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per epoch: losses, learning rate, validation scores."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def search_log(self) -> Path:
+        """One JSON line per search epoch (or candidate): what the search would decode at that point."""
+        return self.path / "architecture_history.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def architecture(self) -> Path:
+        return self.path / "architecture.json"
+
+    @property
+    def architecture_picture(self) -> Path:
+        return self.path / "architecture.png"
+
+    @property
+    def report(self) -> Path:
+        """The final per-class report of a retrained network on the validation split."""
+        return self.path / "report_val"
+
+    def curves(self, stage: str) -> Path:
+        return self.path / f"{stage}_curves.png"
+
+    def picture(self, name: str) -> Path:
+        return self.path / f"{name}.png"
+
+    def run_info(self) -> dict[str, Any]:
+        """``args.json`` as a dict ({} when missing or unreadable)."""
+        try:
+            return json.loads(self.args.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @classmethod
+    def latest(cls, root: str | Path, dataset: str, system: str, stage: str) -> RunDir | None:
+        """The newest run under ``root/dataset`` of this system and stage that holds a checkpoint.
+
+        Runs written before ``args.json`` named them are Auto-DeepLab runs; a search run among them is
+        known by its search log."""
+        def matches(run: RunDir) -> bool:
+            info = run.run_info()
+            if "stage" in info:
+                return info.get("system") == system and info["stage"] == stage
+            return system == "autodeeplab" and (stage == "search") == run.search_log.is_file()
+
+        runs = [RunDir(p) for p in Path(root, dataset).glob("*/experiment_*") if (p / "checkpoint.pth.tar").is_file()]
+        runs = sorted((run for run in runs if matches(run)), key=lambda run: run.checkpoint.stat().st_mtime)
+        return runs[-1] if runs else None
 
 
 def new_run_dir(out_dir: str | None, dataset: str, experiment: str, root: str = "run") -> Path:
@@ -96,3 +189,17 @@ def truncate_jsonl(path: Path, last_epoch: int) -> None:
     """Drop records after ``last_epoch`` (a resumed run rewrites the epochs it repeats)."""
     kept = [r for r in read_jsonl(path) if r.get("epoch", -1) <= last_epoch]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def open_run(args: argparse.Namespace, argv: list[str] | None, system: str,
+             stage: str) -> tuple[RunDir, logging.Logger]:
+    """The run directory (the resumed checkpoint's, or a new one) with its log and metadata.
+
+    Called once the inputs are known to be valid, so a run that cannot start leaves no directory.
+    """
+    run_dir = RunDir(Path(args.resume).resolve().parent if args.resume
+                     else new_run_dir(args.out_dir, args.dataset, args.checkname))
+    logger = setup_logging(run_dir.path)
+    write_run_metadata(run_dir.path, vars(args) | {"argv": sys.argv[1:] if argv is None else argv,
+                                                  "system": system, "stage": stage})
+    return run_dir, logger

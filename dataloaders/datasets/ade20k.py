@@ -58,6 +58,4 @@ INFO = register_dataset(DatasetInfo(
     splits=tuple(SPLIT_FOLDERS),
     # The paper's search recipe (Sec. 5.1: 40 epochs, α/β from epoch 20, batch 2, 321 crops). ADE20K image sizes
     # vary (some short sides are under 321), so the search resizes every short side to the crop size.
-    defaults={"search_epochs": 40, "alpha_epoch": 20, "search_batch_size": 2, "search_crop_size": 321, "resize": 321,
-              "retrain_epochs": 200, "retrain_batch_size": 8, "retrain_crop_size": 513},
 ))

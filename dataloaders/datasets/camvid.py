@@ -50,7 +50,5 @@ INFO = register_dataset(DatasetInfo(
     splits=SPLITS,
     # The paper's search recipe (Sec. 5.1: 40 epochs, α/β from epoch 20, batch 2, 321 crops) on the images at their
     # own 360x480 size; retraining crops 360, the full short side.
-    defaults={"search_epochs": 40, "alpha_epoch": 20, "search_batch_size": 2, "search_crop_size": 321, "resize": 360,
-              "retrain_epochs": 200, "retrain_batch_size": 8, "retrain_crop_size": 360},
     palette=camvid_palette,
 ))

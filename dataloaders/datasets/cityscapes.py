@@ -63,7 +63,5 @@ INFO = register_dataset(DatasetInfo(
     splits=("train", "val", "test"),
     # The paper's search (Sec. 5.1): 40 epochs, α/β from epoch 20, batch 2, 321 crops of the half-resolution
     # images. Retrain (Sec. 5.2): 769 crops, batch 8, 1.5M iterations (about 4000 epochs of 2975 images).
-    defaults={"search_epochs": 40, "alpha_epoch": 20, "search_batch_size": 2, "search_crop_size": 321, "resize": 512,
-              "retrain_epochs": 4000, "retrain_batch_size": 8, "retrain_crop_size": 769},
     palette=cityscapes_palette,
 ))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from config_utils.common import add_flag
+from utils.flags import add_flag
 from dataloaders.files import read_image
 from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
 from utils.atomic import atomic_path
@@ -275,7 +275,7 @@ def make_coco_source(split: str, args: argparse.Namespace) -> CocoSource:
 
 
 def add_coco_arguments(group: argparse._ArgumentGroup) -> None:
-    add_flag(group, "coco_all_classes", action="store_true",
+    add_flag(group, "coco_all_classes", action="store_true", locked=True,
              help="train on all 80 COCO thing categories (81 classes with background) instead of the 20 "
                   "PASCAL VOC ones (21 classes)")
 
@@ -288,7 +288,5 @@ INFO = register_dataset(DatasetInfo(
     make_source=make_coco_source,
     layout=LAYOUT,
     splits=SPLITS,
-    defaults={"search_epochs": 30, "alpha_epoch": 15, "search_batch_size": 2, "search_crop_size": 321, "resize": 321,
-              "retrain_epochs": 30, "retrain_batch_size": 8, "retrain_crop_size": 513},
     add_arguments=add_coco_arguments,
 ))

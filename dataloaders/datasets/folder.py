@@ -95,6 +95,4 @@ INFO = register_dataset(DatasetInfo(
     make_source=make_folder_source,
     layout=LAYOUT,
     splits=("train", "val", "test"),
-    defaults={"search_epochs": 40, "alpha_epoch": 20, "search_batch_size": 2, "search_crop_size": 321, "resize": None,
-              "retrain_epochs": 200, "retrain_batch_size": 8, "retrain_crop_size": 513},
 ))

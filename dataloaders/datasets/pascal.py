@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from config_utils.common import add_flag
+from utils.flags import add_flag
 from dataloaders.files import FilePairSource, read_label_png
 from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
 from utils.errors import UserError
@@ -139,7 +139,7 @@ def make_pascal_source(split: str, args: argparse.Namespace) -> FilePairSource:
 
 
 def add_pascal_arguments(group: argparse._ArgumentGroup) -> None:
-    add_flag(group, "use_sbd", action="store_true",
+    add_flag(group, "use_sbd", action="store_true", locked=True,
              help="train on trainaug: VOC train plus the SBD annotations, minus VOC val (10,582 images)")
     add_flag(group, "sbd_root", default=None,
              help=f"SBD's {SBD_FOLDER} folder (default: ${SBD_ROOT_VARIABLE}, else <data root>/{SBD_FOLDER})")
@@ -154,7 +154,5 @@ INFO = register_dataset(DatasetInfo(
     # The paper searches on Cityscapes only; the search here follows the public implementations' VOC runs
     # (batch 2, 321 crops of images resized to a 321 short side) with α/β from epoch 20 of 50. Retrain: the
     # paper's VOC crop of 513 with batch 8.
-    defaults={"search_epochs": 50, "alpha_epoch": 20, "search_batch_size": 2, "search_crop_size": 321, "resize": 321,
-              "retrain_epochs": 300, "retrain_batch_size": 8, "retrain_crop_size": 513},
     add_arguments=add_pascal_arguments,
 ))

@@ -1,4 +1,6 @@
-"""The searched architecture: candidate ops, the cell genotype, the network path, and its JSON file.
+"""The searched Auto-DeepLab architecture: candidate ops, the cell genotype and the network path.
+
+Its file is ``architecture.json`` (``modeling.architecture_file``), system ``autodeeplab``.
 
 Conventions used everywhere in the project:
 
@@ -12,11 +14,12 @@ Conventions used everywhere in the project:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from modeling.architecture_file import (architecture_from_json, architecture_to_json, load_architecture,
+                                        register_genotype, save_architecture)
 from modeling.autodeeplab.search_space import NUM_LEVELS, level_stride
 from utils.errors import UserError
 
@@ -30,8 +33,6 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_3x3",
     "dil_conv_5x5",
 )
-FORMAT_NAME = "autodeeplab-architecture"
-FORMAT_VERSION = 1
 PAPER_ARCHITECTURE_PATH = Path(__file__).resolve().parents[1] / "architectures" / "autodeeplab_paper.json"
 
 CellGenotype = tuple[tuple[tuple[int, str], ...], ...]
@@ -54,9 +55,12 @@ def blocks_reading(cell_input: int, steps: int) -> range:
     return range(max(cell_input - 1, 0), steps)
 
 
+@register_genotype
 @dataclass(frozen=True)
 class Architecture:
-    """A decoded architecture: one cell genotype shared by all layers and the network path."""
+    """A decoded Auto-DeepLab architecture: one cell genotype shared by all layers, and the network path."""
+
+    system: ClassVar[str] = "autodeeplab"
 
     network_path: tuple[int, ...]
     cell: CellGenotype
@@ -73,53 +77,60 @@ class Architecture:
     def steps(self) -> int:
         return len(self.cell)
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def genotype_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "search_space": {
-                "primitives": list(PRIMITIVES),
-                "num_layers": self.num_layers,
-                "num_levels": self.num_levels,
-                "strides": [level_stride(k) for k in range(self.num_levels)],
-                "steps": self.steps,
-                "network_path": "level of the cell at each layer; stride = 4 * 2**level",
-                "cell_inputs": "0 = H^{l-2} (cell two layers back), 1 = H^{l-1} (previous cell), "
-                "2+i = output of block i of the same cell (0-based)",
-                "cell_output": "concatenation of the last block_multiplier block outputs",
-            },
             "network_path": list(self.network_path),
             "network_strides": [level_stride(k) for k in self.network_path],
             "cell": [[[cell_input, op] for cell_input, op in block] for block in self.cell],
             "filter_multiplier": self.filter_multiplier,
             "block_multiplier": self.block_multiplier,
-            "source": self.source,
         }
 
+    def search_space_json(self) -> dict[str, Any]:
+        return {
+            "primitives": list(PRIMITIVES),
+            "num_layers": self.num_layers,
+            "num_levels": self.num_levels,
+            "strides": [level_stride(k) for k in range(self.num_levels)],
+            "steps": self.steps,
+            "network_path": "level of the cell at each layer; stride = 4 * 2**level",
+            "cell_inputs": "0 = H^{l-2} (cell two layers back), 1 = H^{l-1} (previous cell), "
+            "2+i = output of block i of the same cell (0-based)",
+            "cell_output": "concatenation of the last block_multiplier block outputs",
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The whole architecture file (``modeling.architecture_file``, format version 2)."""
+        return architecture_to_json(self)
+
+    def describe(self) -> str:
+        lines = [f"network path (levels): {list(self.network_path)}",
+                 f"network path (strides): {[level_stride(k) for k in self.network_path]}",
+                 "cell (inputs: 0 = H^{l-2}, 1 = H^{l-1}, 2+i = block i):"]
+        lines += [f"  block {b}: " + " + ".join(f"{op}(input {i})" for i, op in block)
+                  for b, block in enumerate(self.cell)]
+        return "\n".join(lines)
+
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        save_architecture(self, path)
 
     @classmethod
     def from_json_dict(cls, data: Any, origin: str = "architecture") -> Architecture:
-        return _parse_architecture(data, origin)
+        """An Auto-DeepLab architecture from a whole architecture file's JSON (version 1 or 2)."""
+        arch = architecture_from_json(data, origin)
+        if not isinstance(arch, cls):
+            raise UserError(f"{origin}: is a {arch.system} architecture, expected an Auto-DeepLab one")
+        return arch
 
     @classmethod
     def load(cls, path: str | Path) -> Architecture:
         """Read an ``architecture.json`` file, or the one inside a run directory."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "architecture.json"
-        if not path.is_file():
-            raise UserError(f"{path}: architecture file not found (expected an architecture.json "
-                            "written by decode_autodeeplab.py, or a directory holding one)")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
-        return _parse_architecture(data, str(path))
+        return load_architecture(path, expected=cls)
+
+    @classmethod
+    def from_json(cls, genotype: Any, search_space: Any, source: dict[str, Any], origin: str,
+                  prefix: str = "") -> Architecture:
+        return _parse_architecture(genotype, search_space, source, origin, prefix)
 
 
 def paper_architecture(filter_multiplier: int = 20) -> Architecture:
@@ -129,18 +140,14 @@ def paper_architecture(filter_multiplier: int = 20) -> Architecture:
                         arch.num_levels, arch.source)
 
 
-def _parse_architecture(data: Any, origin: str) -> Architecture:
+def _parse_architecture(data: Any, space: Any, source: dict[str, Any], origin: str, prefix: str) -> Architecture:
     def fail(field_name: str, expected: str) -> UserError:
+        if not field_name.startswith("search_space"):
+            field_name = prefix + field_name
         return UserError(f"{origin}: field '{field_name}': {expected}")
 
     if not isinstance(data, dict):
-        raise UserError(f"{origin}: expected a JSON object at the top level")
-    if data.get("format") != FORMAT_NAME:
-        raise fail("format", f"expected '{FORMAT_NAME}', got {data.get('format')!r}")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise fail("format_version", f"expected {FORMAT_VERSION}, got {data.get('format_version')!r}")
-
-    space = data.get("search_space")
+        raise UserError(f"{origin}: field 'genotype': expected an object")
     if not isinstance(space, dict):
         raise fail("search_space", "expected an object describing the search space")
     if space.get("primitives") != list(PRIMITIVES):
@@ -195,7 +202,4 @@ def _parse_architecture(data: Any, origin: str) -> Architecture:
     bm = data.get("block_multiplier")
     if not isinstance(bm, int) or not 1 <= bm <= len(cell):
         raise fail("block_multiplier", f"expected an integer in 1..{len(cell)}, got {bm!r}")
-    source = data.get("source", {})
-    if not isinstance(source, dict):
-        raise fail("source", "expected an object")
     return Architecture(tuple(path), tuple(cell), fm, bm, num_levels, source)

@@ -21,8 +21,8 @@ from torch import nn
 
 from modeling.drop_path import drop_path
 from modeling.autodeeplab.genotype import Architecture, CellGenotype
-from modeling.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
-from modeling.autodeeplab.search_space import level_sizes, level_stride
+from modeling.heads import ASPP, DeepLabV3PlusDecoder, DeepLabV3PlusSegmentor, FeatureInfo, aspp_rates
+from modeling.autodeeplab.search_space import STEM_STRIDE, level_sizes, level_stride
 from modeling.autodeeplab.operations import OPS, ReLUConvBN, Stem
 
 STEM_WIDTHS = (64, 64, 128)
@@ -60,7 +60,7 @@ class RetrainCell(nn.Module):
         return output if isinstance(op, nn.Identity) else drop_path(output, self.drop_path_prob, self.training)
 
 
-class AutoDeepLab(nn.Module):
+class AutoDeepLab(DeepLabV3PlusSegmentor):
     """A searched architecture as a segmentation network (Auto-DeepLab-S/M/L at F = 20/32/48)."""
 
     def __init__(self, arch: Architecture, num_classes: int, filter_multiplier: int | None = None):
@@ -84,8 +84,9 @@ class AutoDeepLab(nn.Module):
         output_stride = level_stride(arch.network_path[-1])
         self.aspp = ASPP(prev_channels, ASPP_CHANNELS, aspp_rates(output_stride, 3), dropout=0.1)
         self.decoder = DeepLabV3PlusDecoder(low_level_channels, ASPP_CHANNELS, num_classes)
+        self.feature_info = (FeatureInfo(low_level_channels, STEM_STRIDE), FeatureInfo(prev_channels, output_stride))
 
-    def backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(stride-4 low-level feature, last cell output after the final ReLU)."""
         prev_prev, prev = self.stem(x)
         sizes = level_sizes(tuple(prev.shape[-2:]), self.arch.num_levels)
@@ -102,8 +103,3 @@ class AutoDeepLab(nn.Module):
             raise ValueError(f"drop-path probability must be in [0, 1), got {probability}")
         for cell in self.cells:
             cell.drop_path_prob = probability
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low_level, features = self.backbone(x)
-        logits = self.decoder(self.aspp(features), low_level)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

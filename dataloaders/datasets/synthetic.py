@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from config_utils.common import add_flag, non_negative_int, positive_int
+from utils.flags import add_flag, non_negative_int, positive_int
 from dataloaders.registry import DatasetInfo, register_dataset, resolve_num_classes
 from utils.errors import UserError
 
@@ -246,11 +246,11 @@ class SyntheticShapes:
 def add_synthetic_arguments(group: argparse._ArgumentGroup) -> None:
     add_flag(group, "synthetic_size", type=positive_int, default=96,
              help="image side in pixels (default: %(default)s)")
-    add_flag(group, "synthetic_train_samples", type=positive_int, default=400,
+    add_flag(group, "synthetic_train_samples", type=positive_int, default=400, locked=True,
              help="training images (default: %(default)s)")
     add_flag(group, "synthetic_val_samples", type=positive_int, default=100,
              help="validation images (default: %(default)s)")
-    add_flag(group, "synthetic_seed", type=non_negative_int, default=0,
+    add_flag(group, "synthetic_seed", type=non_negative_int, default=0, locked=True,
              help="seed of the generated images (default: %(default)s)")
 
 
@@ -265,7 +265,5 @@ register_dataset(DatasetInfo(
     default_num_classes=4,  # background, disk, ring, cross: learnable in minutes on CPU
     make_source=make_synthetic_source,
     splits=("train", "val", "test"),
-    defaults={"search_epochs": 8, "alpha_epoch": 4, "retrain_epochs": 6, "crop_size": 64, "resize": None,
-              "batch_size": 8},
     add_arguments=add_synthetic_arguments,
 ))

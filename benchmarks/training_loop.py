@@ -1,0 +1,65 @@
+"""Benchmark of the stage scripts' training loop: seconds per step of a search and of a retrain, end to end.
+
+Runs ``train_autodeeplab.py`` and ``train_new_model.py`` on the synthetic dataset in fresh processes, as a
+user would, and prints per stage the median seconds per training step over the epochs after the first
+(each epoch's ``epoch_seconds`` from ``metrics.jsonl``, which excludes validation), and the whole run's
+wall time. The flags are plain CLI flags, so the same command measures any earlier commit too.
+
+    python benchmarks/training_loop.py --epochs 4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["--dataset", "synthetic", "--synthetic_train_samples", "64", "--synthetic_val_samples", "4",
+        "--synthetic_size", "64", "--crop_size", "64", "--batch_size", "4"]
+STAGES = {
+    # 32 trainA images at batch 4: 8 steps an epoch, each a weight step and an architecture step
+    "search": ("train_autodeeplab.py", DATA + ["--filter_multiplier", "4", "--num_layers", "6", "--alpha_epoch", "0"],
+               8),
+    "retrain": ("train_new_model.py", DATA + ["--filter_multiplier", "8"], 16),
+}
+
+
+def measure(stage: str, epochs: int, threads: int) -> dict:
+    script, args, steps_per_epoch = STAGES[stage]
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder) / "run"
+        env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / script), *args, "--epochs", str(epochs), "--out-dir",
+                        str(run_dir)], cwd=ROOT, env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_step = [record["epoch_seconds"] / steps_per_epoch for record in records[1:]]
+    return {"stage": stage, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "threads": threads,
+            "step_s": round(statistics.median(per_step), 4), "wall_s": round(wall, 1)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per stage (the first is not measured)")
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first epoch is not measured)")
+    results = [measure(stage, args.epochs, args.threads) for stage in args.stages]
+    for result in results:
+        print(json.dumps(result) if args.json else "  ".join(f"{key} {value}" for key, value in result.items()))
+    return results
+
+
+if __name__ == "__main__":
+    main()

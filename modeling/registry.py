@@ -1,0 +1,90 @@
+"""The registry of trainable networks (timm's ``register_model``, detectron2's ``META_ARCH_REGISTRY``).
+
+Each entry says how to build the network from a retrain run's arguments (and, for a searched network,
+the genotype of its architecture file), how to describe it in one line, and what its ONNX export
+records about it. ``modeling/__init__.py`` imports every module that registers one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modeling.architecture_file import Genotype, architecture_from_json
+from utils.checkpoint import load_checkpoint, load_model_state
+from utils.errors import UserError
+from utils.registry import Registry
+
+ModelArgs = dict[str, Any]  # a retrain run's arguments (args.json / the checkpoint's "args")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build, describe and export one kind of network.
+
+    ``genotype_system`` names the search system whose architecture files the network is built from (None:
+    a hand-designed network). ``build(args, genotype, backbone_weights)`` takes a local weights file for the
+    pretrained part, if the network has one (only when training starts; a checkpoint's weights replace it).
+    """
+
+    name: str
+    build: Callable[[ModelArgs, Genotype | None, str | None], nn.Module]
+    describe: Callable[[ModelArgs, Genotype | None], str]
+    export_metadata: Callable[[ModelArgs, Genotype | None], dict[str, str]]
+    genotype_system: str | None = None
+    drop_path: bool = False  # supports scheduled drop-path (--drop_path_prob)
+    summary: Callable[[ModelArgs, Genotype, tuple[int, int]], str] | None = None  # the --summary table
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    return MODELS.register(spec.name, spec)
+
+
+def get_model(name: str) -> ModelSpec:
+    return MODELS.lookup(name, "--model")
+
+
+def model_for_system(system: str) -> ModelSpec:
+    """The network that retrains architectures of the search system ``system``."""
+    for spec in MODELS.values():
+        if spec.genotype_system == system:
+            return spec
+    raise UserError(f"no network is registered for {system} architectures")
+
+
+def checkpoint_model(checkpoint: dict[str, Any], source: str) -> tuple[ModelSpec, Genotype | None]:
+    """The kind of network a retrain checkpoint holds, and the genotype it was built from (if searched)."""
+    spec = get_model(checkpoint["args"].get("model") or "autodeeplab")
+    architecture = checkpoint.get("architecture")
+    genotype = architecture_from_json(architecture, f"{source} (architecture)") if architecture is not None else None
+    if (genotype.system if genotype is not None else None) != spec.genotype_system:
+        raise UserError(f"{source}: its architecture does not match its model {spec.name!r}")
+    return spec, genotype
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The network a retrain checkpoint holds (``model_best.pth.tar`` or ``checkpoint.pth.tar``), in
+    eval mode on ``device``, and the checkpoint itself."""
+    checkpoint = load_checkpoint(path, stage="retrain")
+    spec, genotype = checkpoint_model(checkpoint, str(path))
+    model = spec.build(checkpoint["args"], genotype, None)
+    load_model_state(model, checkpoint["model"], str(path))
+    return model.to(device).eval(), checkpoint
+
+
+def checkpoint_classes(checkpoint: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """Class names and colours saved with a trained network, so outputs need no dataset on disk."""
+    classes = checkpoint.get("classes")
+    if classes is None:
+        raise UserError("the checkpoint holds no class names and colours (written before they were saved); "
+                        "retrain it with this version")
+    return list(classes["names"]), np.asarray(classes["palette"], dtype=np.uint8)

@@ -1,0 +1,52 @@
+"""The registry of search systems: what the stage scripts need to know of each.
+
+A system registers its genotype class (what its ``architecture.json`` holds), its search (the stage
+run: ``train_autodeeplab.py`` runs the Auto-DeepLab one), how a search checkpoint is decoded into an
+architecture, and how that architecture is drawn. ``search/__init__.py`` imports every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from modeling.architecture_file import Genotype
+from utils.distributed import DistributedContext
+from utils.registry import Registry
+from utils.run_dir import RunDir
+from utils.trainer import Hook
+
+Search = Callable[[argparse.Namespace, "dict[str, Any] | None", DistributedContext, "list[str] | None",
+                   Sequence[Hook]], "RunDir | None"]
+
+
+@dataclass(frozen=True)
+class SearchSystem:
+    """``search(args, resumed checkpoint, context, argv, extra hooks)`` runs the search stage and returns rank
+    0's run directory; ``decode(checkpoint, path)`` derives the architecture a search checkpoint holds;
+    ``draw(genotype)`` pictures it."""
+
+    name: str
+    genotype: type
+    search: Search
+    decode: Callable[[dict[str, Any], Path], Genotype]
+    draw: Callable[[Genotype], Figure]
+
+
+SYSTEMS: Registry[SearchSystem] = Registry("search system")
+
+
+def register_system(system: SearchSystem) -> SearchSystem:
+    if getattr(system.genotype, "system", None) != system.name:
+        raise ValueError(f"search system {system.name!r}: its genotype class names system "
+                         f"{getattr(system.genotype, 'system', None)!r}")
+    return SYSTEMS.register(system.name, system)
+
+
+def get_system(name: str, origin: str) -> SearchSystem:
+    return SYSTEMS.lookup(name, origin)
