@@ -55,7 +55,8 @@ def test_search_decode_retrain_end_to_end(tmp_path):
                  "--epochs", "1", "--out-dir", str(retrain_dir))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain_dir / "checkpoint.pth.tar", stage="retrain")
-    assert state["architecture"]["network_path"] == list(arch.network_path)
+    assert state["system"] == "autodeeplab" and state["architecture"]["system"] == "autodeeplab"
+    assert state["architecture"]["genotype"]["network_path"] == list(arch.network_path)
     record = json.loads((retrain_dir / "metrics.jsonl").read_text())
     assert 0.0 <= record["val_miou"] <= 1.0
     assert len(record["val_per_class_iou"]) == get_dataset_info("synthetic").default_num_classes
