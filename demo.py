@@ -17,7 +17,7 @@ import decode_autodeeplab
 import train_autodeeplab
 import train_new_model
 from utils.cli import run_cli
-from utils.run_dir import new_run_dir, read_jsonl
+from utils.run_dir import RunDir, new_run_dir, read_jsonl
 
 # The demo searches a 4-layer version of the space: the full 12-layer supernet takes ~5 s a step
 # here, too slow for α and β to move in minutes, and a 12-cell network trained from scratch learns
@@ -40,30 +40,29 @@ def main() -> None:
     args = parser.parse_args()
     out = new_run_dir(args.out_dir, "synthetic", "demo")
     started = time.time()
-    search_args = SEARCH + ["--out-dir", str(out / "search")]
+    search, retrain = RunDir(out / "search"), RunDir(out / "retrain")
+    search_args = SEARCH + ["--out-dir", str(search)]
     print("1/3 search:  python train_autodeeplab.py " + " ".join(search_args), flush=True)
     train_autodeeplab.main(search_args)
-    decode_args = ["--resume", str(out / "search" / "checkpoint.pth.tar")]
+    decode_args = ["--resume", str(search.checkpoint)]
     print("2/3 decode:  python decode_autodeeplab.py " + " ".join(decode_args), flush=True)
     arch = decode_autodeeplab.main(decode_args)
-    retrain_args = RETRAIN + ["--saved_arch_path", str(out / "search" / "architecture.json"),
-                              "--out-dir", str(out / "retrain")]
+    retrain_args = RETRAIN + ["--saved_arch_path", str(search.architecture), "--out-dir", str(retrain)]
     print("3/3 retrain: python train_new_model.py " + " ".join(retrain_args), flush=True)
     train_new_model.main(retrain_args)
 
-    search_best = max(r.get("val_miou", 0.0) for r in read_jsonl(out / "search" / "metrics.jsonl"))
-    final = read_jsonl(out / "retrain" / "metrics.jsonl")[-1]
+    search_best = max(r.get("val_miou", 0.0) for r in read_jsonl(search.metrics))
+    final = read_jsonl(retrain.metrics)[-1]
     print(f"\nfound architecture:\n{arch.describe()}")
     print(f"\nsupernet best val mIoU {search_best:.4f}; retrained final val mIoU {final['val_miou']:.4f} "
           f"(pixel accuracy {final['val_pixel_accuracy']:.4f}); {time.time() - started:.0f} s in all")
     outputs = {
-        "search run": out / "search",
-        "search checkpoints": [out / "search" / "checkpoint.pth.tar", out / "search" / "model_best.pth.tar"],
-        "architecture": [out / "search" / "architecture.json", out / "search" / "architecture.png"],
-        "search pictures": [out / "search" / "alphas.png", out / "search" / "betas.png",
-                            out / "search" / "search_curves.png"],
-        "retrain checkpoints": [out / "retrain" / "checkpoint.pth.tar", out / "retrain" / "model_best.pth.tar"],
-        "retrain curves": out / "retrain" / "retrain_curves.png",
+        "search run": search.path,
+        "search checkpoints": [search.checkpoint, search.best],
+        "architecture": [search.architecture, search.architecture_picture],
+        "search pictures": [search.picture("alphas"), search.picture("betas"), search.curves("search")],
+        "retrain checkpoints": [retrain.checkpoint, retrain.best],
+        "retrain curves": retrain.curves("retrain"),
         "TensorBoard logs": f"tensorboard --logdir {out}",
     }
     print("\noutputs:")

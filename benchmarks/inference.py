@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
+from config_utils.common import add_device_flag  # noqa: E402
 from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
 from utils.cli import resolve_device, run_cli  # noqa: E402
 
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
              help=f"models to run, in this order (default: all of {', '.join(MODELS)})")
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
+    add_device_flag(parser)
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
     add_flag(parser, "single", choices=MODELS, default=None, help=argparse.SUPPRESS)  # one model, in this process
     return parser.parse_args(argv)

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config_utils.common import add_device_flag  # noqa: E402
 from utils.flags import Parser, add_flag, positive_int  # noqa: E402
 from config_utils.search_args import search_parser  # noqa: E402
 from modeling.autodeeplab.model_search import AutoDeepLabSearch  # noqa: E402
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "steps", type=positive_int, default=5, help="measured steps (the median is reported)")
     add_flag(parser, "warmup", type=int, default=1, help="unmeasured steps first")
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
-    add_flag(parser, "device", default="auto")
+    add_device_flag(parser)
     add_flag(parser, "checkpoint_cells", action="store_true", help="activation checkpointing of the cells")
     add_flag(parser, "partial_channels", type=positive_int, default=1, help="PC-DARTS partial channels K")
     add_flag(parser, "amp", default="off", choices=("off", "bf16", "fp16"),
