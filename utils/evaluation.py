@@ -23,6 +23,7 @@ from tqdm import tqdm
 from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from utils.labels import IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix
+from utils.registry import Registry
 
 TENSORBOARD_EXAMPLES = 4  # validation images shown with their ground truth and prediction each validation
 PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finite on a confident mistake
@@ -119,7 +120,8 @@ class SemanticValidation:
                 "val_per_class_iou": val["per_class_iou"]}
 
 
-EVALUATORS: dict[str, type] = {"semantic": SemanticValidation}  # task -> an epoch's validation
+EVALUATORS: Registry[type] = Registry("evaluator")  # task -> an epoch's validation (PQ for "panoptic" to come)
+EVALUATORS.register("semantic", SemanticValidation)
 
 
 def report_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:
