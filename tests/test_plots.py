@@ -1,13 +1,15 @@
 from collections import Counter
+from itertools import combinations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
+from matplotlib.path import Path
 from matplotlib.text import Annotation
 from PIL import Image
 
-from modeling.autodeeplab.genotype import PRIMITIVES, paper_architecture
+from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, paper_architecture
 from modeling.autodeeplab.plots import plot_alphas, plot_architecture, plot_betas
 from utils.plots import plot_curves, save_figure
 
@@ -200,6 +202,98 @@ def test_plot_architecture_arrows_join_the_right_nodes():
                        for block, pairs in enumerate(arch.cell) for cell_input, _ in pairs)
     expected.update((f"block {block}", "concat") for block in range(1, 6))  # block_multiplier 5
     assert arrows == expected
+
+
+# the cell the demo found (images/architecture.png): mostly skip_connect, so same-named labels
+# on neighbouring edges would be easy to misread
+DEMO_ARCHITECTURE = Architecture(
+    network_path=(0, 0, 0, 0),
+    cell=(((0, "skip_connect"), (1, "skip_connect")), ((1, "sep_conv_5x5"), (2, "skip_connect")),
+          ((2, "skip_connect"), (3, "dil_conv_5x5")), ((0, "sep_conv_3x3"), (1, "skip_connect")),
+          ((1, "skip_connect"), (2, "skip_connect"))),
+    filter_multiplier=4, block_multiplier=5)
+
+
+def _drawn_edges(cell_ax) -> list[tuple[str, str, list[Path]]]:
+    """(source name, target name, the arrow's outline in display pixels) for every arrow."""
+    nodes = {text.get_text(): np.array(text.get_position()) for text in cell_ax.texts
+             if not isinstance(text, Annotation) and text.get_text() not in PRIMITIVES}
+
+    def nearest_node(point):
+        return min(nodes, key=lambda name: np.linalg.norm(nodes[name] - np.array(point)))
+
+    edges = []
+    for arrow in cell_ax.texts:
+        if isinstance(arrow, Annotation):
+            patch = arrow.arrow_patch
+            outline = patch.get_transform().transform_path(patch.get_path())
+            pieces = [Path(piece) for piece in outline.to_polygons(closed_only=False)]
+            edges.append((nearest_node(arrow.xyann), nearest_node(arrow.xy), pieces))
+    return edges
+
+
+def _op_labels(cell_ax) -> list[tuple[str, Path]]:
+    """(op, the label's outline in display pixels): its drawn box, else its text extent."""
+    renderer = cell_ax.figure.canvas.get_renderer()
+    labels = []
+    for text in cell_ax.texts:
+        if isinstance(text, Annotation) or text.get_text() not in PRIMITIVES:
+            continue
+        box = text.get_bbox_patch()
+        if box is not None:
+            outline = box.get_transform().transform_path(box.get_path())
+        else:
+            extent = text.get_window_extent(renderer)
+            outline = Path([(extent.x0, extent.y0), (extent.x1, extent.y0), (extent.x1, extent.y1),
+                            (extent.x0, extent.y1), (extent.x0, extent.y0)], closed=True)
+        labels.append((text.get_text(), Path(outline.to_polygons()[0], closed=True)))
+    return labels
+
+
+@pytest.mark.parametrize("arch", [paper_architecture(), DEMO_ARCHITECTURE], ids=["paper", "demo"])
+def test_plot_architecture_each_op_label_touches_only_its_own_edge(arch):
+    fig = plot_architecture(arch)
+    fig.canvas.draw()
+    cell_ax = fig.axes[1]
+    names = ["$H^{l-2}$", "$H^{l-1}$", *(f"block {block + 1}" for block in range(arch.steps))]
+    op_of_edge = {(names[cell_input], names[block + 2]): op
+                  for block, pairs in enumerate(arch.cell) for cell_input, op in pairs}
+    edges = _drawn_edges(cell_ax)
+    labels = _op_labels(cell_ax)
+
+    labelled = []
+    for op, outline in labels:
+        touching = [(source, target) for source, target, pieces in edges
+                    if any(piece.intersects_path(outline, filled=True) for piece in pieces)]
+        # the label lies on exactly one arrow, and that arrow is an edge carrying this op
+        assert len(touching) == 1, f"label {op!r} is crossed by {len(touching)} edges: {touching}"
+        assert op_of_edge.get(touching[0]) == op, f"label {op!r} sits on edge {touching[0]}"
+        labelled.append(touching[0])
+    assert sorted(labelled) == sorted(op_of_edge)  # every op edge carries exactly one label
+    for (op_a, outline_a), (op_b, outline_b) in combinations(labels, 2):
+        assert not outline_a.intersects_path(outline_b, filled=True), \
+            f"labels {op_a!r} and {op_b!r} overlap"
+    nodes = _node_outlines(cell_ax)
+    for source, target, pieces in edges:
+        crossed = [name for name, outline in nodes.items() if name not in (source, target)
+                   and any(piece.intersects_path(outline, filled=True) for piece in pieces)]
+        assert not crossed, f"edge {source} -> {target} runs through {crossed}"
+
+
+def _node_outlines(cell_ax) -> dict[str, Path]:
+    """Each node's box in display pixels, by the name written in it."""
+    names = {text.get_text(): np.array(text.get_position()) for text in cell_ax.texts
+             if not isinstance(text, Annotation) and text.get_text() not in PRIMITIVES}
+    outlines = {}
+    for patch in cell_ax.patches:
+        extents = patch.get_extents()  # display pixels
+        centre = cell_ax.transData.inverted().transform(((extents.x0 + extents.x1) / 2,
+                                                         (extents.y0 + extents.y1) / 2))
+        name = min(names, key=lambda n: np.linalg.norm(names[n] - centre))
+        outline = patch.get_transform().transform_path(patch.get_path())
+        outlines[name] = Path(outline.to_polygons()[0], closed=True)
+    assert len(outlines) == len(names)
+    return outlines
 
 
 def test_plot_architecture_title_names_filters_and_strides():
