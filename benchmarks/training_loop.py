@@ -21,18 +21,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ["--dataset", "synthetic", "--synthetic_train_samples", "64", "--synthetic_val_samples", "4",
-        "--synthetic_size", "64", "--crop_size", "64", "--batch_size", "4"]
+BATCH = 4
+DATA = ["--dataset", "synthetic", "--synthetic_val_samples", "4", "--synthetic_size", "64", "--crop_size", "64",
+        "--batch_size", str(BATCH)]
+# script, its flags, and the share of the training images one epoch steps through (the search's trainA is half)
 STAGES = {
-    # 32 trainA images at batch 4: 8 steps an epoch, each a weight step and an architecture step
-    "search": ("train_autodeeplab.py", DATA + ["--filter_multiplier", "4", "--num_layers", "6", "--alpha_epoch", "0"],
-               8),
-    "retrain": ("train_new_model.py", DATA + ["--filter_multiplier", "8"], 16),
+    "search": ("train_autodeeplab.py", ["--filter_multiplier", "4", "--num_layers", "6", "--alpha_epoch", "0"], 0.5),
+    "retrain": ("train_new_model.py", ["--filter_multiplier", "8"], 1.0),
 }
 
 
-def measure(stage: str, epochs: int, threads: int) -> dict:
-    script, args, steps_per_epoch = STAGES[stage]
+def measure(stage: str, epochs: int, threads: int, samples: int) -> dict:
+    script, flags, share = STAGES[stage]
+    args = DATA + ["--synthetic_train_samples", str(samples)] + flags
+    steps_per_epoch = int(samples * share) // BATCH
     with tempfile.TemporaryDirectory() as folder:
         run_dir = Path(folder) / "run"
         env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -42,7 +44,8 @@ def measure(stage: str, epochs: int, threads: int) -> dict:
         wall = time.perf_counter() - started
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     per_step = [record["epoch_seconds"] / steps_per_epoch for record in records[1:]]
-    return {"stage": stage, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "threads": threads,
+    return {"stage": stage, "epochs": epochs, "samples": samples, "steps_per_epoch": steps_per_epoch,
+            "threads": threads,
             "step_s": round(statistics.median(per_step), 4), "wall_s": round(wall, 1)}
 
 
@@ -50,12 +53,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per stage (the first is not measured)")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--samples", type=int, default=64, help="synthetic training images (default: 64)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is not measured)")
-    results = [measure(stage, args.epochs, args.threads) for stage in args.stages]
+    if args.samples < 2 * BATCH:
+        parser.error(f"--samples must be at least {2 * BATCH} (one batch in each half of the search's split)")
+    results = [measure(stage, args.epochs, args.threads, args.samples) for stage in args.stages]
     for result in results:
         print(json.dumps(result) if args.json else "  ".join(f"{key} {value}" for key, value in result.items()))
     return results
