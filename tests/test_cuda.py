@@ -43,3 +43,14 @@ def test_two_gpus_with_sync_batchnorm_train_like_one(tmp_path, script, args, tol
     # choice of algorithms and dropout may differ. (Tolerances not yet calibrated on a GPU.)
     for two_epoch, one_epoch in zip(records(tmp_path / "two"), records(tmp_path / "one"), strict=True):
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=tolerance)
+
+
+@pytest.mark.slow
+@two_gpus
+def test_one_image_per_gpu_runs_with_synchronised_batchnorm(tmp_path):
+    """The public implementation's multi-GPU example: --batch_size 2 over 2 GPUs, one image each; the ASPP's
+    image-pooling BatchNorm sees both images through SyncBatchNorm (refused on CPU, where it cannot)."""
+    args = SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
+    launch(["torch.distributed.run", "--standalone"], "train_autodeeplab.py", args, tmp_path / "logs")
+    assert "2 process(es) of 1 images, SyncBatchNorm" in (tmp_path / "run" / "log.txt").read_text()
+    assert len(records(tmp_path / "run")) == 2

@@ -1,6 +1,5 @@
 """Multi-process training: the collective helpers under 2 gloo processes, and both stages under torchrun."""
 
-import json
 import os
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_fr
 from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.precision import PrecisionStep
+from utils.run_dir import RunDir, read_jsonl
 from utils.trainer import mean_over_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def free_port():
 
 
 def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(RunDir(run_dir).metrics)
 
 
 @pytest.mark.slow
@@ -253,7 +253,7 @@ def test_two_processes_train_like_one(tmp_path, script, args, launcher):
     for two_epoch, one_epoch in zip(two_records, one_records):
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], rel=0.2)
     if script == "train_autodeeplab.py":
-        history = [json.loads(line) for line in (tmp_path / "two" / "architecture_history.jsonl").read_text().splitlines()]
+        history = read_jsonl(RunDir(tmp_path / "two").search_log)
         # every architecture step passed the check that all ranks hold identical α and β
         assert len(history) == 2
     else:
