@@ -11,6 +11,7 @@ def decode_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="decode_autodeeplab.py",
                     description="Decode a search checkpoint into architecture.json (Viterbi network path and "
                                 "cell genotype) and architecture.png.")
+    parser.add_config_flag()
     add_flag(parser, "resume", default=None, metavar="CHECKPOINT",
              help="search checkpoint, or its run directory (default: the newest "
                   "run/<dataset>/*/experiment_*/checkpoint.pth.tar of a search)")

@@ -17,6 +17,7 @@ def retrain_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="train_new_model.py",
                     description="Train a searched architecture (architecture.json) from scratch as a "
                                 "segmentation network and evaluate it.")
+    parser.add_config_flag()
     add_dataset_arguments(parser)
     add_training_flags(parser, experiment="retrain")
     add_flag(parser, "model", default="autodeeplab", choices=sorted(MODELS), locked=True,

@@ -14,6 +14,7 @@ def search_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="train_autodeeplab.py",
                     description="Auto-DeepLab architecture search: bi-level optimisation of the supernet's "
                                 "weights (on trainA) and its α/β (on trainB).")
+    parser.add_config_flag()
     add_dataset_arguments(parser)
     add_training_flags(parser, experiment="search")
     add_flag(parser, "resize", type=positive_int, default=None,
