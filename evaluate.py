@@ -13,7 +13,7 @@ from pathlib import Path
 
 from config_utils.common import explicit_dests
 from config_utils.eval_args import eval_parser
-from dataloaders import (SegmentationDataset, check_split, get_dataset_info,
+from dataloaders import (SegmentationDataset, check_recorded_split, check_split, get_dataset_info,
                          resolve_num_classes, validation_loader)
 from dataloaders.registry import inherit_dataset_flags
 from dataloaders.transforms import eval_transform
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.split not in info.splits:
         raise UserError(f"--split {args.split}: dataset {args.dataset} has the splits {', '.join(info.splits)}")
     source = info.make_source(args.split, args)
+    if args.dataset == checkpoint["args"]["dataset"]:  # the data it trained on: the same split, or a clear refusal
+        check_recorded_split(checkpoint.get("data_split"), getattr(source, "data_split", None), args.ckpt)
     check_split(source, args.split, args)
     # Full-size images and labels: --resize shrinks only the network's input, and the scores are taken at the
     # labels' own size (as the official evaluations do).

@@ -21,7 +21,7 @@ from config_utils.common import explicit_dests, resumed_arguments
 from utils.flags import locked_dests
 from config_utils.recipes import fill_recipe_defaults
 from config_utils.retrain_args import retrain_parser
-from dataloaders import (SeededSampler, SegmentationDataset, make_loader, resolve_num_classes,
+from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, make_loader, resolve_num_classes,
                          training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, retrain_train_transform
 from modeling.architecture_file import Genotype, architecture_to_json, load_architecture, save_architecture
@@ -114,6 +114,7 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
     system = genotype.system if genotype is not None else None
     run_dir, logger = (open_run(args, argv, system or spec.name, "retrain") if context.is_main
                        else (None, logging.getLogger(LOGGER_NAME)))
+    keep_data_split(sources, resumed, run_dir, args.resume)
     if run_dir is not None and genotype is not None:
         save_architecture(genotype, run_dir.architecture)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=args.momentum,
@@ -126,6 +127,7 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
     precision = PrecisionStep(args.amp, device, dtype)
     checkpointer = Checkpointer(
         {"system": system, "stage": "retrain", "args": vars(args), "classes": sources.classes,
+         "data_split": sources.data_split,
          "architecture": architecture_to_json(genotype) if genotype is not None else None},
         model, optimizer=optimizer, scheduler=scheduler, scaler=precision)
     resume = resume_point(resumed, checkpointer, run_dir, "--resume", (run_dir.metrics,) if run_dir else ())

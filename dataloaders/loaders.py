@@ -8,8 +8,10 @@ transform's random draws with ``sample_seed``, so the augmentation of every samp
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataloaders.registry import SegmentationSource, check_mask_values, get_dataset_info, source_palette
 from dataloaders.transforms import seeded_rng
+from utils.atomic import atomic_path
 from utils.distributed import DistributedContext
 from utils.errors import UserError
+from utils.run_dir import RunDir
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -177,6 +181,37 @@ class TrainingSources:
     def classes(self) -> dict[str, list]:
         """What a checkpoint keeps, so evaluation and inference need no dataset on disk."""
         return {"names": list(self.val.class_names), "palette": self.palette.tolist()}
+
+    @property
+    def data_split(self) -> dict[str, list[str]] | None:
+        """The stems of each split when the dataset made the split itself (a flat folder), else None."""
+        return getattr(self.train, "data_split", None)
+
+
+def keep_data_split(sources: TrainingSources, resumed: dict[str, Any] | None, run_dir: RunDir | None,
+                    origin: str) -> None:
+    """A run that split its data itself keeps that split: checked against the resumed checkpoint's, and written
+    to the run directory's ``split.json`` (rank 0) for people and later stages to read."""
+    if resumed is not None:
+        check_recorded_split(resumed.get("data_split"), sources.data_split, origin)
+    if run_dir is not None and sources.data_split is not None:
+        with atomic_path(run_dir.data_split) as temporary:
+            Path(temporary).write_text(json.dumps(sources.data_split, indent=1) + "\n")
+
+
+def check_recorded_split(recorded: dict[str, list[str]] | None, current: dict[str, list[str]] | None,
+                         origin: str) -> None:
+    """Refuse data whose split differs from the one a run recorded (images added, removed or renamed since):
+    an image the run trained on must never be scored as validation."""
+    if recorded is None or recorded == current:
+        return
+    if current is None:
+        raise UserError(f"{origin}: the run split a flat folder itself, but the data now gives its own splits; "
+                        "use the data the run was trained on")
+    moved = sorted(set(recorded["train"]) & set(current.get("val", [])))
+    changed = moved or sorted(set(recorded["train"] + recorded["val"]) ^ set(current["train"] + current["val"]))
+    raise UserError(f"{origin}: the folder's images changed since the run split them into train and val "
+                    f"({len(changed)} image(s), e.g. {changed[0]!r}); restore them, or start a new run")
 
 
 def training_sources(args: argparse.Namespace, context: DistributedContext, crop_size: int | None = None,

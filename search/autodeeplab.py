@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from dataloaders import (SeededSampler, SegmentationDataset, make_loader, split_indices, training_sources,
-                         validation_loader)
+from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, make_loader, split_indices,
+                         training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, search_train_transform
 from modeling.autodeeplab.decoding import decode_architecture
 from modeling.autodeeplab.genotype import Architecture
@@ -84,6 +84,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     val_loader = validation_loader(val_set, args.workers, context)
     run_dir, logger = (open_run(args, argv, SYSTEM, "search") if context.is_main
                        else (None, logging.getLogger(LOGGER_NAME)))
+    keep_data_split(sources, resumed, run_dir, args.resume)
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
                               block_multiplier=args.block_multiplier, steps=args.steps,
@@ -96,6 +97,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     weight_precision, arch_precision = PrecisionStep(args.amp, device, dtype), PrecisionStep(args.amp, device, dtype)
     checkpointer = Checkpointer(
         {"system": SYSTEM, "stage": "search", "args": vars(args), "classes": sources.classes,
+         "data_split": sources.data_split,
          "split": {"a": list(split_a), "b": list(split_b)}},
         model, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer, scheduler=scheduler,
         weight_scaler=weight_precision, arch_scaler=arch_precision)

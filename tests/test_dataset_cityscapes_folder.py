@@ -1,6 +1,7 @@
 """Cityscapes and the custom folder dataset, read from fixture trees in their on-disk formats."""
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from config_utils.search_args import search_parser
 from dataloaders import get_dataset_info, resolve_num_classes, source_palette
 from dataloaders.datasets.cityscapes import TRAIN_CLASSES, VOID_IDS
+from dataloaders.datasets.folder import flat_split
 from utils.errors import UserError
 from dataloaders import check_split
 
@@ -195,3 +197,71 @@ def test_empty_split_is_refused_before_training(tmp_path):
     source = get_dataset_info("folder").make_source("val", args)
     with pytest.raises(UserError, match="the val split of folder is empty"):
         check_split(source, "val", args)
+
+
+# ---------------------------------------------------------------- flat folders split for you
+
+
+def make_flat_folder(root, stems):
+    """images/<stem>.png and masks/<stem>.png with no split lists or split folders, as users export them."""
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nthing\n")
+    for stem in stems:
+        Image.fromarray(random_image(rng, 36, 36)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(rng.integers(0, 2, (36, 36), dtype=np.uint8), mode="L").save(root / "masks" / f"{stem}.png")
+
+
+def test_a_flat_folder_is_split_by_seed_with_every_image_in_exactly_one_split(tmp_path):
+    stems = [f"img{i:02d}" for i in range(20)]
+    make_flat_folder(tmp_path, stems)
+
+    def split(*flags):
+        args = parse("folder", tmp_path, *flags)
+        train, val = (get_dataset_info("folder").make_source(name, args) for name in ("train", "val"))
+        assert train.data_split == val.data_split
+        return [p[0].stem for p in train.pairs], [p[0].stem for p in val.pairs]
+
+    train, val = split()
+    assert len(val) == 2 and sorted(train + val) == stems and not set(train) & set(val)  # 10% of 20
+    assert split() == (train, val)  # the same seed, the same split
+    assert split("--split_seed", "1")[1] != val
+    assert len(split("--val_fraction", "0.25")[1]) == 5
+    assert flat_split(["b", "a"], 0, 0.1, "x") == flat_split(["a", "b"], 0, 0.9, "x")  # one each, order-free
+    with pytest.raises(UserError, match="there is no test split"):
+        get_dataset_info("folder").make_source("test", parse("folder", tmp_path))
+    with pytest.raises(UserError, match=r"holds 1 image\(s\); splitting into train and val needs at least 2"):
+        flat_split(["a"], 0, 0.1, "folder: x")
+    with pytest.raises(SystemExit):
+        parse("folder", tmp_path, "--val_fraction", "1.5")
+
+
+@pytest.mark.slow
+def test_the_split_is_recorded_kept_on_resume_and_used_by_evaluate(tmp_path):
+    import evaluate as evaluate_script
+    import train_new_model
+    from tests.conftest import PreemptBeforeEpoch, Preempted
+    from utils.checkpoint import load_checkpoint
+
+    make_flat_folder(tmp_path / "data", [f"img{i:02d}" for i in range(10)])
+    flags = ["--dataset", "folder", "--data_root", str(tmp_path / "data"), "--batch_size", "2", "--crop_size", "32",
+             "--filter_multiplier", "2", "--epochs", "2", "--val_fraction", "0.2"]
+    with pytest.raises(Preempted):
+        train_new_model.main(flags + ["--out-dir", str(tmp_path / "run")], hooks=[PreemptBeforeEpoch(1)])
+    recorded = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(recorded["val"]) == 2 and load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")["data_split"] == recorded
+
+    (tmp_path / "data" / "images" / "img03.png").rename(tmp_path / "data" / "images" / "img99.png")
+    (tmp_path / "data" / "masks" / "img03.png").rename(tmp_path / "data" / "masks" / "img99.png")
+    with pytest.raises(UserError, match="the folder's images changed since the run split them"):
+        train_new_model.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
+    (tmp_path / "data" / "images" / "img99.png").rename(tmp_path / "data" / "images" / "img03.png")
+    (tmp_path / "data" / "masks" / "img99.png").rename(tmp_path / "data" / "masks" / "img03.png")
+    train_new_model.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
+
+    report = evaluate_script.main(["--ckpt", str(tmp_path / "run" / "model_best.pth.tar")])
+    assert json.loads((report / "metrics.json").read_text())["images"] == 2  # the recorded val images
+    (tmp_path / "data" / "images" / "img00.png").unlink()
+    with pytest.raises(UserError, match="changed since the run split them"):
+        evaluate_script.main(["--ckpt", str(tmp_path / "run" / "model_best.pth.tar")])

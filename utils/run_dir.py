@@ -71,6 +71,11 @@ class RunDir:
         return self.path / "architecture_history.jsonl"
 
     @property
+    def data_split(self) -> Path:
+        """The stems of each split, when the run split its data itself (a flat folder)."""
+        return self.path / "split.json"
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
