@@ -464,11 +464,77 @@ def test_unreadable_annotation_file(root):
         source(root)
 
 
-def test_renumbered_categories_are_refused(root):
+def test_a_file_with_other_category_names_uses_its_own_categories(root, autodeeplab_log):
     renamed = [(cid, "zebra" if cid == PERSON else name) for cid, name in COCO_CATEGORIES]
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(instances_file(TRAIN_IMAGES, renamed)))
-    with pytest.raises(UserError, match="category 1 is 'zebra', COCO's is 'person'"):
-        source(root)
+    src = source(root)
+    assert len(src.class_names) == 81 and src.class_names[1] == "zebra"  # background, then the 80 in id order
+    assert ("since its categories are not COCO 2017's (category 1 is 'zebra', COCO's is 'person')"
+            in autodeeplab_log.text)
+    with pytest.raises(UserError, match="--coco_all_classes applies to COCO 2017 files"):
+        source(root, "train", "--coco_all_classes")
+
+
+# A COCO-format export with categories of its own: ids with gaps, names not COCO's, a crowd, an image in a
+# sub-folder, and the images under a folder of the user's choosing.
+CUSTOM_CATEGORIES = ((3, "crack"), (7, "rust"), (8, "dent"))
+CUSTOM_CLASS = {3: 1, 7: 2, 8: 3}
+CUSTOM_TRAIN = (
+    (101, "site_a/panel_1.png", [(7, "polygon", box(0, 0, 30, 40), 0), (3, "compressed", disk(30, 40, 9), 0),
+                                 (8, "rle", box(36, 0, 48, 20), 1)]),  # the crowd: 255 where nothing else is
+    (102, "panel_2.png", [(8, "polygon", box(10, 10, 48, 64), 0), (3, "polygon", box(0, 0, 20, 30), 0)]),
+)
+CUSTOM_VAL = ((201, "val/panel_3.png", [(3, "polygon", box(0, 0, 40, 40), 0)]),)
+
+
+def make_custom_coco(root):
+    rng = np.random.default_rng(5)
+    (root / "coco" / "annotations").mkdir(parents=True)
+    pixels = {}
+    for split, images in (("train", CUSTOM_TRAIN), ("val", CUSTOM_VAL)):
+        for _, name, _ in images:
+            pixels[name] = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+            (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[name]).save(root / "photos" / name)
+        (root / "coco" / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps(instances_file(images, CUSTOM_CATEGORIES)))
+    return pixels
+
+
+def test_a_coco_format_export_with_its_own_categories_is_read_pixel_by_pixel(tmp_path, autodeeplab_log):
+    pixels = make_custom_coco(tmp_path)
+    args = parse(tmp_path / "coco", "--coco_image_root", str(tmp_path / "photos"))
+    assert resolve_num_classes(args) == 4
+    info = get_dataset_info("coco")
+    train, val = info.make_source("train", args), info.make_source("val", args)
+    assert train.class_names == ("background", "crack", "rust", "dent")
+    assert "its categories are not COCO 2017's (it has no category 5 ('airplane' in COCO))" in autodeeplab_log.text
+    assert image_ids(train) == [101, 102] and image_ids(val) == [201]
+    for index, (_, name, objects) in enumerate(CUSTOM_TRAIN):
+        image, mask = train.load(index)
+        np.testing.assert_array_equal(image, pixels[name])
+        np.testing.assert_array_equal(mask, expected_mask(objects, CUSTOM_CLASS))
+    assert (train.load(0)[1] == 255).any() and set(np.unique(train.load(1)[1])) == {0, 1, 3}
+    train.check(4)
+    assert cache_file(tmp_path / "coco", "train", "custom3").is_file()
+    with pytest.raises(UserError, match="--coco_image_root .*nowhere: not a folder"):
+        info.make_source("train", parse(tmp_path / "coco", "--coco_image_root", str(tmp_path / "nowhere")))
+
+
+def test_the_category_list_is_found_without_parsing_the_whole_file(tmp_path, monkeypatch):
+    content = instances_file(TRAIN_IMAGES, CUSTOM_CATEGORIES)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"categories": content["categories"], **content}))  # first, as exporters put it
+    monkeypatch.setattr(coco_module, "CATEGORY_SCAN_BYTES", 400)  # far smaller than the file
+    assert coco_module.read_categories(path) == dict(CUSTOM_CATEGORIES)
+    path.write_text(json.dumps(content))  # last, as COCO's own files do
+    assert coco_module.read_categories(path) == dict(CUSTOM_CATEGORIES)
+    middle = {"images": content["images"], "categories": content["categories"], "annotations": content["annotations"]}
+    path.write_text(json.dumps(middle))  # elsewhere: the whole file is read
+    assert coco_module.read_categories(path) == dict(CUSTOM_CATEGORIES)
+    path.write_text(json.dumps({"categories": [{"id": "3", "name": "crack"}]}))
+    with pytest.raises(UserError, match="'categories' must be a non-empty list"):
+        coco_module.read_categories(path)
 
 
 def test_all_classes_needs_the_80_categories(root):

@@ -1,14 +1,19 @@
-"""COCO 2017, its instance annotations rasterised into semantic masks as the public DeepLab ports do.
+"""COCO 2017, or any COCO-format instances file, its instance annotations rasterised into semantic masks as
+the public DeepLab ports do.
 
 ``<root>/annotations/instances_{train,val}2017.json`` with the images in ``<root>/{train,val}2017/``
-(the official archives) or ``<root>/images/{train,val}2017/`` (the layout the public DeepLab ports use).
+(the official archives) or ``<root>/images/{train,val}2017/`` (the layout the public DeepLab ports use),
+or under ``--coco_image_root`` at the path each image's ``file_name`` gives (sub-folders included).
 
-Classes: by default the 20 PASCAL VOC classes (``CAT_LIST``: the COCO category at position k is
-class k, every other category is background); with ``--coco_all_classes`` the 80 COCO thing
-categories in ascending id order as classes 1..80. Where objects overlap the first annotation
-wins. A crowd region (``iscrowd=1``) is an unlabelled mix of instances of its category, whose
-outlines nobody drew: its pixels are neither surely that class nor background, so where no
-ordinary object covers them they get the ignore label 255. Crowds of a category that is not
+Classes of a COCO 2017 file (one naming the 20 PASCAL VOC categories as COCO does): by default the 20
+VOC classes (``CAT_LIST``: the COCO category at position k is class k, every other category is
+background); with ``--coco_all_classes`` the 80 COCO thing categories in ascending id order as classes
+1..80. Any other file (what CVAT, Label Studio, Roboflow or labelme export): background plus the file's
+own categories in ascending id order, named as the file names them. The log says which and why.
+
+Where objects overlap the first annotation wins. A crowd region (``iscrowd=1``) is an unlabelled
+mix of instances of its category, whose outlines nobody drew: its pixels are neither surely that
+class nor background, so where no ordinary object covers them they get the ignore label 255. Crowds of a category that is not
 kept are background, like the category's objects.
 
 Images with at most ``MIN_LABELLED_PIXELS`` labelled pixels (not background, not ignore) are
@@ -24,6 +29,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,25 +88,85 @@ def load_annotations(annotation_file: Path) -> Any:
         raise UserError(f"{annotation_file}: not a readable COCO instances file ({error!r})") from None
 
 
-def category_classes(coco: Any, annotation_file: Path, all_classes: bool) -> tuple[dict[int, int], tuple[str, ...]]:
-    """COCO category id → class index for the kept categories, and the class names (background first).
+CATEGORY_SCAN_BYTES = 1 << 20  # where a file's "categories" list is looked for first: its first and last MiB
 
-    The VOC categories are checked by name where the file has them, so a COCO-format file that numbers
-    its categories differently fails here instead of training on wrong labels.
-    """
-    categories = {int(category["id"]): str(category["name"]) for category in coco.loadCats(coco.getCatIds())}
+
+def read_categories(annotation_file: Path) -> dict[int, str]:
+    """The file's categories (id → name), read without parsing its images and annotations where the list
+    stands in the file's first or last MiB (COCO's own files end with it; exporters put it first or last)."""
+    try:
+        size = annotation_file.stat().st_size
+        with open(annotation_file, "rb") as file:
+            chunks = [file.read(CATEGORY_SCAN_BYTES)]
+            if size > CATEGORY_SCAN_BYTES:
+                file.seek(max(CATEGORY_SCAN_BYTES, size - CATEGORY_SCAN_BYTES))
+                chunks.append(file.read())
+    except OSError as error:
+        raise UserError(f"{annotation_file}: cannot read it ({error})") from None
+    decoder = json.JSONDecoder()
+    for chunk in chunks:
+        text = chunk.decode("utf-8", errors="replace")
+        for match in re.finditer(r'"categories"\s*:\s*\[', text):
+            try:
+                return _category_names(decoder.raw_decode(text, match.end() - 1)[0], annotation_file)
+            except ValueError:
+                continue  # the list runs past the chunk
+    try:
+        data = json.loads(annotation_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{annotation_file}: not a readable COCO instances file ({error!r})") from None
+    return _category_names(data.get("categories") if isinstance(data, dict) else None, annotation_file)
+
+
+def _category_names(categories: Any, annotation_file: Path) -> dict[int, str]:
+    well_formed = isinstance(categories, list) and all(
+        isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in categories)
+    if not well_formed or not categories:
+        raise UserError(f"{annotation_file}: its 'categories' must be a non-empty list of {{\"id\": int, "
+                        "\"name\": str}} objects")
+    return {category["id"]: category["name"] for category in categories}
+
+
+def is_coco2017(categories: dict[int, str]) -> bool:
+    """Whether a file numbers its categories as COCO 2017 does: it names every VOC category by COCO's id."""
+    return all(categories.get(category_id) == coco_name for category_id, coco_name, _ in VOC_CATEGORIES)
+
+
+def count_classes_of(categories: dict[int, str], all_classes: bool) -> int:
+    if not is_coco2017(categories):
+        return 1 + len(categories)
+    return NUM_THING_CATEGORIES + 1 if all_classes else len(CAT_LIST)
+
+
+def category_classes(categories: dict[int, str], annotation_file: Path,
+                     all_classes: bool) -> tuple[dict[int, int], tuple[str, ...], str]:
+    """COCO category id → class index for the kept categories, the class names (background first), and the
+    tag of this mapping (``voc21``, ``all80`` or ``custom<N>``), saying in the log which and why."""
+    if not is_coco2017(categories):
+        if all_classes:
+            raise UserError(f"{annotation_file}: --coco_all_classes applies to COCO 2017 files; this file's categories "
+                            "are its own, and all of them are classes already: drop the flag")
+        ids = sorted(categories)
+        differs = next(((cid, categories.get(cid), name) for cid, name, _ in VOC_CATEGORIES
+                        if categories.get(cid) != name), None)
+        why = (f"category {differs[0]} is {differs[1]!r}, COCO's is {differs[2]!r}" if differs[1] is not None
+               else f"it has no category {differs[0]} ({differs[2]!r} in COCO)")
+        log.info(f"coco: {annotation_file.name}: classes are background and the file's {len(ids)} categories in id "
+                 f"order, since its categories are not COCO 2017's ({why})")
+        return ({category_id: index + 1 for index, category_id in enumerate(ids)},
+                ("background",) + tuple(categories[category_id] for category_id in ids), f"custom{len(ids)}")
+    log.info(f"coco: {annotation_file.name}: COCO 2017 categories: "
+             + ("all 80 thing categories (--coco_all_classes)" if all_classes
+                else "the 20 PASCAL VOC ones (--coco_all_classes for all 80)"))
     if all_classes:
         if len(categories) != NUM_THING_CATEGORIES:
             raise UserError(f"{annotation_file}: --coco_all_classes expects the {NUM_THING_CATEGORIES} COCO thing "
                             f"categories, the file has {len(categories)}")
         ids = sorted(categories)
         return ({category_id: index + 1 for index, category_id in enumerate(ids)},
-                ("background",) + tuple(categories[category_id] for category_id in ids))
-    for category_id, coco_name, _ in VOC_CATEGORIES:
-        if categories.get(category_id, coco_name) != coco_name:
-            raise UserError(f"{annotation_file}: category {category_id} is {categories[category_id]!r}, COCO's is "
-                            f"{coco_name!r}; this is not a COCO 2017 instances file")
-    return {category_id: index for index, category_id in enumerate(CAT_LIST) if index > 0}, VOC_CLASS_NAMES
+                ("background",) + tuple(categories[category_id] for category_id in ids), "all80")
+    return ({category_id: index for index, category_id in enumerate(CAT_LIST) if index > 0}, VOC_CLASS_NAMES,
+            "voc21")
 
 
 def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
@@ -145,8 +212,9 @@ def select_labelled_images(coco: Any, classes: dict[int, int], annotation_file: 
     return kept
 
 
-def _cache_key(annotation_file: Path, classes_tag: str) -> dict[str, Any]:
-    stat = annotation_file.stat()
+def _cache_key(annotation_file: Path, classes_tag: str, stat: os.stat_result) -> dict[str, Any]:
+    """What the id cache depends on; ``stat`` is taken before the file was read, so a file replaced while it was
+    being read leaves a cache that the next run finds stale."""
     return {"format": ID_CACHE_FORMAT, "version": ID_CACHE_VERSION, "annotation_file": annotation_file.name,
             "annotation_size": stat.st_size, "annotation_mtime_ns": stat.st_mtime_ns,
             "min_pixels": MIN_LABELLED_PIXELS, "classes": classes_tag}
@@ -244,8 +312,14 @@ class CocoSource:
             raise UserError(f"coco {self.split}: {len(missing)} image(s) missing: {shown}")
 
 
-def image_folder(root: Path, split: str) -> Path:
-    """``<root>/<split>2017`` (official archives) or ``<root>/images/<split>2017`` (DeepLab ports)."""
+def image_folder(root: Path, split: str, image_root: str | None) -> Path:
+    """``--coco_image_root`` when given, else ``<root>/<split>2017`` (official archives) or
+    ``<root>/images/<split>2017`` (DeepLab ports)."""
+    if image_root is not None:
+        folder = Path(image_root).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"--coco_image_root {folder}: not a folder")
+        return folder
     candidates = [root / f"{split}2017", root / "images" / f"{split}2017"]
     for folder in candidates:
         if folder.is_dir():
@@ -255,19 +329,25 @@ def image_folder(root: Path, split: str) -> Path:
 
 
 def count_coco_classes(args: argparse.Namespace) -> int:
-    """81 with --coco_all_classes (80 things and background), else the 21 VOC classes."""
-    return NUM_THING_CATEGORIES + 1 if args.coco_all_classes else len(CAT_LIST)
+    """For COCO 2017: 81 with --coco_all_classes (80 things and background), else the 21 VOC classes. For a file
+    with categories of its own: background and each of them (read from the train file)."""
+    annotation_file = dataset_root(INFO, args, [annotation_name("train")]) / annotation_name("train")
+    return count_classes_of(read_categories(annotation_file), args.coco_all_classes)
+
+
+def annotation_name(split: str) -> str:
+    return f"annotations/instances_{split}2017.json"
 
 
 def make_coco_source(split: str, args: argparse.Namespace) -> CocoSource:
-    classes_tag = "all80" if args.coco_all_classes else "voc21"
-    annotation_name = f"annotations/instances_{split}2017.json"
-    root = dataset_root(INFO, args, [annotation_name])
-    annotation_file = root / annotation_name
-    images = image_folder(root, split)
-    cache_key = _cache_key(annotation_file, classes_tag)
+    root = dataset_root(INFO, args, [annotation_name(split)])
+    annotation_file = root / annotation_name(split)
+    images = image_folder(root, split, args.coco_image_root)
+    before_reading = annotation_file.stat()
     coco = load_annotations(annotation_file)
-    classes, class_names = category_classes(coco, annotation_file, args.coco_all_classes)
+    categories = {int(category["id"]): str(category["name"]) for category in coco.loadCats(coco.getCatIds())}
+    classes, class_names, classes_tag = category_classes(categories, annotation_file, args.coco_all_classes)
+    cache_key = _cache_key(annotation_file, classes_tag, before_reading)
     image_ids = kept_image_ids(coco, classes, annotation_file, split, cache_key)
     if not image_ids:
         raise UserError(f"{annotation_file}: no image has more than {MIN_LABELLED_PIXELS} pixels of the kept classes")
@@ -277,7 +357,10 @@ def make_coco_source(split: str, args: argparse.Namespace) -> CocoSource:
 def add_coco_arguments(group: argparse._ArgumentGroup) -> None:
     add_flag(group, "coco_all_classes", action="store_true", locked=True,
              help="train on all 80 COCO thing categories (81 classes with background) instead of the 20 "
-                  "PASCAL VOC ones (21 classes)")
+                  "PASCAL VOC ones (21 classes); a file with categories of its own always uses all of them")
+    add_flag(group, "coco_image_root", default=None, metavar="DIR",
+             help="read each image at DIR/<its file_name> (for COCO-format exports whose images are not in "
+                  "{train,val}2017/)")
 
 
 INFO = register_dataset(DatasetInfo(
