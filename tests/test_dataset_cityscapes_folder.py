@@ -250,7 +250,8 @@ def test_the_split_is_recorded_kept_on_resume_and_used_by_evaluate(tmp_path):
     with pytest.raises(Preempted):
         train_new_model.main(flags + ["--out-dir", str(tmp_path / "run")], hooks=[PreemptBeforeEpoch(1)])
     recorded = json.loads((tmp_path / "run" / "split.json").read_text())
-    assert len(recorded["val"]) == 2 and load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")["data_split"] == recorded
+    assert len(recorded["val"]) == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")["data_split"] == recorded
 
     (tmp_path / "data" / "images" / "img03.png").rename(tmp_path / "data" / "images" / "img99.png")
     (tmp_path / "data" / "masks" / "img03.png").rename(tmp_path / "data" / "masks" / "img99.png")
