@@ -1,0 +1,66 @@
+"""The WACV 2020 decoder and its ops, built as the original builds them: the released architectures' exact
+parameter counts, per block and in total (shared/reference/nas-segm.md §3.3, §4, §8)."""
+
+import pytest
+import torch
+
+from modeling.nas_segm.encoder import WACV_TAPS, MobileNetV2Encoder
+from modeling.nas_segm.ops import OPS, ConcatReduce, ParamSum, SepConv
+from modeling.nas_segm.template_decoder import TemplateDecoder
+
+# [templates [op1, op2, aggregation], blocks [input1, input2, template, repeats - 1, log2 stride]], as released
+WACV_ARCH0 = [[[3, 0, 1], [4, 1, 1], [3, 1, 1]],
+              [[0, 1, 0, 0, 1], [2, 1, 2, 1, 0], [3, 1, 1, 1, 0], [1, 1, 2, 0, 0], [3, 0, 2, 0, 0], [5, 3, 2, 1, 0],
+               [0, 5, 0, 1, 0]]]
+WACV_ARCH1 = [[[1, 1, 0], [1, 3, 0], [3, 4, 0]],
+              [[1, 1, 0, 0, 0], [0, 1, 1, 1, 1], [3, 1, 2, 3, 0], [3, 0, 2, 2, 0], [0, 1, 2, 0, 0], [2, 1, 1, 3, 0],
+               [4, 0, 2, 2, 0]]]
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("genotype, blocks, pre_clf, total", [
+    (WACV_ARCH0, [20_160, 41_984, 52_096, 7_040, 16_784, 47_680, 12_400], 14_464, 280_147),
+    (WACV_ARCH1, [7_616, 21_256, 57_344, 38_528, 5_296, 19_712, 38_528], 12_416, 268_235),
+], ids=["arch0", "arch1"])
+def test_released_wacv_architectures_have_the_published_parameter_counts(genotype, blocks, pre_clf, total):
+    decoder = TemplateDecoder(genotype, [24, 32], num_classes=19)
+    assert [count(block) for block in decoder.blocks] == blocks
+    assert (count(decoder.pre_clf), count(decoder.conv_clf)) == (pre_clf, 10_963)
+    assert count(MobileNetV2Encoder(WACV_TAPS)) + count(decoder) == total
+
+
+@pytest.mark.parametrize("classes, agg, repeats, totals", [(11, 64, 2, (275_531, 263_619)),
+                                                          (19, 48, 1, (228_347, 198_587))],
+                         ids=["camvid", "search-settings"])
+def test_other_settings_match_the_original_counts(classes, agg, repeats, totals):
+    encoder = count(MobileNetV2Encoder(WACV_TAPS))
+    assert tuple(encoder + count(TemplateDecoder(g, [24, 32], classes, agg, repeats))
+                 for g in (WACV_ARCH0, WACV_ARCH1)) == totals
+
+
+def test_output_stride_and_collected_blocks():
+    encoder = MobileNetV2Encoder(WACV_TAPS).eval()
+    for genotype, collected in ((WACV_ARCH0, [4, 6, 7, 8]), (WACV_ARCH1, [5, 6, 7, 8])):
+        decoder = TemplateDecoder(genotype, [24, 32], 19).eval()
+        assert decoder.collected == collected  # arch0: b2, b4, b5, b6 (224 channels); arch1: b3..b6 (192)
+        with torch.no_grad():
+            assert decoder(encoder(torch.randn(1, 3, 128, 256))).shape == (1, 19, 32, 64)  # stride 4
+
+
+def test_op_formulas_by_hand():
+    # SepConv(Ci->Co, k, rep) = (Ci k^2 + Ci Co + 2 Co) + (rep - 1)(Co k^2 + Co^2 + 2 Co)
+    assert count(SepConv(32, 64, 3, 2, 1, 2)) == (32 * 9 + 32 * 64 + 128) + (64 * 9 + 64 * 64 + 128)
+    assert count(OPS["max_pool_3x3"](24, 48, 2, 2)) == 24 * 48 + 2 * 48
+    assert count(ConcatReduce(48, 64, 64, False)) == (48 * 64 + 128) + 4 * 64 + 2 * 64 * 64
+    assert count(ParamSum(48, 64, 64, False)) == (48 * 64 + 128) + 2 * 64
+    x = torch.randn(2, 8, 16, 16)
+    assert OPS["sep_conv_3x3"](8, 16, 2, 2)(x).shape == (2, 16, 4, 4)  # the stride in each of the 2 repeats
+    assert OPS["skip_connect"](8, 16, 2, 2)(x).shape == (2, 16, 16, 16)  # ignores the stride
+    assert OPS["global_average_pool"](8, 8, 2, 1)(x).shape == (2, 8, 16, 16)
+    psum = ParamSum(8, 8, 8, larger=True)
+    small = torch.randn(2, 8, 8, 8)
+    assert psum(x, small).shape == (2, 8, 16, 16) and ParamSum(8, 8, 8, larger=False)(x, small).shape[-1] == 8
+    assert torch.allclose(psum(x, x), 2 * x)  # a = b = 1 at the start
