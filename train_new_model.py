@@ -79,6 +79,8 @@ def network(args: argparse.Namespace, resumed: dict | None) -> tuple[ModelSpec, 
         return spec, None
     genotype = load_architecture(args.saved_arch_path)
     spec = model_for_system(genotype.system)
+    if args.drop_path_prob > 0 and not spec.drop_path:
+        raise UserError(f"--drop_path_prob: the {spec.name} network of {args.saved_arch_path} has no drop-path")
     args.model = spec.name
     return spec, genotype
 
