@@ -64,3 +64,22 @@ def test_op_formulas_by_hand():
     small = torch.randn(2, 8, 8, 8)
     assert psum(x, small).shape == (2, 8, 16, 16) and ParamSum(8, 8, 8, larger=False)(x, small).shape[-1] == 8
     assert torch.allclose(psum(x, x), 2 * x)  # a = b = 1 at the start
+
+
+CVPR_ARCH0 = [[8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]], [[3, 3], [3, 2], [3, 0]]]
+
+
+def test_the_released_cvpr_arch0_has_the_published_counts_and_output_stride():
+    from modeling.nas_segm.encoder import CVPR_TAPS
+    from modeling.nas_segm.micro_decoder import MicroDecoder
+
+    encoder = MobileNetV2Encoder(CVPR_TAPS).eval()
+    decoder = MicroDecoder(CVPR_ARCH0, [24, 32, 96, 320], num_classes=21).eval()
+    assert [count(adapt) for adapt in decoder.adapt] == [1_664, 2_176, 6_272, 20_608]
+    assert [count(cell) for cell in decoder.cells] == [253_952] * 3  # 2 x 122,752 cells + 8,448 to aggregate
+    assert count(decoder.cells[0].cells[0]) == 122_752
+    assert (count(decoder.pre_clf), count(decoder.conv_clf)) == (12_416, 12_117)
+    assert count(encoder) + count(decoder) == 2_629_909  # without the search's auxiliary classifiers
+    assert decoder.collected == [4, 5, 6] and decoder.cells[0].cells[0].loose_ends == [1, 4, 7, 10]
+    with torch.no_grad():
+        assert decoder(encoder(torch.randn(1, 3, 375, 500))).shape == (1, 21, 94, 125)  # stride 4, as released

@@ -14,7 +14,7 @@ from modeling.architecture_file import architecture_from_json, architecture_to_j
 from modeling.nas_segm.genotype import DecoderGenotype, released
 from modeling.registry import load_trained_model, model_for_system
 from tests.conftest import TINY_DATA
-from tests.test_nas_segm_decoder import WACV_ARCH0, WACV_ARCH1
+from tests.test_nas_segm_decoder import CVPR_ARCH0, WACV_ARCH0, WACV_ARCH1
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_released_architectures_ship_as_version_2_files():
+    cvpr = released("cvpr_arch0")
+    assert cvpr.genotype_json() == {"space": "cvpr", "config": CVPR_ARCH0}
+    assert architecture_from_json(architecture_to_json(cvpr)) == cvpr
     for name, config in (("wacv_arch0", WACV_ARCH0), ("wacv_arch1", WACV_ARCH1)):
         genotype = released(name)
         assert genotype.genotype_json() == {"space": "wacv", "config": config}
@@ -32,7 +35,8 @@ def test_the_released_architectures_ship_as_version_2_files():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda g: g.update(space="cvpr"), r"'genotype.space': expected 'wacv'"),
+    (lambda g: g.update(space="nasfpn"), r"'genotype.space': expected 'wacv' or 'cvpr'"),
+    (lambda g: g.update(space="cvpr"), r"'genotype.config\[0\]': expected \[op0, \[pos_a, pos_b, op_a, op_b\] x 3\]"),
     (lambda g: g["config"].pop(), r"'genotype.config': expected \[templates, structure\]"),
     (lambda g: g["config"][0].pop(), r"'genotype.config\[0\]': expected 3 templates"),
     (lambda g: g["config"][0][1].__setitem__(2, 2), r"'genotype.config\[0\]\[1\]': expected \[op1, op2, aggregation\]"),
@@ -48,15 +52,29 @@ def test_a_malformed_decoder_genotype_names_the_field(change, message):
         architecture_from_json(data, "arch.json")
 
 
-@pytest.mark.parametrize("name, total", [("wacv_arch0", 280_147), ("wacv_arch1", 268_235)])
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c[0][1].__setitem__(0, 3), r"'genotype.config\[0\]\[1\]': .*positions in 0..2"),
+    (lambda c: c[0][3].__setitem__(3, 11), r"'genotype.config\[0\]\[3\]': .*ops in 0..10"),
+    (lambda c: c[1][0].__setitem__(1, 4), r"'genotype.config\[1\]\[0\]': expected \[input1, input2\] with inputs in 0..3"),
+    (lambda c: c[1].pop(), r"'genotype.config\[1\]': expected 3 \[input1, input2\] pairs"),
+])
+def test_a_malformed_cvpr_genotype_names_the_field(change, message):
+    data = copy.deepcopy(architecture_to_json(released("cvpr_arch0")))
+    change(data["genotype"]["config"])
+    with pytest.raises(UserError, match=f"^arch.json: field {message}"):
+        architecture_from_json(data, "arch.json")
+
+
+@pytest.mark.parametrize("name, total", [("wacv_arch0", 280_147), ("wacv_arch1", 268_235), ("cvpr_arch0", 2_629_909)])
 def test_summary_prints_the_published_parameter_count(name, total):
     path = ROOT / "modeling" / "architectures" / f"nas_segm_{name}.json"
     result = subprocess.run([sys.executable, str(ROOT / "train_new_model.py"), "--saved_arch_path", str(path),
-                             "--dataset", "cityscapes", "--data_root", str(ROOT), "--num_classes", "19", "--summary"],
+                             "--num_classes", "21" if name.startswith("cvpr") else "19", "--summary"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(total)
-    assert "block 6" in result.stdout and "encoder (MobileNetV2)" in result.stdout
+    assert ("cell 2" if name.startswith("cvpr") else "block 6") in result.stdout
+    assert "encoder (MobileNetV2)" in result.stdout
 
 
 def test_a_released_decoder_retrains_and_loads_through_the_same_scripts(tmp_path):

@@ -1,7 +1,7 @@
 """A decoder found by the RL decoder search (system ``nas-segm``), as its ``architecture.json`` holds it.
 
-``genotype = {"space": "wacv", "config": [templates, structure]}`` with the original's config lists (see
-``template_decoder``). Only the WACV space is built so far; a CVPR-space file is refused in one line.
+``genotype = {"space": "wacv" | "cvpr", "config": ...}`` with the original's config lists: WACV
+``[templates, structure]`` (``template_decoder``), CVPR ``[cell, connections]`` (``micro_decoder``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modeling.architecture_file import load_architecture, register_genotype
-from modeling.nas_segm.ops import AGGREGATIONS, WACV_OPS
+from modeling.nas_segm.micro_decoder import NUM_LAYERS
+from modeling.nas_segm.ops import AGGREGATIONS, CVPR_OPS, WACV_OPS
 from modeling.nas_segm.template_decoder import NUM_BLOCKS
 from utils.errors import UserError
 
 NUM_TEMPLATES = 3
 MAX_REPEATS, MAX_LOG_STRIDE = 4, 1  # a block repeats its template 1..4 times, at stride 1 or 2
+NUM_CELLS, NUM_ENCODER_FEATURES = 3, 4  # CVPR: 3 merge cells over the encoder's 4 features
 AGGREGATION_NAMES = ("psum", "cat")
 RELEASED = Path(__file__).resolve().parents[1] / "architectures"
 
@@ -39,9 +41,16 @@ class DecoderGenotype:
         return self.config[1]
 
     def genotype_json(self) -> dict[str, Any]:
-        return {"space": self.space, "config": [[list(t) for t in self.templates], [list(b) for b in self.structure]]}
+        return {"space": self.space, "config": _as_lists(self.config)}
 
     def search_space_json(self) -> dict[str, Any]:
+        if self.space == "cvpr":
+            return {"space": "cvpr", "ops": list(CVPR_OPS), "cells": NUM_CELLS,
+                    "cell": "[op0, [pos_a, pos_b, op_a, op_b] x 3]: layer k reads positions 0..3k-1 of the cell's "
+                            "features",
+                    "connections": "[[input1, input2] x 3]: inputs 0..3 are the encoder's features at strides 4, "
+                                   "8, 16, 32; 4 + b is cell b's output",
+                    "encoder": "MobileNetV2 (the original's, with the t=1 expansion conv), features at strides 4-32"}
         return {"space": self.space, "ops": list(WACV_OPS), "aggregations": list(AGGREGATION_NAMES),
                 "templates": NUM_TEMPLATES, "blocks": NUM_BLOCKS,
                 "template": "[op1, op2, aggregation] (indices into ops and aggregations)",
@@ -51,6 +60,13 @@ class DecoderGenotype:
 
     def describe(self) -> str:
         lines = [f"nas-segm decoder ({self.space} space)"]
+        if self.space == "cvpr":
+            op0, *layers = self.config[0]
+            lines.append(f"  cell: layer 0 {CVPR_OPS[op0]}(x); " + "; ".join(
+                f"layer {k + 1} {CVPR_OPS[oa]}(f{pa}) + {CVPR_OPS[ob]}(f{pb})" for k, (pa, pb, oa, ob) in
+                enumerate(layers)))
+            lines += [f"  cell {b}: inputs {i1}, {i2}" for b, (i1, i2) in enumerate(self.config[1])]
+            return "\n".join(lines)
         lines += [f"  template {t}: {WACV_OPS[a]} + {WACV_OPS[b]} -> {AGGREGATION_NAMES[g]}"
                   for t, (a, b, g) in enumerate(self.templates)]
         lines += [f"  block {j}: inputs {i1}, {i2}, template {t}, {r + 1} repeat(s), stride {2**s}"
@@ -65,9 +81,11 @@ class DecoderGenotype:
 
         if not isinstance(genotype, dict):
             raise UserError(f"{origin}: field 'genotype': expected an object")
-        if genotype.get("space") != "wacv":
-            raise fail("space", f"expected 'wacv' (the only decoder space built so far), got {genotype.get('space')!r}")
+        if genotype.get("space") not in ("wacv", "cvpr"):
+            raise fail("space", f"expected 'wacv' or 'cvpr', got {genotype.get('space')!r}")
         config = genotype.get("config")
+        if genotype["space"] == "cvpr":
+            return cls("cvpr", _parse_cvpr(config, fail), source)
         if not (isinstance(config, list) and len(config) == 2):
             raise fail("config", "expected [templates, structure]")
         templates, structure = config
@@ -91,6 +109,36 @@ class DecoderGenotype:
         return cls("wacv", (tuple(tuple(t) for t in templates), tuple(tuple(b) for b in structure)), source)
 
 
+def _parse_cvpr(config: Any, fail: Any) -> tuple:
+    """``[cell, connections]`` of the CVPR space, checked field by field (positions as the CVPR-era controller
+    samples them: layer k reads any of the 3k features before it)."""
+    if not (isinstance(config, list) and len(config) == 2):
+        raise fail("config", "expected [cell, connections]")
+    cell, connections = config
+    if not (isinstance(cell, list) and len(cell) == NUM_LAYERS and isinstance(cell[0], int)
+            and 0 <= cell[0] < len(CVPR_OPS)):
+        raise fail("config[0]", f"expected [op0, [pos_a, pos_b, op_a, op_b] x {NUM_LAYERS - 1}] with op0 in "
+                                f"0..{len(CVPR_OPS) - 1}")
+    for k, layer in enumerate(cell[1:], start=1):
+        ranges = (3 * k, 3 * k, len(CVPR_OPS), len(CVPR_OPS))
+        if not (isinstance(layer, list) and len(layer) == 4
+                and all(isinstance(v, int) and 0 <= v < n for v, n in zip(layer, ranges))):
+            raise fail(f"config[0][{k}]", f"expected [pos_a, pos_b, op_a, op_b] with positions in 0..{3 * k - 1} "
+                                          f"and ops in 0..{len(CVPR_OPS) - 1}")
+    if not (isinstance(connections, list) and len(connections) == NUM_CELLS):
+        raise fail("config[1]", f"expected {NUM_CELLS} [input1, input2] pairs")
+    for b, pair in enumerate(connections):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(v, int) and 0 <= v < NUM_ENCODER_FEATURES + b for v in pair)):
+            raise fail(f"config[1][{b}]", f"expected [input1, input2] with inputs in 0..{NUM_ENCODER_FEATURES + b - 1}")
+    return (cell[0], *(tuple(layer) for layer in cell[1:])), tuple(tuple(pair) for pair in connections)
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
 def released(name: str) -> DecoderGenotype:
-    """A released architecture shipped with the project: ``wacv_arch0`` or ``wacv_arch1`` (Cityscapes)."""
+    """A released architecture shipped with the project: ``wacv_arch0``, ``wacv_arch1`` (Cityscapes) or
+    ``cvpr_arch0`` (PASCAL VOC)."""
     return load_architecture(RELEASED / f"nas_segm_{name}.json", expected=DecoderGenotype)

@@ -10,22 +10,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.architecture_file import architecture_to_json
-from modeling.nas_segm.encoder import WACV_TAPS, MobileNetV2Encoder
+from modeling.nas_segm.encoder import CVPR_TAPS, WACV_TAPS, MobileNetV2Encoder
 from modeling.nas_segm.genotype import DecoderGenotype
+from modeling.nas_segm.micro_decoder import MicroDecoder
 from modeling.nas_segm.template_decoder import RELEASED_AGG_SIZE, RELEASED_REPEATS, TemplateDecoder
 from modeling.registry import ModelSpec, register_model
 
 
 class DecoderSearchNetwork(nn.Module):
-    """Encoder and decoder at the released settings (aggregation width 64, separable convs repeated twice);
-    ``forward`` gives logits upsampled to the input size, as every network of the project does."""
+    """Encoder and decoder at the released settings (aggregation width 64, separable convs repeated twice, no
+    auxiliary heads); ``forward`` gives logits upsampled to the input size, as every network of the project
+    does."""
 
     def __init__(self, genotype: DecoderGenotype, num_classes: int, agg_size: int = RELEASED_AGG_SIZE,
                  sep_repeats: int = RELEASED_REPEATS) -> None:
         super().__init__()
-        self.encoder = MobileNetV2Encoder(WACV_TAPS)
-        self.decoder = TemplateDecoder(genotype.config, [info.channels for info in self.encoder.feature_info],
-                                       num_classes, agg_size, sep_repeats)
+        cvpr = genotype.space == "cvpr"
+        self.encoder = MobileNetV2Encoder(CVPR_TAPS if cvpr else WACV_TAPS)
+        decoder = MicroDecoder if cvpr else TemplateDecoder
+        self.decoder = decoder(genotype.config, [info.channels for info in self.encoder.feature_info], num_classes,
+                               agg_size, sep_repeats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.encoder(x))
@@ -36,7 +40,11 @@ def summary(model: DecoderSearchNetwork) -> str:
     """Parameters per component; the last line is the total as a plain integer."""
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     rows = [("encoder (MobileNetV2)", count(model.encoder))]
-    rows += [(f"block {j}", count(block)) for j, block in enumerate(model.decoder.blocks)]
+    if isinstance(model.decoder, MicroDecoder):
+        rows += [(f"adapt {i}", count(adapt)) for i, adapt in enumerate(model.decoder.adapt)]
+        rows += [(f"cell {b}", count(cell)) for b, cell in enumerate(model.decoder.cells)]
+    else:
+        rows += [(f"block {j}", count(block)) for j, block in enumerate(model.decoder.blocks)]
     rows += [("pre_clf", count(model.decoder.pre_clf)), ("conv_clf", count(model.decoder.conv_clf)),
              ("total", count(model))]
     width = max(len(name) for name, _ in rows)

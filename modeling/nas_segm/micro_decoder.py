@@ -1,0 +1,92 @@
+"""The CVPR 2019 decoder (``MicroDecoder``): cells built from one searched contextual cell, each merging two
+features of the encoder or of earlier cells, then a classifier on the cells nobody read.
+
+A genotype is ``[cell, connections]``: ``cell = [op0, [pos_a, pos_b, op_a, op_b] x 3]`` (ops index
+``CVPR_OPS``; layer k reads positions 0..3k-1 of the cell's features) and ``connections = [[in1, in2] x 3]``,
+where inputs 0..3 are the encoder's features at strides 4..32 and 4 + b is cell b's output
+(shared/reference/nas-segm.md §3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling.nas_segm.ops import CVPR_OPS, OPS, conv_bn_relu
+
+NUM_LAYERS = 4  # layer 0 is one op on the input; layers 1..3 each add two ops and their sum
+OUTPUTS = (1, 4, 7, 10)  # the features a layer ends in; those no later layer reads are summed
+
+
+class ContextualCell(nn.Module):
+    """One instance of the searched cell on ``channels`` channels (every op keeps them, at stride 1)."""
+
+    def __init__(self, cell: Sequence, channels: int, sep_repeats: int) -> None:
+        super().__init__()
+        op0, *layers = cell
+        self.ops = nn.ModuleList([OPS[CVPR_OPS[op0]](channels, channels, 1, sep_repeats)])
+        self.positions: list[tuple[int, int]] = []
+        for pos_a, pos_b, op_a, op_b in layers:
+            self.positions.append((pos_a, pos_b))
+            self.ops.extend(OPS[CVPR_OPS[op]](channels, channels, 1, sep_repeats) for op in (op_a, op_b))
+        read = {position for pair in self.positions for position in pair}
+        self.loose_ends = [index for index in OUTPUTS if index not in read]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x, self.ops[0](x)]
+        for layer, (pos_a, pos_b) in enumerate(self.positions):
+            a, b = self.ops[1 + 2 * layer](features[pos_a]), self.ops[2 + 2 * layer](features[pos_b])
+            features += [a, b, a + b]
+        return sum(features[index] for index in self.loose_ends)
+
+
+def _resize_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class MergeCell(nn.Module):
+    """Two instances of the cell (own weights), one on each input, then 1x1 projections, the smaller brought
+    to the larger size, and their sum."""
+
+    def __init__(self, cell: Sequence, channels: int, sep_repeats: int) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList([ContextualCell(cell, channels, sep_repeats) for _ in range(2)])
+        self.project = nn.ModuleList([conv_bn_relu(channels, channels) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = (project(cell(t)) for project, cell, t in zip(self.project, self.cells, (x, y)))
+        size = max(x.shape[-2:], y.shape[-2:])
+        return _resize_to(x, size) + _resize_to(y, size)
+
+
+class MicroDecoder(nn.Module):
+    """The decoder a CVPR genotype describes, on the encoder's four features (``in_channels``: 24, 32, 96 and
+    320 for MobileNetV2): every feature is projected to ``agg_size`` channels, the cells merge as the
+    connections say, and the cells nobody read are concatenated at the largest size and classified. The
+    auxiliary classifiers of the search are not built: the retrained network does without them."""
+
+    def __init__(self, genotype: Sequence, in_channels: Sequence[int], num_classes: int, agg_size: int = 64,
+                 sep_repeats: int = 2) -> None:
+        super().__init__()
+        cell, connections = genotype
+        self.adapt = nn.ModuleList([conv_bn_relu(channels, agg_size) for channels in in_channels])
+        self.cells = nn.ModuleList([MergeCell(cell, agg_size, sep_repeats) for _ in connections])
+        self.connections = [tuple(pair) for pair in connections]
+        collected: list[int] = []
+        for b, pair in enumerate(self.connections):
+            collected = [i for i in collected if i not in pair] + [len(in_channels) + b]
+        self.collected = collected
+        self.pre_clf = conv_bn_relu(agg_size * len(collected), agg_size)
+        self.conv_clf = nn.Conv2d(agg_size, num_classes, 3, padding=1, bias=True)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        outputs = [adapt(feature) for adapt, feature in zip(self.adapt, features)]
+        for cell, (first, second) in zip(self.cells, self.connections):
+            outputs.append(cell(outputs[first], outputs[second]))
+        kept = [outputs[i] for i in self.collected]
+        height = max(t.shape[2] for t in kept)
+        size = next(t.shape[-2:] for t in kept if t.shape[2] == height)
+        return self.conv_clf(self.pre_clf(F.relu(torch.cat([_resize_to(t, size) for t in kept], dim=1))))
