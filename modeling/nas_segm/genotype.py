@@ -92,20 +92,17 @@ class DecoderGenotype:
         if not (isinstance(templates, list) and len(templates) == NUM_TEMPLATES):
             raise fail("config[0]", f"expected {NUM_TEMPLATES} templates")
         for t, template in enumerate(templates):
-            ranges = (len(WACV_OPS), len(WACV_OPS), len(AGGREGATION_NAMES))
-            if not (isinstance(template, list) and len(template) == 3
-                    and all(isinstance(v, int) and 0 <= v < n for v, n in zip(template, ranges))):
+            if not _ints_below(template, (len(WACV_OPS), len(WACV_OPS), len(AGGREGATION_NAMES))):
                 raise fail(f"config[0][{t}]", f"expected [op1, op2, aggregation] with ops in 0..{len(WACV_OPS) - 1} "
                                               f"and an aggregation in 0..{len(AGGREGATION_NAMES) - 1}")
         if not (isinstance(structure, list) and len(structure) == NUM_BLOCKS):
             raise fail("config[1]", f"expected {NUM_BLOCKS} blocks")
         for j, block in enumerate(structure):
-            ranges = (2 + j, 2 + j, NUM_TEMPLATES, MAX_REPEATS, MAX_LOG_STRIDE + 1)
-            if not (isinstance(block, list) and len(block) == 5
-                    and all(isinstance(v, int) and 0 <= v < n for v, n in zip(block, ranges))):
-                raise fail(f"config[1][{j}]", f"expected [input1, input2, template, repeats - 1, log2 stride] with "
-                                              f"inputs in 0..{1 + j}, a template in 0..{NUM_TEMPLATES - 1}, repeats - 1 "
-                                              f"in 0..{MAX_REPEATS - 1} and log2 stride in 0..{MAX_LOG_STRIDE}")
+            if not _ints_below(block, (2 + j, 2 + j, NUM_TEMPLATES, MAX_REPEATS, MAX_LOG_STRIDE + 1)):
+                raise fail(f"config[1][{j}]",
+                           f"expected [input1, input2, template, repeats - 1, log2 stride] with inputs in 0..{1 + j}, "
+                           f"a template in 0..{NUM_TEMPLATES - 1}, repeats - 1 in 0..{MAX_REPEATS - 1} and log2 "
+                           f"stride in 0..{MAX_LOG_STRIDE}")
         return cls("wacv", (tuple(tuple(t) for t in templates), tuple(tuple(b) for b in structure)), source)
 
 
@@ -120,18 +117,22 @@ def _parse_cvpr(config: Any, fail: Any) -> tuple:
         raise fail("config[0]", f"expected [op0, [pos_a, pos_b, op_a, op_b] x {NUM_LAYERS - 1}] with op0 in "
                                 f"0..{len(CVPR_OPS) - 1}")
     for k, layer in enumerate(cell[1:], start=1):
-        ranges = (3 * k, 3 * k, len(CVPR_OPS), len(CVPR_OPS))
-        if not (isinstance(layer, list) and len(layer) == 4
-                and all(isinstance(v, int) and 0 <= v < n for v, n in zip(layer, ranges))):
+        if not _ints_below(layer, (3 * k, 3 * k, len(CVPR_OPS), len(CVPR_OPS))):
             raise fail(f"config[0][{k}]", f"expected [pos_a, pos_b, op_a, op_b] with positions in 0..{3 * k - 1} "
                                           f"and ops in 0..{len(CVPR_OPS) - 1}")
     if not (isinstance(connections, list) and len(connections) == NUM_CELLS):
         raise fail("config[1]", f"expected {NUM_CELLS} [input1, input2] pairs")
     for b, pair in enumerate(connections):
-        if not (isinstance(pair, list) and len(pair) == 2
-                and all(isinstance(v, int) and 0 <= v < NUM_ENCODER_FEATURES + b for v in pair)):
-            raise fail(f"config[1][{b}]", f"expected [input1, input2] with inputs in 0..{NUM_ENCODER_FEATURES + b - 1}")
+        if not _ints_below(pair, (NUM_ENCODER_FEATURES + b,) * 2):
+            raise fail(f"config[1][{b}]",
+                       f"expected [input1, input2] with inputs in 0..{NUM_ENCODER_FEATURES + b - 1}")
     return (cell[0], *(tuple(layer) for layer in cell[1:])), tuple(tuple(pair) for pair in connections)
+
+
+def _ints_below(value: Any, limits: tuple[int, ...]) -> bool:
+    """Whether ``value`` is a list of ``len(limits)`` integers, each in 0..limit-1."""
+    return (isinstance(value, list) and len(value) == len(limits)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v, n in zip(value, limits)))
 
 
 def _as_lists(value: Any) -> Any:
