@@ -53,7 +53,7 @@ def test_a_malformed_decoder_genotype_names_the_field(change, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c[0][1].__setitem__(0, 3), r"'genotype.config\[0\]\[1\]': .*positions in 0..2"),
+    (lambda c: c[0][1].__setitem__(0, 2), r"'genotype.config\[0\]\[1\]': .*positions in 0..1"),
     (lambda c: c[0][3].__setitem__(3, 11), r"'genotype.config\[0\]\[3\]': .*ops in 0..10"),
     (lambda c: c[1][0].__setitem__(1, 4),
      r"'genotype.config\[1\]\[0\]': expected \[input1, input2\] with inputs in 0..3"),

@@ -46,7 +46,7 @@ class DecoderGenotype:
     def search_space_json(self) -> dict[str, Any]:
         if self.space == "cvpr":
             return {"space": "cvpr", "ops": list(CVPR_OPS), "cells": NUM_CELLS,
-                    "cell": "[op0, [pos_a, pos_b, op_a, op_b] x 3]: layer k reads positions 0..3k-1 of the cell's "
+                    "cell": "[op0, [pos_a, pos_b, op_a, op_b] x 3]: layer k reads positions 0..3k-2 of the cell's "
                             "features",
                     "connections": "[[input1, input2] x 3]: inputs 0..3 are the encoder's features at strides 4, "
                                    "8, 16, 32; 4 + b is cell b's output",
@@ -108,7 +108,7 @@ class DecoderGenotype:
 
 def _parse_cvpr(config: Any, fail: Any) -> tuple:
     """``[cell, connections]`` of the CVPR space, checked field by field (positions as the CVPR-era controller
-    samples them: layer k reads any of the 3k features before it)."""
+    samples them: layer k reads any of the 3k - 1 features before it)."""
     if not (isinstance(config, list) and len(config) == 2):
         raise fail("config", "expected [cell, connections]")
     cell, connections = config
@@ -117,8 +117,8 @@ def _parse_cvpr(config: Any, fail: Any) -> tuple:
         raise fail("config[0]", f"expected [op0, [pos_a, pos_b, op_a, op_b] x {NUM_LAYERS - 1}] with op0 in "
                                 f"0..{len(CVPR_OPS) - 1}")
     for k, layer in enumerate(cell[1:], start=1):
-        if not _ints_below(layer, (3 * k, 3 * k, len(CVPR_OPS), len(CVPR_OPS))):
-            raise fail(f"config[0][{k}]", f"expected [pos_a, pos_b, op_a, op_b] with positions in 0..{3 * k - 1} "
+        if not _ints_below(layer, (3 * k - 1, 3 * k - 1, len(CVPR_OPS), len(CVPR_OPS))):
+            raise fail(f"config[0][{k}]", f"expected [pos_a, pos_b, op_a, op_b] with positions in 0..{3 * k - 2} "
                                           f"and ops in 0..{len(CVPR_OPS) - 1}")
     if not (isinstance(connections, list) and len(connections) == NUM_CELLS):
         raise fail("config[1]", f"expected {NUM_CELLS} [input1, input2] pairs")

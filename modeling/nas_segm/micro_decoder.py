@@ -2,7 +2,7 @@
 features of the encoder or of earlier cells, then a classifier on the cells nobody read.
 
 A genotype is ``[cell, connections]``: ``cell = [op0, [pos_a, pos_b, op_a, op_b] x 3]`` (ops index
-``CVPR_OPS``; layer k reads positions 0..3k-1 of the cell's features) and ``connections = [[in1, in2] x 3]``,
+``CVPR_OPS``; layer k reads positions 0..3k-2 of the cell's features) and ``connections = [[in1, in2] x 3]``,
 where inputs 0..3 are the encoder's features at strides 4..32 and 4 + b is cell b's output
 (shared/reference/nas-segm.md §3.2).
 """
