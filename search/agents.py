@@ -1,0 +1,100 @@
+"""How the decoder search's controller learns from rewards: PPO (the original's default) and REINFORCE with a
+moving-average baseline (shared/reference/nas-segm.md §2.4, §2.5).
+
+Both keep a baseline, an exponential moving average of the rewards (decay 0.95, starting at the first
+reward), and take Adam steps (lr 1e-4) with the gradient norm clipped to 2. Every piece of their state,
+the random order of PPO's steps included, is in ``state_dict``, so a resumed search updates exactly as an
+uninterrupted one. (The original's REINFORCE could not run: its update unpacked the wrong number of values.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from search.controller import DecoderController
+
+BASELINE_DECAY, LEARNING_RATE, MAX_GRAD_NORM = 0.95, 1e-4, 2.0
+PPO_BUFFER, PPO_CLIP = 100, 0.1
+
+
+class Agent:
+    """The controller, its optimiser and the reward baseline; ``update`` learns from one scored candidate."""
+
+    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0) -> None:
+        self.controller = controller
+        self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
+        self.baseline: float | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _update_baseline(self, reward: float) -> float:
+        self.baseline = reward if self.baseline is None else BASELINE_DECAY * self.baseline + (
+            1 - BASELINE_DECAY) * reward
+        return self.baseline
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.controller.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
+
+    def update(self, reward: float, action: list[int], log_prob: float) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "baseline": self.baseline, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.baseline = state["baseline"]
+        self.generator.set_state(state["generator"])
+
+
+class Reinforce(Agent):
+    """One step on ``-log_prob(action) * (reward - baseline)``, the baseline updated with this reward first."""
+
+    def update(self, reward: float, action: list[int], log_prob: float) -> None:
+        advantage = reward - self._update_baseline(reward)
+        new_log_prob, _ = self.controller.evaluate(action)
+        self._step(-new_log_prob * advantage)
+
+
+class PPO(Agent):
+    """The original's PPO: a ring buffer of the last 100 (action, log-probability at sampling, reward), empty
+    slots zero; each update recomputes every slot's advantage against the new baseline and takes one clipped
+    step per slot, in a random order. (Empty slots contribute no gradient; the first update changes nothing,
+    its one real advantage being 0.)"""
+
+    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0) -> None:
+        super().__init__(controller, lr, seed)
+        self.actions = torch.zeros(PPO_BUFFER, len(controller.sizes), dtype=torch.long)
+        self.old_log_probs = torch.zeros(PPO_BUFFER)
+        self.rewards = torch.zeros(PPO_BUFFER)
+        self.inserted = 0
+
+    def update(self, reward: float, action: list[int], log_prob: float) -> None:
+        baseline = self._update_baseline(reward)
+        slot = self.inserted % PPO_BUFFER
+        self.actions[slot], self.old_log_probs[slot], self.rewards[slot] = torch.tensor(action), log_prob, reward
+        self.inserted += 1
+        advantages = self.rewards - baseline
+        for index in torch.randperm(PPO_BUFFER, generator=self.generator).tolist():
+            new_log_prob, _ = self.controller.evaluate(self.actions[index].tolist())
+            ratio = torch.exp(new_log_prob - self.old_log_probs[index])
+            advantage = advantages[index]
+            self._step(-torch.min(ratio * advantage, ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP) * advantage))
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"actions": self.actions.clone(), "old_log_probs": self.old_log_probs.clone(),
+                                       "rewards": self.rewards.clone(), "inserted": self.inserted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.actions, self.old_log_probs = state["actions"].clone(), state["old_log_probs"].clone()
+        self.rewards, self.inserted = state["rewards"].clone(), state["inserted"]
+
+
+AGENTS = {"ppo": PPO, "reinforce": Reinforce}
