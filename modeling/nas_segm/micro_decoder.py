@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.nas_segm.ops import CVPR_OPS, OPS, conv_bn_relu
+from modeling.nas_segm.ops import CVPR_OPS, OPS, concat_at_tallest, conv_bn_relu, resize_to
 
 NUM_LAYERS = 4  # layer 0 is one op on the input; layers 1..3 each add two ops and their sum
 OUTPUTS = (1, 4, 7, 10)  # the features a layer ends in; those no later layer reads are summed
@@ -43,10 +43,6 @@ class ContextualCell(nn.Module):
         return sum(features[index] for index in self.loose_ends)
 
 
-def _resize_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 class MergeCell(nn.Module):
     """Two instances of the cell (own weights), one on each input, then 1x1 projections, the smaller brought
     to the larger size, and their sum."""
@@ -59,7 +55,7 @@ class MergeCell(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = (project(cell(t)) for project, cell, t in zip(self.project, self.cells, (x, y)))
         size = max(x.shape[-2:], y.shape[-2:])
-        return _resize_to(x, size) + _resize_to(y, size)
+        return resize_to(x, size) + resize_to(y, size)
 
 
 class MicroDecoder(nn.Module):
@@ -86,7 +82,4 @@ class MicroDecoder(nn.Module):
         outputs = [adapt(feature) for adapt, feature in zip(self.adapt, features)]
         for cell, (first, second) in zip(self.cells, self.connections):
             outputs.append(cell(outputs[first], outputs[second]))
-        kept = [outputs[i] for i in self.collected]
-        height = max(t.shape[2] for t in kept)
-        size = next(t.shape[-2:] for t in kept if t.shape[2] == height)
-        return self.conv_clf(self.pre_clf(F.relu(torch.cat([_resize_to(t, size) for t in kept], dim=1))))
+        return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))

@@ -16,6 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``x`` bilinearly resized to ``size`` (H, W), or ``x`` itself when it has that size already."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
+                                                                      align_corners=False)
+
+
+def concat_at_tallest(features: list[torch.Tensor]) -> torch.Tensor:
+    """The features concatenated along the channels at the size of the tallest one (the first of that height),
+    as the original's ``collect_all`` does (it compares heights only)."""
+    height = max(t.shape[2] for t in features)
+    size = next(t.shape[-2:] for t in features if t.shape[2] == height)
+    return torch.cat([resize_to(t, size) for t in features], dim=1)
+
+
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, dilation * (kernel // 2), dilation, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU())
@@ -114,8 +128,7 @@ class Aggregate(nn.Module):
         if x.shape[-2:] != y.shape[-2:]:
             pick = max if self.larger else min  # sizes compared as (H, W) tuples, as the original does
             size = pick(tuple(x.shape[-2:]), tuple(y.shape[-2:]))
-            x, y = (t if tuple(t.shape[-2:]) == size
-                    else F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
+            x, y = resize_to(x, size), resize_to(y, size)
         return self.combine(x, y)
 
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.nas_segm.ops import AGGREGATIONS, OPS, WACV_OPS, conv_bn_relu
+from modeling.nas_segm.ops import AGGREGATIONS, OPS, WACV_OPS, concat_at_tallest, conv_bn_relu
 
 NUM_BLOCKS = 7
 RELEASED_AGG_SIZE, RELEASED_REPEATS = 64, 2  # the released networks' settings (the search used 48 and 1)
@@ -72,9 +72,4 @@ class TemplateDecoder(nn.Module):
         outputs = list(features)
         for block, (first, second) in zip(self.blocks, self.inputs):
             outputs.append(block(outputs[first], outputs[second]))
-        kept = [outputs[i] for i in self.collected]
-        height = max(t.shape[2] for t in kept)
-        size = next(t.shape[-2:] for t in kept if t.shape[2] == height)
-        kept = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-                for t in kept]
-        return self.conv_clf(self.pre_clf(F.relu(torch.cat(kept, dim=1))))
+        return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))
