@@ -3,7 +3,8 @@
 The checkpoint names its search system, whose registered decoder derives the architecture
 (``search.registry``). For Auto-DeepLab the network path is the Viterbi path over the normalised β,
 and the cell keeps, per block, the two incoming edges whose strongest non-`none` op weighs most
-(paper Sec. 4.3).
+(paper Sec. 4.3). For the nas-segm decoder search it is the best-scored candidate (each distinct decoder
+counted once), and the best ones are printed as a table.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def find_latest_checkpoint(dataset: str, root: str = "run") -> Path:
     return run.checkpoint
 
 
-def decode_checkpoint(checkpoint: Path, out_dir: Path) -> Genotype:
-    """Decode ``checkpoint`` with its own system's rule; write the architecture file and its picture."""
+def decode_checkpoint(checkpoint: Path, out_dir: Path, top_k: int = 10) -> Genotype:
+    """Decode ``checkpoint`` with its own system's rule (printing its ranking of candidates, if it has one); write
+    the architecture file and its picture."""
     state = load_checkpoint(checkpoint, stage="search")
     system = get_system(state["system"], str(checkpoint))
+    if system.report is not None:
+        print(system.report(state, top_k))
     genotype = system.decode(state, checkpoint)
     out = RunDir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> Genotype:
     if checkpoint.is_dir():
         checkpoint = RunDir(checkpoint).checkpoint
     out_dir = Path(args.out_dir) if args.out_dir else checkpoint.resolve().parent
-    genotype = decode_checkpoint(checkpoint, out_dir)
+    genotype = decode_checkpoint(checkpoint, out_dir, args.top_k)
     print(genotype.describe())
     print(json.dumps({"architecture": str(RunDir(out_dir).architecture),
                       "picture": str(RunDir(out_dir).architecture_picture)}))

@@ -18,10 +18,9 @@ from utils.flags import locked_dests
 from config_utils.recipes import fill_recipe_defaults
 from config_utils.search_args import search_parser
 from dataloaders import resolve_num_classes
-from search.registry import get_system
+from search.registry import run_search
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
-from utils.distributed import run_in_process_group
 from utils.errors import UserError
 from utils.trainer import Hook
 
@@ -48,9 +47,7 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     """Run the search; under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
     args, resumed = parse_args(argv)
-    search = get_system(SYSTEM, "train_autodeeplab.py").search
-    run_dir = run_in_process_group(args, lambda context: search(args, resumed, context, argv, hooks))
-    return run_dir.path if run_dir is not None else None
+    return run_search(SYSTEM, "train_autodeeplab.py", args, resumed, argv, hooks)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,40 @@ RECIPES: dict[tuple[str, str, str], dict[str, Any]] = {
 }
 
 
+# The decoder search (Nekrasov et al.): the CVPR 2019 search on PASCAL VOC (the original's defaults) and the
+# WACV 2020 one on Cityscapes (its search_wacv.sh); shared/reference/nas-segm.md §5.4.
+_NAS_SEGM_CVPR = {"space": "cvpr", "num_candidates": 20000, "n_task0": 4000, "batch_size": [64, 32],
+                  "crop_size": [256, 350], "resize_side": [300, 400], "resize_longer_side": False,
+                  "val_resize_side": 400, "val_crop_size": 400, "val_batch_size": 64, "val_omit_classes": [0],
+                  "num_segm_epochs": [5, 1], "val_every": [5, 1], "enc_optim": "sgd", "dec_optim": "adam",
+                  "enc_lr": [1e-3, 1e-3], "dec_lr": [3e-3, 3e-3], "enc_mom": [0.9, 0.9], "dec_mom": [0.9, 0.9],
+                  "enc_wd": [1e-5, 1e-5], "dec_wd": [1e-5, 1e-5], "dec_aux_weight": 0.15, "aux_cell": True}
+_NAS_SEGM_WACV = {"space": "wacv", "num_candidates": 20000, "n_task0": 1000, "batch_size": [32, 32],
+                  "crop_size": [320, 320], "resize_side": [1024, 1024], "resize_longer_side": True,
+                  "val_resize_side": 1024, "val_crop_size": 512, "val_batch_size": 10, "val_omit_classes": [],
+                  "num_segm_epochs": [5, 5], "val_every": [5, 1], "enc_optim": "adam", "dec_optim": "adam",
+                  "enc_lr": [1e-3, 5e-4], "dec_lr": [7e-3, 2e-3], "enc_mom": [0.9, 0.9], "dec_mom": [0.9, 0.9],
+                  "enc_wd": [1e-5, 1e-5], "dec_wd": [1e-5, 1e-5], "dec_aux_weight": 0.0, "aux_cell": False}
+RECIPES.update({
+    ("nas-segm", "search", "pascal"): _NAS_SEGM_CVPR,
+    ("nas-segm", "search", "cityscapes"): _NAS_SEGM_WACV,
+    ("nas-segm", "search", "camvid"): _NAS_SEGM_WACV | {"resize_side": [480, 480], "val_resize_side": 480,
+                                                       "val_crop_size": 360},
+    ("nas-segm", "search", "ade20k"): _NAS_SEGM_CVPR | {"val_omit_classes": []},
+    ("nas-segm", "search", "coco"): _NAS_SEGM_CVPR,
+    ("nas-segm", "search", "folder"): _NAS_SEGM_WACV | {"resize_longer_side": False, "resize_side": [320, 320],
+                                                       "val_resize_side": 320, "val_crop_size": 320},
+    # The embedded dataset: a few minutes a search on a CPU.
+    ("nas-segm", "search", "synthetic"): _NAS_SEGM_WACV | {
+        "num_candidates": 8, "n_task0": 1000, "batch_size": [8, 8], "crop_size": [64, 64], "resize_side": [64, 64],
+        "resize_longer_side": False, "val_resize_side": 64, "val_crop_size": 64, "val_batch_size": 8,
+        "num_segm_epochs": [4, 2], "val_every": [4, 1]},
+})
+# A setting of the other space fills what the chosen space's recipe does not fix (--space against the recipe).
+SPACE_DEFAULTS = {"cvpr": {key: _NAS_SEGM_CVPR[key] for key in ("dec_aux_weight", "aux_cell")},
+                  "wacv": {key: _NAS_SEGM_WACV[key] for key in ("dec_aux_weight", "aux_cell")}}
+
+
 def recipe(system: str, stage: str, dataset: str) -> dict[str, Any]:
     return dict(RECIPES.get((system, stage, dataset), {}))
 

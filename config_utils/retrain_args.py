@@ -28,8 +28,9 @@ def retrain_parser() -> argparse.ArgumentParser:
              help="torchvision ResNet backbone (default: %(default)s)")
     add_flag(baseline, "output_stride", type=int, default=16, choices=OUTPUT_STRIDES, locked=True,
              help="backbone output stride, by dilating its last stage(s) (default: %(default)s)")
-    add_flag(baseline, "backbone_weights", default=None, metavar="PATH",
-             help="a local torchvision ResNet state dict to start from (nothing is ever downloaded)")
+    add_flag(baseline, "backbone_weights", "--encoder-weights", "--encoder_weights", default=None, metavar="PATH",
+             help="a local state dict to start the backbone from: a torchvision ResNet for deeplabv3plus, a "
+                  "MobileNetV2 (ours or torchvision's) for a nas-segm decoder (nothing is ever downloaded)")
     add_flag(parser, "saved_arch_path", default=str(PAPER_ARCHITECTURE_PATH), locked=True,
              help="architecture.json, or a run directory holding one (default: the paper's architecture)")
     add_flag(parser, "filter_multiplier", type=positive_int, default=20, locked=True,

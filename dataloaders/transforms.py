@@ -75,6 +75,46 @@ class RandomScale(v2.Transform):
         return self._call_kernel(TF.resize, inpt, params["size"], antialias=True)
 
 
+class BoundedRandomScale(v2.Transform):
+    """Nekrasov et al.'s resize: a random factor in ``scale_range``, raised until the shorter side reaches
+    ``side`` (or, with ``longer``, lowered until the longer side is at most ``side``)."""
+
+    def __init__(self, side: int, scale_range: tuple[float, float] = (1.0, 1.0), longer: bool = False) -> None:
+        super().__init__()
+        self.side, self.scale_range, self.longer = side, scale_range, longer
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = TF.get_size(next(x for x in flat_inputs if isinstance(x, tv_tensors.Image)))
+        low, high = self.scale_range
+        scale = low + (high - low) * float(torch.rand(()))
+        if self.longer and max(height, width) * scale > self.side:
+            scale = self.side / max(height, width)
+        elif not self.longer and min(height, width) * scale < self.side:
+            scale = self.side / min(height, width)
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.resize, inpt, params["size"], antialias=True)
+
+
+class PaddedCenterCrop(v2.Transform):
+    """The central ``size`` x ``size`` crop, padding a smaller image with the mean colour (its mask with
+    label 255), where torchvision's CenterCrop would pad masks with class 0."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = TF.get_size(inpt)
+        pad_h, pad_w = max(0, self.size - height), max(0, self.size - width)
+        if pad_h or pad_w:
+            fill = IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else MEAN_FILL
+            inpt = self._call_kernel(TF.pad, inpt, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2],
+                                     fill=fill)
+        return self._call_kernel(TF.center_crop, inpt, [self.size, self.size])
+
+
 def _writable(array: np.ndarray) -> np.ndarray:
     """A C-contiguous, writable array for torch.from_numpy (Pillow's arrays are read-only views)."""
     return np.require(array, requirements=["C", "W"])
@@ -116,6 +156,18 @@ def retrain_train_transform(crop: int, scale_range: tuple[float, float] = (0.5, 
     if blur:
         steps.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, BLUR_SIGMA)], p=BLUR_PROBABILITY))
     return JointPipeline(steps)
+
+
+def candidate_train_transform(side: int, crop: int, longer: bool) -> JointPipeline:
+    """Training a candidate of the decoder search: bounded random scale in [0.7, 1.4] → random crop (padded
+    where the image is smaller) → flip, as Nekrasov et al. train them."""
+    return JointPipeline([BoundedRandomScale(side, (0.7, 1.4), longer),
+                          v2.RandomCrop(crop, pad_if_needed=True, fill=PAD_FILL), v2.RandomHorizontalFlip()])
+
+
+def candidate_eval_transform(side: int, crop: int, longer: bool) -> JointPipeline:
+    """Scoring a candidate: the bounded resize at scale 1, then the central crop."""
+    return JointPipeline([BoundedRandomScale(side, (1.0, 1.0), longer), PaddedCenterCrop(crop)])
 
 
 def eval_transform(resize: int | None) -> JointPipeline:

@@ -22,15 +22,17 @@ PPO_BUFFER, PPO_CLIP = 100, 0.1
 class Agent:
     """The controller, its optimiser and the reward baseline; ``update`` learns from one scored candidate."""
 
-    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0) -> None:
+    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0,
+                 baseline_decay: float = BASELINE_DECAY) -> None:
         self.controller = controller
+        self.baseline_decay = baseline_decay
         self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
         self.baseline: float | None = None
         self.generator = torch.Generator().manual_seed(seed)
 
     def _update_baseline(self, reward: float) -> float:
-        self.baseline = reward if self.baseline is None else BASELINE_DECAY * self.baseline + (
-            1 - BASELINE_DECAY) * reward
+        self.baseline = reward if self.baseline is None else self.baseline_decay * self.baseline + (
+            1 - self.baseline_decay) * reward
         return self.baseline
 
     def _step(self, loss: torch.Tensor) -> None:
@@ -68,8 +70,9 @@ class PPO(Agent):
     step per slot, in a random order. (Empty slots contribute no gradient; the first update changes nothing,
     its one real advantage being 0.)"""
 
-    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0) -> None:
-        super().__init__(controller, lr, seed)
+    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0,
+                 baseline_decay: float = BASELINE_DECAY) -> None:
+        super().__init__(controller, lr, seed, baseline_decay)
         self.actions = torch.zeros(PPO_BUFFER, len(controller.sizes), dtype=torch.long)
         self.old_log_probs = torch.zeros(PPO_BUFFER)
         self.rewards = torch.zeros(PPO_BUFFER)

@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from modeling.architecture_file import Genotype
-from utils.distributed import DistributedContext
+from utils.distributed import DistributedContext, run_in_process_group
 from utils.registry import Registry
 from utils.run_dir import RunDir
 from utils.trainer import Hook
@@ -29,13 +29,15 @@ Search = Callable[[argparse.Namespace, "dict[str, Any] | None", DistributedConte
 class SearchSystem:
     """``search(args, resumed checkpoint, context, argv, extra hooks)`` runs the search stage and returns rank
     0's run directory; ``decode(checkpoint, path)`` derives the architecture a search checkpoint holds;
-    ``draw(genotype)`` pictures it."""
+    ``draw(genotype)`` pictures it; ``report(checkpoint, top_k)``, where a search weighs many candidates, is
+    the table of the best ones that the decode stage prints."""
 
     name: str
     genotype: type
     search: Search
     decode: Callable[[dict[str, Any], Path], Genotype]
     draw: Callable[[Genotype], Figure]
+    report: Callable[[dict[str, Any], int], str] | None = None
 
 
 SYSTEMS: Registry[SearchSystem] = Registry("search system")
@@ -50,3 +52,11 @@ def register_system(system: SearchSystem) -> SearchSystem:
 
 def get_system(name: str, origin: str) -> SearchSystem:
     return SYSTEMS.lookup(name, origin)
+
+
+def run_search(name: str, origin: str, args: argparse.Namespace, resumed: dict[str, Any] | None,
+               argv: list[str] | None, hooks: Sequence[Hook] = ()) -> Path | None:
+    """Run system ``name``'s search in the launcher's process group (if any); rank 0 returns the run directory."""
+    search = get_system(name, origin).search
+    run_dir = run_in_process_group(args, lambda context: search(args, resumed, context, argv, hooks))
+    return run_dir.path if run_dir is not None else None

@@ -54,3 +54,10 @@ def test_a_restored_agent_updates_exactly_as_the_original(name):
         agent.update(0.6, action, log_prob.item())
     for key, value in first.controller.state_dict().items():
         assert torch.equal(value, second.controller.state_dict()[key]), key
+
+
+def test_the_search_script_offers_exactly_the_registered_agents():
+    from config_utils.nas_segm_args import nas_segm_parser
+
+    agent_flag = next(action for action in nas_segm_parser()._actions if action.dest == "agent")
+    assert set(agent_flag.choices) == set(AGENTS)

@@ -29,29 +29,43 @@ def test_a_class_predicted_but_absent_from_the_ground_truth_does_not_inflate_the
         geometric_reward([[5, 0], [0, 0]], omitted=[0])
 
 
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
 def test_running_max_stop_on_the_worked_values():
     stop = RunningMaxStop(0.01, 0.9)
-    assert stop.step(0.5) is True and stop.maxval == pytest.approx(0.0149) and stop.n_steps == 2
-    assert RunningMaxStop(0.01, 0.9).step(0.0) is False  # never continued at zero
-    low = [RunningMaxStop(1.0, 0.9, seed=s).step(0.05) for s in range(50)]  # v <= 0.1 * average: always stopped
+    assert stop.step(0.5, rng()) is True and stop.maxval == pytest.approx(0.0149) and stop.n_steps == 2
+    assert RunningMaxStop(0.01, 0.9).step(0.0, rng()) is False  # never continued at zero
+    low = [RunningMaxStop(1.0, 0.9).step(0.05, rng(s)) for s in range(50)]  # v <= 0.1 * average: always stopped
     assert not any(low)
 
 
 def test_running_max_stop_continues_with_the_stated_probability_and_resumes_exactly():
     # average 1.0 (decay 1 keeps it), delta 0.5, value 0.8: P(continue) = (0.5 - 1 + 0.8) / 0.5 = 0.6
-    decisions = [RunningMaxStop(1.0, 0.5, decay=1.0, seed=seed).step(0.8) for seed in range(4000)]
+    decisions = [RunningMaxStop(1.0, 0.5, decay=1.0).step(0.8, rng(seed)) for seed in range(4000)]
     assert np.mean(decisions) == pytest.approx(0.6, abs=0.03)
-    one, two = RunningMaxStop(seed=3), RunningMaxStop(seed=9)
+    one, two = RunningMaxStop(), RunningMaxStop()
     for value in (0.2, 0.1, 0.05):
-        one.step(value)
+        one.step(value, rng(3))
     two.load_state_dict(one.state_dict())
-    assert [one.step(v) for v in (0.01, 0.02, 0.015) * 20] == [two.step(v) for v in (0.01, 0.02, 0.015) * 20]
+    draws_one, draws_two = rng(5), rng(5)
+    assert ([one.step(v, draws_one) for v in (0.01, 0.02, 0.015) * 20]
+            == [two.step(v, draws_two) for v in (0.01, 0.02, 0.015) * 20])
+    assert one.state_dict() == two.state_dict()
+
+
+def test_the_state_moves_the_same_whatever_the_draws():
+    one, two = RunningMaxStop(), RunningMaxStop()
+    values = [0.3, 0.01, 0.2, 0.002, 0.25] * 30
+    [one.step(v, rng(1)) for v in values], [two.step(v, rng(2)) for v in values]
+    assert one.state_dict() == two.state_dict()
 
 
 def test_delta_shrinks_on_the_schedule():
     stop = RunningMaxStop(1e9, 1.0)  # values far below the average: no extra increments
     for _ in range(401):
-        stop.step(1.0)
+        stop.step(1.0, rng())
     assert stop.delta == pytest.approx(0.9 * 0.8 * 0.7 * 0.6)
 
 

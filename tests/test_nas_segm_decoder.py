@@ -83,3 +83,24 @@ def test_the_released_cvpr_arch0_has_the_published_counts_and_output_stride():
     assert decoder.collected == [4, 5, 6] and decoder.cells[0].cells[0].loose_ends == [1, 4, 7, 10]
     with torch.no_grad():
         assert decoder(encoder(torch.randn(1, 3, 375, 500))).shape == (1, 21, 94, 125)  # stride 4, as released
+
+
+def test_the_search_auxiliary_heads_have_the_original_counts_and_outputs():
+    from modeling.nas_segm.encoder import CVPR_TAPS
+    from modeling.nas_segm.micro_decoder import MicroDecoder
+
+    encoder = MobileNetV2Encoder(CVPR_TAPS)
+    released = MicroDecoder(CVPR_ARCH0, [24, 32, 96, 320], 21, aux_heads=True)
+    assert [count(head) for head in released.aux_heads] == [12_117] * 3  # a 3x3 conv 64 -> 21 each
+    assert count(encoder) + count(released) == 2_666_260  # the released files still hold them
+    search = MicroDecoder(CVPR_ARCH0, [24, 32, 96, 320], 21, agg_size=48, sep_repeats=1, aux_heads=True,
+                          aux_cell=True)
+    without_aux = sum(p.numel() for name, p in search.named_parameters() if "aux" not in name)
+    assert (count(encoder) + count(search), count(encoder) + without_aux) == (2_412_884, 2_212_517)
+    search.eval()
+    with torch.no_grad():
+        features = encoder.eval()(torch.randn(1, 3, 64, 64))
+        logits, aux = search.forward_with_aux(features)
+        assert torch.equal(logits, search(features))
+    # the cells merge at the larger input: cell 0 = M(l4, l4) at stride 32, cell 1 = M(l4, l3) at 16, cell 2 at 4
+    assert [a.shape for a in aux] == [(1, 21, 2, 2), (1, 21, 4, 4), (1, 21, 16, 16)]

@@ -113,6 +113,25 @@ def test_an_iteration_budget_cuts_the_last_epoch():
         Trainer(ToyStep(), toy_loader(), epochs=1, max_iters=4)
 
 
+class EndAfterEpoch(Hook):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_epoch(self, trainer):
+        trainer.should_stop = trainer.epoch == self.epoch
+
+
+def test_a_hook_ends_the_training_after_an_epoch_and_the_next_fit_starts_afresh():
+    recorder = Recorder()
+    trainer = Trainer(ToyStep(), toy_loader(), epochs=4, hooks=[EndAfterEpoch(1), recorder])
+    trainer.fit()
+    assert recorder.calls == ["before_train", "before_epoch 0", "after_epoch 0", "before_epoch 1", "after_epoch 1",
+                              "after_train"]
+    trainer.hooks = [recorder]
+    trainer.fit(start_epoch=2)
+    assert [r["epoch"] for r in recorder.records] == [0, 1, 2, 3]
+
+
 class StopAfter(Hook):
     def __init__(self, global_step):
         self.global_step, self.progress = global_step, None

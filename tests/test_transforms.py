@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders.transforms import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, RandomScale, denormalize,
-                                    eval_transform, retrain_train_transform, search_train_transform, seeded_rng)
+from dataloaders.transforms import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, BoundedRandomScale, RandomScale,
+                                    candidate_eval_transform, candidate_train_transform, denormalize, eval_transform,
+                                    retrain_train_transform, search_train_transform, seeded_rng)
 from utils.torchvision_compat import import_torchvision
 
 import_torchvision()
@@ -141,3 +142,33 @@ def test_pipelines_depend_only_on_the_seed_and_restore_the_global_rng():
         assert torch.equal(torch.get_rng_state(), global_state)
         assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
         assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("side, longer, scale_range, expected", [
+    (80, False, (1.0, 1.0), (80, 100)),  # the shorter side 40 raised to 80
+    (30, False, (1.0, 1.0), (40, 50)),  # already longer than 30: unchanged
+    (25, True, (1.0, 1.0), (20, 25)),  # the longer side 50 lowered to 25 (Cityscapes: always 0.5)
+    (100, True, (1.0, 1.0), (40, 50)),
+    (10, False, (0.5, 0.5), (20, 25)),  # a drawn factor of 0.5 kept: the shorter side 20 is still >= 10
+])
+def test_the_candidate_resize_bounds_the_drawn_scale_as_the_original(side, longer, scale_range, expected):
+    image, mask = run(scale_only(side, scale_range, longer), 0)
+    assert image.shape[-2:] == expected and mask.shape == expected
+
+
+def scale_only(side, scale_range, longer):
+    from dataloaders.transforms import JointPipeline
+    return JointPipeline([BoundedRandomScale(side, scale_range, longer)])
+
+
+def test_candidate_transforms_crop_to_size_and_pad_only_with_ignored_pixels():
+    for seed in range(5):
+        image, mask = run(candidate_train_transform(45, 32, longer=False), seed)
+        assert image.shape == (3, 32, 32)
+        assert_aligned(image, mask)
+    image, mask = run(candidate_eval_transform(40, 60, longer=False), 0)  # 40x50 padded to 60x60
+    assert image.shape == (3, 60, 60) and (mask[:5] == IGNORE_INDEX).all() and (mask[:, :5] == IGNORE_INDEX).all()
+    assert_aligned(image, mask)
+    image, mask = run(candidate_eval_transform(40, 30, longer=False), 0)  # the centre 30x30 of 40x50
+    rows, cols = decode_coordinates(image)
+    assert rows[0, 0].round() == 5 and cols[0, 0].round() == 10

@@ -175,6 +175,24 @@ def check_identical(tensors: list[torch.Tensor], what: str, context: Distributed
                                f"{(other - gathered[0]).abs().max().item():.3g})")
 
 
+def broadcast_object(obj: T, context: DistributedContext) -> T:
+    """Rank 0's ``obj`` on every rank (any picklable value)."""
+    if not context.enabled:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj: T, context: DistributedContext) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not context.enabled:
+        return [obj]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def run_in_process_group(args: argparse.Namespace, work: Callable[[DistributedContext], T]) -> T:
     """Join the launcher's process group (if any), run ``work(context)``, and always leave the group."""
     context = init_distributed(args)

@@ -71,6 +71,11 @@ class RunDir:
         return self.path / "architecture_history.jsonl"
 
     @property
+    def candidates(self) -> Path:
+        """One JSON line per candidate of a sampled-architecture search: its genotype, reward and costs."""
+        return self.path / "candidates.jsonl"
+
+    @property
     def data_split(self) -> Path:
         """The stems of each split, when the run split its data itself (a flat folder)."""
         return self.path / "split.json"

@@ -148,6 +148,7 @@ class Trainer:
         self.last: dict[str, float] = {}
         self.record: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.should_stop = False
 
     @property
     def global_step(self) -> int:
@@ -160,13 +161,16 @@ class Trainer:
 
     def fit(self, start_epoch: int = 0, partial: EpochProgress | None = None) -> None:
         """Train from ``start_epoch`` (the first epoch not completed); ``partial`` continues that epoch
-        from a mid-epoch checkpoint, with exactly the batches and record the uninterrupted run has."""
-        self.epoch = start_epoch
+        from a mid-epoch checkpoint, with exactly the batches and record the uninterrupted run has. A hook
+        that sets ``should_stop`` after an epoch ends the training there (early termination)."""
+        self.epoch, self.should_stop = start_epoch, False
         self.progress = partial if partial is not None and partial.epoch == start_epoch else EpochProgress(start_epoch)
         for hook in self.hooks:
             hook.before_train(self)
         for epoch in range(start_epoch, self.epochs):
             self._run_epoch(epoch)
+            if self.should_stop:
+                break
         for hook in self.hooks:
             hook.after_train(self)
 

@@ -61,11 +61,14 @@ class MergeCell(nn.Module):
 class MicroDecoder(nn.Module):
     """The decoder a CVPR genotype describes, on the encoder's four features (``in_channels``: 24, 32, 96 and
     320 for MobileNetV2): every feature is projected to ``agg_size`` channels, the cells merge as the
-    connections say, and the cells nobody read are concatenated at the largest size and classified. The
-    auxiliary classifiers of the search are not built: the retrained network does without them."""
+    connections say, and the cells nobody read are concatenated at the largest size and classified.
+
+    ``aux_heads`` adds the search's auxiliary classifier on every cell's output (a 3x3 conv, after another
+    instance of the searched cell with ``aux_cell``), read by ``forward_with_aux`` while a candidate trains;
+    the retrained network does without them (their parameter names hold "aux")."""
 
     def __init__(self, genotype: Sequence, in_channels: Sequence[int], num_classes: int, agg_size: int = 64,
-                 sep_repeats: int = 2) -> None:
+                 sep_repeats: int = 2, aux_heads: bool = False, aux_cell: bool = False) -> None:
         super().__init__()
         cell, connections = genotype
         self.adapt = nn.ModuleList([conv_bn_relu(channels, agg_size) for channels in in_channels])
@@ -77,9 +80,26 @@ class MicroDecoder(nn.Module):
         self.collected = collected
         self.pre_clf = conv_bn_relu(agg_size * len(collected), agg_size)
         self.conv_clf = nn.Conv2d(agg_size, num_classes, 3, padding=1, bias=True)
+        self.aux_heads = nn.ModuleList(
+            nn.Sequential(*([ContextualCell(cell, agg_size, sep_repeats)] if aux_cell else []),
+                          nn.Conv2d(agg_size, num_classes, 3, padding=1, bias=True))
+            for _ in connections) if aux_heads else None
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _outputs(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         outputs = [adapt(feature) for adapt, feature in zip(self.adapt, features)]
         for cell, (first, second) in zip(self.cells, self.connections):
             outputs.append(cell(outputs[first], outputs[second]))
+        return outputs
+
+    def _classify(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self._classify(self._outputs(features))
+
+    def forward_with_aux(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits and, with ``aux_heads``, each cell's auxiliary logits (at the cell's own resolution)."""
+        outputs = self._outputs(features)
+        cells = outputs[len(self.adapt):]
+        aux = [head(cell) for head, cell in zip(self.aux_heads, cells)] if self.aux_heads is not None else []
+        return self._classify(outputs), aux

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.architecture_file import architecture_to_json
-from modeling.nas_segm.encoder import CVPR_TAPS, WACV_TAPS, MobileNetV2Encoder
+from modeling.nas_segm.encoder import CVPR_TAPS, WACV_TAPS, MobileNetV2Encoder, load_encoder_weights
 from modeling.nas_segm.genotype import DecoderGenotype
 from modeling.nas_segm.micro_decoder import MicroDecoder
 from modeling.nas_segm.template_decoder import RELEASED_AGG_SIZE, RELEASED_REPEATS, TemplateDecoder
@@ -18,18 +18,19 @@ from modeling.registry import ModelSpec, register_model
 
 
 class DecoderSearchNetwork(nn.Module):
-    """Encoder and decoder at the released settings (aggregation width 64, separable convs repeated twice, no
-    auxiliary heads); ``forward`` gives logits upsampled to the input size, as every network of the project
-    does."""
+    """Encoder and decoder, by default at the released settings (aggregation width 64, separable convs repeated
+    twice, no auxiliary heads; a search trains its candidates at 48, once, with the CVPR auxiliary heads);
+    ``forward`` gives logits upsampled to the input size, as every network of the project does."""
 
     def __init__(self, genotype: DecoderGenotype, num_classes: int, agg_size: int = RELEASED_AGG_SIZE,
-                 sep_repeats: int = RELEASED_REPEATS) -> None:
+                 sep_repeats: int = RELEASED_REPEATS, aux_heads: bool = False, aux_cell: bool = False) -> None:
         super().__init__()
         cvpr = genotype.space == "cvpr"
         self.encoder = MobileNetV2Encoder(CVPR_TAPS if cvpr else WACV_TAPS)
-        decoder = MicroDecoder if cvpr else TemplateDecoder
-        self.decoder = decoder(genotype.config, [info.channels for info in self.encoder.feature_info], num_classes,
-                               agg_size, sep_repeats)
+        in_channels = [info.channels for info in self.encoder.feature_info]
+        self.decoder = (MicroDecoder(genotype.config, in_channels, num_classes, agg_size, sep_repeats, aux_heads,
+                                     aux_cell) if cvpr
+                        else TemplateDecoder(genotype.config, in_channels, num_classes, agg_size, sep_repeats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.encoder(x))
@@ -52,9 +53,17 @@ def summary(model: DecoderSearchNetwork) -> str:
                      + [str(rows[-1][1])])
 
 
+def build(args: dict, genotype: DecoderGenotype, encoder_weights: str | None) -> DecoderSearchNetwork:
+    """The retrained network; its encoder starts from ``encoder_weights`` (--backbone_weights) when given."""
+    network = DecoderSearchNetwork(genotype, args["num_classes"])
+    if encoder_weights is not None:
+        load_encoder_weights(network.encoder, encoder_weights)
+    return network
+
+
 register_model(ModelSpec(
     name="nas-segm",
-    build=lambda args, genotype, weights: DecoderSearchNetwork(genotype, args["num_classes"]),
+    build=build,
     describe=lambda args, genotype: f"nas-segm {genotype.space} decoder on MobileNetV2",
     export_metadata=lambda args, genotype: {"model": "nas-segm",
                                             "architecture": json.dumps(architecture_to_json(genotype))},

@@ -73,3 +73,7 @@ class TemplateDecoder(nn.Module):
         for block, (first, second) in zip(self.blocks, self.inputs):
             outputs.append(block(outputs[first], outputs[second]))
         return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))
+
+    def forward_with_aux(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits, and no auxiliary logits (the WACV decoder has no auxiliary heads)."""
+        return self(features), []

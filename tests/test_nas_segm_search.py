@@ -1,0 +1,212 @@
+"""The decoder search as a user runs it: search, decode, retrain, evaluate and export end to end; failed candidates
+recorded and kept from the controller; exact resume after SIGTERM and after a process killed outright; the same
+candidates whatever the number of processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import decode_autodeeplab
+import export as export_script
+import train_nas_segm
+from modeling.architecture_file import load_architecture
+from modeling.nas_segm.genotype import DecoderGenotype
+from search.nas_segm import ranked_candidates
+from tests.conftest import Preempted, SignalAtStep
+from tests.test_distributed import launch
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+from utils.interrupt import RunInterrupted
+from utils.run_dir import RunDir, read_jsonl
+from utils.trainer import Hook
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ["--synthetic_train_samples", "20", "--synthetic_val_samples", "2", "--synthetic_size", "40"]
+SEARCH = DATA + ["--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side", "32", "32", "--val-crop-size",
+                 "32", "--val-resize-side", "32", "--num-segm-epochs", "2", "1", "--val-every", "2", "1",
+                 "--n-task0", "12", "--num_candidates", "3"]
+CANDIDATE_STEPS = 2 * 3 + 4  # stage 0: 2 epochs of 12 cached crops in 4s; stage 1: the 18 meta-train images in 4s
+VARYING = ("seconds", "latency_ms", "rank")  # what may differ between two runs of the same search
+
+
+def search(tmp_path, name, *extra, hooks=()):
+    return train_nas_segm.main(SEARCH + ["--out-dir", str(tmp_path / name), *extra], hooks=hooks)
+
+
+def stable(records):
+    return [{k: v for k, v in record.items() if k not in VARYING} for record in records]
+
+
+def controller(run_dir):
+    return load_checkpoint(RunDir(run_dir).checkpoint)["agent"]["controller"]
+
+
+class FailCandidates(Hook):
+    """Candidates ``indices`` run out of memory as their first stage starts."""
+
+    def __init__(self, indices):
+        self.indices = set(indices)
+
+    def before_train(self, trainer):
+        index = int(trainer.desc.split()[1])
+        if index in self.indices and trainer.desc.endswith("stage 0"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class KillInCandidate(Hook):
+    """The machine goes away in the middle of candidate ``index``'s stage 1."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def after_step(self, trainer):
+        if trainer.desc == f"candidate {self.index} stage 1":
+            raise Preempted
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    run_dir = search(tmp_path, "run")
+    return run_dir, read_jsonl(RunDir(run_dir).candidates)
+
+
+def test_every_candidate_is_one_record_and_the_checkpoint_holds_the_search(uninterrupted):
+    run_dir, records = uninterrupted
+    assert [r["candidate"] for r in records] == [0, 1, 2] and all(r["status"] == "ok" for r in records)
+    for record in records:
+        DecoderGenotype.from_json({"space": "wacv", "config": record["genotype"]}, None, {}, "record")
+        assert 0 < record["reward"] <= 1 and record["params"] > 56_576 and record["multi_adds"] > 0
+        assert record["latency_ms"] > 0 and record["stage"] in (0, 1) and record["checks"][0][:2] == [0, 0]
+        assert record["reward"] == record["checks"][-1][2]  # the reward is the last score taken
+    state = load_checkpoint(RunDir(run_dir).checkpoint, stage="search", system="nas-segm")
+    assert state["next_candidate"] == 3 and stable(state["candidates"]) == stable(records)
+    assert state["agent"]["inserted"] == 3  # every reward reached PPO's buffer
+    assert sorted(state["split"]["meta_train"] + state["split"]["meta_val"]) == list(range(20))
+    assert len(state["split"]["meta_val"]) == 2  # 10% of 20
+    assert (run_dir / "search_curves.png").is_file() and list((run_dir / "tensorboard").glob("events.*"))
+
+
+def test_a_failing_candidate_is_logged_and_never_reaches_the_controller(tmp_path):
+    run_dir = search(tmp_path, "run", hooks=[FailCandidates({1})])
+    records = read_jsonl(RunDir(run_dir).candidates)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert records[1]["failure"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "reward" not in records[1]
+    agent = load_checkpoint(RunDir(run_dir).checkpoint)["agent"]
+    assert agent["inserted"] == 2  # two rewards, no 0 for the failure
+    actions = [r["genotype"] for r in records]
+    assert agent["rewards"][:2].tolist() == pytest.approx([records[0]["reward"], records[2]["reward"]])
+    assert 0.0 not in agent["rewards"][:2].tolist() and actions[1] != actions[0]
+    assert "FAILED (OutOfMemoryError" in (run_dir / "log.txt").read_text()
+
+
+def test_too_many_failures_in_a_row_stop_the_search_with_a_clear_message(tmp_path):
+    with pytest.raises(UserError, match=r"^2 candidates in a row failed, the last with OutOfMemoryError: CUDA out of "
+                                        r"memory.*candidates\.jsonl\. Lower --batch-size"):
+        search(tmp_path, "run", "--max_failures", "2", hooks=[FailCandidates({0, 1, 2})])
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")
+    assert [r["status"] for r in state["candidates"]] == ["failed", "failed"] and state["failures_in_a_row"] == 2
+
+
+def test_sigterm_then_resume_gives_the_same_candidates_and_controller(tmp_path, uninterrupted):
+    reference_dir, reference = uninterrupted
+    signal_in_candidate_1 = SignalAtStep(CANDIDATE_STEPS + 2)  # stage 0 of candidate 1
+    with pytest.raises(RunInterrupted, match="stopped during candidates 1..1, which are dropped"):
+        search(tmp_path, "run", hooks=[signal_in_candidate_1])
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar")["next_candidate"] == 1
+    run_dir = train_nas_segm.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
+    assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
+    for name, tensor in controller(reference_dir).items():
+        assert torch.equal(controller(run_dir)[name], tensor), name
+
+
+def test_a_killed_search_resumes_from_its_last_checkpoint_exactly(tmp_path, uninterrupted):
+    reference_dir, reference = uninterrupted
+    with pytest.raises(Preempted):
+        search(tmp_path, "run", hooks=[KillInCandidate(2)])
+    assert len(read_jsonl(RunDir(tmp_path / "run").candidates)) == 2
+    run_dir = train_nas_segm.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
+    assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
+    assert all(torch.equal(controller(run_dir)[k], v) for k, v in controller(reference_dir).items())
+
+
+def test_a_finished_search_goes_on_with_more_candidates(tmp_path, uninterrupted):
+    _, reference = uninterrupted
+    run_dir = search(tmp_path, "run", "--num_candidates", "2")
+    run_dir = train_nas_segm.main(["--resume", str(RunDir(run_dir).checkpoint), "--num_candidates", "3"])
+    assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
+
+
+def test_ranking_keeps_each_decoder_once_at_its_best_score():
+    records = [{"candidate": 0, "status": "ok", "genotype": [1], "reward": 0.5},
+               {"candidate": 1, "status": "failed", "genotype": [2]},
+               {"candidate": 2, "status": "ok", "genotype": [1], "reward": 0.7},
+               {"candidate": 3, "status": "ok", "genotype": [3], "reward": 0.7},
+               {"candidate": 4, "status": "ok", "genotype": [4], "reward": 0.6}]
+    ranked = ranked_candidates(records)
+    assert [(r["candidate"], r["times_sampled"]) for r in ranked] == [(2, 2), (3, 1), (4, 1)]
+
+
+def run(script, *args):
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupted):
+    search_dir, records = uninterrupted
+    result = run("decode_autodeeplab.py", "--resume", str(search_dir), "--out-dir", str(tmp_path / "decoded"),
+                 "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    best = max(records, key=lambda r: (r["reward"], -r["candidate"]))
+    genotype = load_architecture(tmp_path / "decoded" / "architecture.json", expected=DecoderGenotype)
+    assert genotype.genotype_json() == {"space": "wacv", "config": best["genotype"]}
+    assert genotype.source["candidate"] == best["candidate"] and genotype.source["reward"] == best["reward"]
+    assert "3 candidates, 3 distinct scored, 0 failed; the best 2:" in result.stdout
+    assert result.stdout.count(" 0.") >= 2 and (tmp_path / "decoded" / "architecture.png").is_file()
+
+    retrain = tmp_path / "retrain"
+    result = run("train_new_model.py", *DATA, "--batch_size", "2", "--crop_size", "32", "--epochs", "1",
+                 "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(retrain / "checkpoint.pth.tar", stage="retrain")
+    assert state["system"] == "nas-segm" and state["architecture"]["genotype"]["config"] == best["genotype"]
+    assert not any("aux" in name for name in state["model"])  # the released settings: no auxiliary heads
+    result = run("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *DATA)
+    assert result.returncode == 0 and "mIoU" in result.stdout, result.stderr
+    onnx_path = export_script.main(["--ckpt", str(retrain / "model_best.pth.tar"), "--input-size", "32", "32"])
+    assert Path(onnx_path).is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--val-every", "2", "1", "--num-segm-epochs", "3", "1"], "--val-every 2 1: must divide --num-segm-epochs 3 1"),
+    (["--do-kd"], "--do-kd: needs --kd-teacher"),
+    (["--kd-teacher", "missing.pth.tar", "--do-kd"], "--kd-teacher missing.pth.tar: file not found"),
+    (["--meta-train-prct", "100"], "--meta-train-prct 100: expected a percentage in 1..99"),
+    (["--batch-size", "64", "4"], "--batch-size 64 4: the candidates train on 18 images"),
+    (["--val-omit-classes", "9"], "--val-omit-classes 9: the dataset has classes 0..3"),
+])
+def test_bad_flags_are_one_clear_line(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        search(tmp_path, "run", *flags)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_candidates_do_not_depend_on_the_number_of_processes(tmp_path):
+    args = SEARCH + ["--parallel_candidates", "2", "--num_candidates", "4"]
+    launch(["torch.distributed.run", "--standalone"], "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "two")],
+           tmp_path / "logs-two")
+    launch(None, "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
+    two, one = read_jsonl(RunDir(tmp_path / "two").candidates), read_jsonl(RunDir(tmp_path / "one").candidates)
+    assert [r["rank"] for r in two] == [0, 1, 0, 1] and [r["rank"] for r in one] == [0, 0, 0, 0]
+    assert stable(two) == stable(one)
+    assert all(torch.equal(controller(tmp_path / "two")[k], v) for k, v in controller(tmp_path / "one").items())
