@@ -85,6 +85,24 @@ def test_the_released_cvpr_arch0_has_the_published_counts_and_output_stride():
         assert decoder(encoder(torch.randn(1, 3, 375, 500))).shape == (1, 21, 94, 125)  # stride 4, as released
 
 
+@pytest.mark.parametrize("genotype, total", [
+    ([[2, [1, 0, 3, 6], [0, 1, 2, 8], [2, 0, 6, 1]], [[2, 3], [3, 1], [4, 4]]], 2_810_133),  # arch1
+    ([[5, [0, 0, 4, 1], [3, 2, 0, 1], [5, 6, 5, 0]], [[1, 3], [4, 3], [2, 2]]], 2_853_141),  # arch2
+], ids=["arch1", "arch2"])
+def test_the_released_cvpr_arch1_and_arch2_have_the_original_counts_and_stride_8(genotype, total):
+    from modeling.nas_segm.encoder import CVPR_TAPS
+    from modeling.nas_segm.genotype import released
+    from modeling.nas_segm.micro_decoder import MicroDecoder
+
+    name = "cvpr_arch1" if total == 2_810_133 else "cvpr_arch2"
+    assert [list(part) for part in released(name).genotype_json()["config"]] == genotype
+    encoder = MobileNetV2Encoder(CVPR_TAPS).eval()
+    decoder = MicroDecoder(genotype, [24, 32, 96, 320], num_classes=21).eval()
+    assert count(encoder) + count(decoder) == total
+    with torch.no_grad():
+        assert decoder(encoder(torch.randn(1, 3, 375, 500))).shape == (1, 21, 47, 63)  # as the original's fixtures
+
+
 def test_the_search_auxiliary_heads_have_the_original_counts_and_outputs():
     from modeling.nas_segm.encoder import CVPR_TAPS
     from modeling.nas_segm.micro_decoder import MicroDecoder

@@ -66,7 +66,8 @@ def test_a_malformed_cvpr_genotype_names_the_field(change, message):
         architecture_from_json(data, "arch.json")
 
 
-@pytest.mark.parametrize("name, total", [("wacv_arch0", 280_147), ("wacv_arch1", 268_235), ("cvpr_arch0", 2_629_909)])
+@pytest.mark.parametrize("name, total", [("wacv_arch0", 280_147), ("wacv_arch1", 268_235), ("cvpr_arch0", 2_629_909),
+                                         ("cvpr_arch1", 2_810_133), ("cvpr_arch2", 2_853_141)])
 def test_summary_prints_the_published_parameter_count(name, total):
     path = ROOT / "modeling" / "architectures" / f"nas_segm_{name}.json"
     result = subprocess.run([sys.executable, str(ROOT / "train_new_model.py"), "--saved_arch_path", str(path),

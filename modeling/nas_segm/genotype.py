@@ -141,5 +141,5 @@ def _as_lists(value: Any) -> Any:
 
 def released(name: str) -> DecoderGenotype:
     """A released architecture shipped with the project: ``wacv_arch0``, ``wacv_arch1`` (Cityscapes) or
-    ``cvpr_arch0`` (PASCAL VOC)."""
+    ``cvpr_arch0``, ``cvpr_arch1``, ``cvpr_arch2`` (PASCAL VOC)."""
     return load_architecture(RELEASED / f"nas_segm_{name}.json", expected=DecoderGenotype)
