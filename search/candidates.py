@@ -193,23 +193,41 @@ def downsample_labels(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
-@torch.no_grad()
+class EncoderFeatures:
+    """Stage 0's inputs of an (images, masks) batch: the frozen encoder's features (eval mode, no gradient), the
+    labels at the first feature's size (stride 4, nearest) and, with a teacher, its logits bilinearly brought to
+    that size. The cache holds these once per search; without the cache they are recomputed every step."""
+
+    def __init__(self, encoder: nn.Module, teacher: nn.Module | None, device: torch.device) -> None:
+        self.encoder, self.teacher, self.device = encoder, teacher, device
+
+    @torch.no_grad()
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+        images, masks = batch
+        images = images.to(self.device, non_blocking=True)
+        self.encoder.eval()
+        features = self.encoder(images)
+        size = features[0].shape[-2:]
+        inputs = {"features": features, "labels": downsample_labels(masks.to(self.device), size)}
+        if self.teacher is not None:
+            inputs["teacher"] = F.interpolate(self.teacher(images).float(), size=size, mode="bilinear",
+                                              align_corners=False)
+        return inputs
+
+
 def build_feature_cache(encoder: nn.Module, loader: DataLoader, device: torch.device, store: torch.device,
                         teacher: nn.Module | None = None) -> FeatureCache:
-    """Run the (eval-mode) encoder, and the teacher, once over ``loader``'s batches; keep the results on
-    ``store`` (the original keeps them on the GPU)."""
-    encoder.eval()
+    """Stage 0's inputs of every batch of ``loader``, computed once and kept on ``store`` (the original keeps them
+    on the GPU)."""
+    prepare = EncoderFeatures(encoder, teacher, device)
     features: list[list[torch.Tensor]] = []
     labels, teacher_logits = [], []
-    for images, masks in tqdm(loader, desc="stage-0 feature cache", leave=False):
-        images = images.to(device)
-        outputs = encoder(images)
-        size = outputs[0].shape[-2:]
-        features.append([f.to(store) for f in outputs])
-        labels.append(downsample_labels(masks, size).to(store))
+    for batch in tqdm(loader, desc="stage-0 feature cache", leave=False):
+        inputs = prepare(batch)
+        features.append([f.to(store) for f in inputs["features"]])
+        labels.append(inputs["labels"].to(store))
         if teacher is not None:
-            logits = F.interpolate(teacher(images).float(), size=size, mode="bilinear", align_corners=False)
-            teacher_logits.append(logits.to(store))
+            teacher_logits.append(inputs["teacher"].to(store))
     return FeatureCache([torch.cat(parts) for parts in zip(*features)], torch.cat(labels),
                         torch.cat(teacher_logits) if teacher is not None else None)
 
@@ -234,14 +252,16 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
 
 
 class DecoderStep:
-    """Stage 0: the decoder alone on a batch of cached features, against the stride-4 labels, plus the
-    distillation term ``kd_coeff * MSE(logits at stride 4, teacher logits)`` when the cache holds them."""
+    """Stage 0: the decoder alone on a batch of cached features (or of images, which ``prepare``, an
+    ``EncoderFeatures``, turns into features), against the stride-4 labels, plus the distillation term
+    ``kd_coeff * MSE(logits at stride 4, teacher logits)`` when the batch holds teacher logits."""
 
     def __init__(self, decoder: nn.Module, optimizer: torch.optim.Optimizer, precision: PrecisionStep,
-                 device: torch.device, recipe: CandidateRecipe) -> None:
+                 device: torch.device, recipe: CandidateRecipe, prepare: EncoderFeatures | None = None) -> None:
         self.decoder, self.optimizer, self.precision, self.device, self.recipe = (decoder, optimizer, precision,
                                                                                  device, recipe)
-        self.params = [p for p in decoder.parameters()]
+        self.prepare = prepare
+        self.params = list(decoder.parameters())
 
     def train(self) -> None:
         self.decoder.train()
@@ -249,7 +269,9 @@ class DecoderStep:
     def start_epoch(self, epoch: int, steps_done: int) -> None:
         pass
 
-    def __call__(self, batch: dict[str, Any], global_step: int) -> dict[str, float]:
+    def __call__(self, batch: Any, global_step: int) -> dict[str, float]:
+        if self.prepare is not None:
+            batch = self.prepare(batch)
         features = [f.to(self.device, non_blocking=True) for f in batch["features"]]
         labels = batch["labels"].to(self.device, non_blocking=True)
         with self.precision.autocast():
@@ -325,7 +347,8 @@ class StopBetweenSteps(Hook):
 
 class ScoreAndDecide(Hook):
     """Every ``val_every`` epochs of a stage: the reward on the held-out split (after Polyak's copy, so the
-    averaged weights are scored), and the early-termination rule's verdict; a poor score ends the candidate."""
+    averaged weights are scored), and the early-termination rule's verdict; a poor score ends the candidate.
+    Each check joins ``outcome["checks"]`` with the epoch's training loss."""
 
     def __init__(self, stage: int, val_every: int, score: Callable[[], dict[str, float]],
                  decide: Callable[[int, int, float], bool], outcome: dict[str, Any]) -> None:
@@ -338,7 +361,8 @@ class ScoreAndDecide(Hook):
         scores = self.score()
         trainer.record.update(scores)
         self.outcome.update(scores, stage=self.stage)
-        self.outcome["checks"].append([self.stage, point, scores["reward"]])
+        self.outcome["checks"].append({"stage": self.stage, "point": point, "reward": scores["reward"],
+                                       "train_loss": trainer.record["train_loss"]})
         if not self.decide(self.stage, point, scores["reward"]):
             self.outcome["stopped_early"] = True
             trainer.should_stop = True

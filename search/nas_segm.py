@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,9 @@ from modeling.nas_segm.network import DecoderSearchNetwork
 from modeling.nas_segm.plots import plot_decoder
 from modeling.registry import load_trained_model
 from search.agents import AGENTS, Agent
-from search.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep, EndToEndStep,
-                               FeatureCache, PolyakAverage, RunningMaxStop, ScoreAndDecide, StopBetweenSteps,
-                               build_feature_cache, derived_seed, geometric_reward, make_optimizer)
+from search.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep, EncoderFeatures,
+                               EndToEndStep, FeatureCache, PolyakAverage, RunningMaxStop, ScoreAndDecide,
+                               StopBetweenSteps, build_feature_cache, derived_seed, geometric_reward, make_optimizer)
 from search.controller import DecoderController, action_to_config
 from search.registry import SearchSystem, register_system
 from utils.checkpoint import save_checkpoint
@@ -53,7 +54,7 @@ from utils.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
 from utils.trainer import Hook, NonFiniteLoss, Trainer
 
 SYSTEM = "nas-segm"
-SAMPLING, TRAINING, DECIDING, CACHING = 1, 2, 3, 4  # keys of the seeds derived from --seed
+SAMPLING, TRAINING, DECIDING, CACHING, CONTROLLER = 1, 2, 3, 4, 5  # keys of the seeds derived from --seed
 
 
 def candidate_recipe(args: argparse.Namespace) -> CandidateRecipe:
@@ -115,14 +116,36 @@ def candidate_costs(network: DecoderSearchNetwork, size: int, device: torch.devi
             "latency_ms": round(1000 * float(np.median(times[1:])), 3)}
 
 
+@dataclass
+class Stage0Data:
+    """What stage 0 trains on: the feature cache, or (--no-stage0-cache) the same images, encoded (and the
+    teacher's logits computed) afresh every step, each epoch with new augmentations."""
+
+    cache: FeatureCache | None
+    images: SegmentationDataset
+    indices: list[int]
+    teacher: torch.nn.Module | None
+
+    def loader(self, seed: int, batch_size: int, workers: int) -> DataLoader:
+        if self.cache is not None:
+            return DataLoader(CachedFeatures(self.cache), batch_size=batch_size, drop_last=True,
+                              sampler=SeededSampler(range(len(self.cache)), seed, shuffle=True, drop_last=True))
+        return make_loader(self.images, SeededSampler(self.indices, seed, shuffle=True, drop_last=True), batch_size,
+                           workers, drop_last=True)
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes if self.cache is not None else 0
+
+
 class CandidateRunner:
     """Builds, trains and scores one candidate (one process, no collective), and returns its record."""
 
-    def __init__(self, args: argparse.Namespace, recipe: CandidateRecipe, cache: FeatureCache,
+    def __init__(self, args: argparse.Namespace, recipe: CandidateRecipe, stage0: Stage0Data,
                  train_set: SegmentationDataset, meta_train: Sequence[int], val_loader: DataLoader,
                  encoder_state: dict[str, torch.Tensor], device: torch.device, rank: int, stop: StopRequest,
                  hooks: Sequence[Hook]) -> None:
-        self.args, self.recipe, self.cache, self.train_set, self.meta_train = args, recipe, cache, train_set, meta_train
+        self.args, self.recipe, self.stage0, self.train_set, self.meta_train = args, recipe, stage0, train_set, meta_train
         self.val_loader, self.encoder_state, self.device, self.rank = val_loader, encoder_state, device, rank
         self.stop, self.hooks = stop, list(hooks)
         self.dtype = amp_dtype(args.amp_dtype, device)
@@ -173,17 +196,18 @@ class CandidateRunner:
             rng = np.random.default_rng([args.seed, index, DECIDING, stage, point])
             return copy.deepcopy(monitors[stage][point]).step(value, rng)
 
-        cached = DataLoader(CachedFeatures(self.cache), batch_size=recipe.batch_size[0], drop_last=True,
-                            sampler=SeededSampler(range(len(self.cache)), seed, shuffle=True, drop_last=True))
+        stage0 = self.stage0.loader(seed, recipe.batch_size[0], args.workers)
         images = make_loader(self.train_set, SeededSampler(self.meta_train, seed, shuffle=True, drop_last=True),
                              recipe.batch_size[1], args.workers, drop_last=True)
-        for stage, loader in enumerate((cached, images)):
+        for stage, loader in enumerate((stage0, images)):
             precision = PrecisionStep(args.amp, self.device, self.dtype)
             decoder_optimizer = make_optimizer(recipe.decoder_optim, network.decoder.parameters(),
                                                recipe.decoder_lr[stage], recipe.decoder_momentum[stage],
                                                recipe.decoder_wd[stage])
             if stage == 0:
-                step = DecoderStep(network.decoder, decoder_optimizer, precision, self.device, recipe)
+                prepare = None if self.stage0.cache is not None else EncoderFeatures(network.encoder,
+                                                                                     self.stage0.teacher, self.device)
+                step = DecoderStep(network.decoder, decoder_optimizer, precision, self.device, recipe, prepare)
                 averaged = network.decoder
             else:
                 encoder_optimizer = make_optimizer(recipe.encoder_optim, network.encoder.parameters(),
@@ -249,14 +273,18 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     longer = bool(args.resize_longer_side)
     stage0_set = SegmentationDataset(sources.train, candidate_train_transform(args.resize_side[0], args.crop_size[0],
                                                                               longer), args.num_classes)
-    chosen = sorted(torch.randperm(len(meta_train), generator=torch.Generator().manual_seed(
-        derived_seed(args.seed, CACHING))).tolist()[:args.n_task0])
-    encoder = MobileNetV2Encoder(CVPR_TAPS if args.space == "cvpr" else WACV_TAPS)
-    encoder.load_state_dict(encoder_state)
-    cache_loader = make_loader(stage0_set, SeededSampler([meta_train[i] for i in chosen], args.seed, shuffle=False),
-                               recipe.batch_size[0], args.workers, drop_last=False)
-    cache = build_feature_cache(encoder.to(device), cache_loader, device, device, load_teacher(args, device))
-    del encoder
+    chosen = [meta_train[i] for i in sorted(torch.randperm(len(meta_train), generator=torch.Generator().manual_seed(
+        derived_seed(args.seed, CACHING))).tolist()[:args.n_task0])]
+    teacher = load_teacher(args, device)
+    stage0 = Stage0Data(None, stage0_set, chosen, teacher)
+    if args.stage0_cache:
+        encoder = MobileNetV2Encoder(CVPR_TAPS if args.space == "cvpr" else WACV_TAPS)
+        encoder.load_state_dict(encoder_state)
+        cache_loader = make_loader(stage0_set, SeededSampler(chosen, args.seed, shuffle=False), recipe.batch_size[0],
+                                   args.workers, drop_last=False)
+        stage0 = Stage0Data(build_feature_cache(encoder.to(device), cache_loader, device, device, teacher),
+                            stage0_set, chosen, None)
+        del encoder, teacher
     train_set = SegmentationDataset(sources.train, candidate_train_transform(args.resize_side[1], args.crop_size[1],
                                                                              longer), args.num_classes)
     val_set = SegmentationDataset(sources.train, candidate_eval_transform(args.val_resize_side, args.val_crop_size,
@@ -264,6 +292,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     val_loader = make_loader(val_set, SeededSampler(meta_val, 0, shuffle=False), args.val_batch_size, args.workers,
                              drop_last=False)
 
+    torch.manual_seed(derived_seed(args.seed, CONTROLLER))  # whatever was built before (a teacher or not)
     agent = AGENTS[args.agent](DecoderController(args.space, args.lstm_hidden_size), lr=args.ctrl_lr, seed=args.seed,
                                baseline_decay=args.ctrl_baseline_decay)
     monitors = [[RunningMaxStop() for _ in range(recipe.checks(stage))] for stage in (0, 1)]
@@ -282,8 +311,10 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
         run_dir.candidates.write_text("".join(json.dumps(r) + "\n" for r in records))
         writer = SummaryWriter(str(run_dir.tensorboard), purge_step=next_candidate)
         logger.info(f"decoder search ({args.space} space, {args.agent}): {args.dataset} ({args.num_classes} classes), "
-                    f"{len(meta_train)} images train the candidates and {len(meta_val)} score them; stage-0 cache of "
-                    f"{len(cache)} crops, {cache.nbytes / 2**20:.1f} MiB on {device}; encoder "
+                    f"{len(meta_train)} images train the candidates and {len(meta_val)} score them; stage 0 on "
+                    f"{len(chosen)} of them, " + (f"cached: {stage0.nbytes / 2**20:.1f} MiB on {device}"
+                                                   if args.stage0_cache else "encoded every step")
+                    + f"; encoder "
                     f"{args.encoder_weights or 'randomly initialised (give --encoder-weights for a real search)'}; "
                     f"{args.parallel_candidates} candidate(s) per round on {context.world_size} process(es); run "
                     f"directory {run_dir}")
@@ -296,10 +327,10 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 "data_split": sources.data_split, "split": {"meta_train": list(meta_train), "meta_val": list(meta_val)},
                 "agent": agent.state_dict(), "monitors": [[m.state_dict() for m in stage] for stage in monitors],
                 "candidates": records, "next_candidate": next_candidate, "failures_in_a_row": failures_in_a_row,
-                "cache_bytes": cache.nbytes}
+                "cache_bytes": stage0.nbytes}
 
     with StopRequest() as stop:
-        runner = CandidateRunner(args, recipe, cache, train_set, meta_train, val_loader, encoder_state, device,
+        runner = CandidateRunner(args, recipe, stage0, train_set, meta_train, val_loader, encoder_state, device,
                                  context.rank, stop, hooks)
         while next_candidate < args.num_candidates:
             indices = range(next_candidate, min(next_candidate + args.parallel_candidates, args.num_candidates))
@@ -315,8 +346,8 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 raise RunInterrupted(f"stopped during candidates {indices.start}..{indices.stop - 1}, which are dropped "
                                      f"and redone on resume; continue with --resume {path}", signum or 15)
             for result, plan in zip(results, plans):
-                for stage, point, value in result.get("checks", []):
-                    monitors[stage][point].step(value, np.random.default_rng(0))  # the state only: the draw is unused
+                for check in result.get("checks", []):  # the state only moves: the draw is unused
+                    monitors[check["stage"]][check["point"]].step(check["reward"], np.random.default_rng(0))
                 failures_in_a_row = 0 if result["status"] == "ok" else failures_in_a_row + 1
                 if result["status"] == "ok" and context.is_main:
                     agent.update(result["reward"], plan["action"], plan["log_prob"])

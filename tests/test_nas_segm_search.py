@@ -83,8 +83,10 @@ def test_every_candidate_is_one_record_and_the_checkpoint_holds_the_search(unint
     for record in records:
         DecoderGenotype.from_json({"space": "wacv", "config": record["genotype"]}, None, {}, "record")
         assert 0 < record["reward"] <= 1 and record["params"] > 56_576 and record["multi_adds"] > 0
-        assert record["latency_ms"] > 0 and record["stage"] in (0, 1) and record["checks"][0][:2] == [0, 0]
-        assert record["reward"] == record["checks"][-1][2]  # the reward is the last score taken
+        assert record["latency_ms"] > 0 and record["stage"] in (0, 1)
+        assert [(c["stage"], c["point"]) for c in record["checks"]] == [(0, 0), (1, 0)][:record["stage"] + 1]
+        assert record["reward"] == record["checks"][-1]["reward"]  # the reward is the last score taken
+        assert all(c["train_loss"] > 0 for c in record["checks"])
     state = load_checkpoint(RunDir(run_dir).checkpoint, stage="search", system="nas-segm")
     assert state["next_candidate"] == 3 and stable(state["candidates"]) == stable(records)
     assert state["agent"]["inserted"] == 3  # every reward reached PPO's buffer
@@ -210,3 +212,57 @@ def test_the_candidates_do_not_depend_on_the_number_of_processes(tmp_path):
     assert [r["rank"] for r in two] == [0, 1, 0, 1] and [r["rank"] for r in one] == [0, 0, 0, 0]
     assert stable(two) == stable(one)
     assert all(torch.equal(controller(tmp_path / "two")[k], v) for k, v in controller(tmp_path / "one").items())
+
+
+def first_candidate(run_dir):
+    return read_jsonl(RunDir(run_dir).candidates)[0]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A network retrained by this project on the same data: a released decoder, one epoch."""
+    import train_new_model
+
+    path = ROOT / "modeling" / "architectures" / "nas_segm_wacv_arch1.json"
+    run_dir = train_new_model.main(DATA + ["--saved_arch_path", str(path), "--epochs", "1", "--batch_size", "4",
+                                           "--crop_size", "32", "--out-dir", str(tmp_path_factory.mktemp("t") / "r")])
+    return run_dir / "model_best.pth.tar"
+
+
+def test_distillation_from_a_retrained_teacher_changes_stage_0_only_through_its_term(tmp_path, teacher,
+                                                                                      uninterrupted):
+    one = ["--num_candidates", "1", "--kd-teacher", str(teacher), "--do-kd"]
+    plain = first_candidate(uninterrupted[0])
+    silent = first_candidate(search(tmp_path, "zero", *one, "--kd-coeff", "0"))
+    assert stable([silent]) == stable([plain])  # a zero weight: exactly the run without a teacher
+    distilled = first_candidate(search(tmp_path, "kd", *one))
+    assert distilled["genotype"] == plain["genotype"]
+    assert distilled["checks"][0]["train_loss"] != plain["checks"][0]["train_loss"]
+
+
+def test_a_teacher_for_other_classes_is_refused(tmp_path, teacher):
+    with pytest.raises(UserError, match=r"--kd-teacher .*model_best.pth.tar: predicts 4 classes, the search has 5"):
+        search(tmp_path, "run", "--do-kd", "--kd-teacher", str(teacher), "--num_classes", "5")
+
+
+def test_without_the_cache_stage_0_encodes_every_step(tmp_path, uninterrupted):
+    run_dir = search(tmp_path, "run", "--num_candidates", "1", "--no-stage0-cache")
+    record, cached = first_candidate(run_dir), first_candidate(uninterrupted[0])
+    assert record["status"] == "ok" and record["genotype"] == cached["genotype"]
+    assert record["checks"][0]["train_loss"] != cached["checks"][0]["train_loss"]  # fresh augmentations each epoch
+    assert "encoded every step" in (run_dir / "log.txt").read_text()
+    assert load_checkpoint(RunDir(run_dir).checkpoint)["cache_bytes"] == 0
+
+
+def test_a_cvpr_search_trains_the_auxiliary_heads_and_counts_without_them(tmp_path):
+    from modeling.nas_segm.network import DecoderSearchNetwork
+
+    run_dir = search(tmp_path, "run", "--space", "cvpr", "--num_candidates", "1")
+    args = json.loads((run_dir / "args.json").read_text())
+    assert (args["dec_aux_weight"], args["aux_cell"]) == (0.15, True)  # the CVPR settings follow --space
+    record = first_candidate(run_dir)
+    genotype = DecoderGenotype.from_json({"space": "cvpr", "config": record["genotype"]}, None, {}, "record")
+    network = DecoderSearchNetwork(genotype, 4, 48, 1, aux_heads=True, aux_cell=True)
+    with_aux = sum(p.numel() for p in network.parameters())
+    assert record["params"] == with_aux - sum(p.numel() for p in network.decoder.aux_heads.parameters())
+    assert record["status"] == "ok"
