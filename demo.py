@@ -13,11 +13,13 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import ModuleType
 
 import decode_autodeeplab
 import train_autodeeplab
 import train_nas_segm
 import train_new_model
+from modeling.architecture_file import Genotype
 from utils.cli import run_cli
 from utils.run_dir import RunDir, new_run_dir, read_jsonl
 
@@ -56,15 +58,7 @@ def main() -> None:
         return nas_segm_demo(out)
     started = time.time()
     search, retrain = RunDir(out / "search"), RunDir(out / "retrain")
-    search_args = SEARCH + ["--out-dir", str(search)]
-    print("1/3 search:  python train_autodeeplab.py " + " ".join(search_args), flush=True)
-    train_autodeeplab.main(search_args)
-    decode_args = ["--resume", str(search.checkpoint)]
-    print("2/3 decode:  python decode_autodeeplab.py " + " ".join(decode_args), flush=True)
-    arch = decode_autodeeplab.main(decode_args)
-    retrain_args = RETRAIN + ["--saved_arch_path", str(search.architecture), "--out-dir", str(retrain)]
-    print("3/3 retrain: python train_new_model.py " + " ".join(retrain_args), flush=True)
-    train_new_model.main(retrain_args)
+    arch = run_stages(train_autodeeplab, "train_autodeeplab.py", SEARCH, RETRAIN, search, retrain)
 
     search_best = max(r.get("val_miou", 0.0) for r in read_jsonl(search.metrics))
     final = read_jsonl(retrain.metrics)[-1]
@@ -95,19 +89,27 @@ def main() -> None:
         print(f"  README pictures copied to {images}/")
 
 
+def run_stages(search_script: ModuleType, search_name: str, search_flags: list[str], retrain_flags: list[str],
+               search: RunDir, retrain: RunDir) -> Genotype:
+    """Search, decode and retrain in ``search`` and ``retrain``, each command printed first; returns the decoded
+    architecture."""
+    search_args = search_flags + ["--out-dir", str(search)]
+    print(f"1/3 search:  python {search_name} " + " ".join(search_args), flush=True)
+    search_script.main(search_args)
+    decode_args = ["--resume", str(search.checkpoint)]
+    print("2/3 decode:  python decode_autodeeplab.py " + " ".join(decode_args), flush=True)
+    genotype = decode_autodeeplab.main(decode_args)
+    retrain_args = retrain_flags + ["--saved_arch_path", str(search.architecture), "--out-dir", str(retrain)]
+    print("3/3 retrain: python train_new_model.py " + " ".join(retrain_args), flush=True)
+    train_new_model.main(retrain_args)
+    return genotype
+
+
 def nas_segm_demo(out: Path) -> None:
     """The decoder search: a few candidates, the ranking and the chosen decoder, then its retrain."""
     started = time.time()
     search, retrain = RunDir(out / "search"), RunDir(out / "retrain")
-    search_args = NAS_SEGM_SEARCH + ["--out-dir", str(search)]
-    print("1/3 search:  python train_nas_segm.py " + " ".join(search_args), flush=True)
-    train_nas_segm.main(search_args)
-    decode_args = ["--resume", str(search.checkpoint)]
-    print("2/3 decode:  python decode_autodeeplab.py " + " ".join(decode_args), flush=True)
-    genotype = decode_autodeeplab.main(decode_args)
-    retrain_args = NAS_SEGM_RETRAIN + ["--saved_arch_path", str(search.architecture), "--out-dir", str(retrain)]
-    print("3/3 retrain: python train_new_model.py " + " ".join(retrain_args), flush=True)
-    train_new_model.main(retrain_args)
+    genotype = run_stages(train_nas_segm, "train_nas_segm.py", NAS_SEGM_SEARCH, NAS_SEGM_RETRAIN, search, retrain)
     final = read_jsonl(retrain.metrics)[-1]
     print(f"\nchosen decoder (best reward {genotype.source['reward']:.4f}, candidate {genotype.source['candidate']}):\n"
           f"{genotype.describe()}")
