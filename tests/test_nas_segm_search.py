@@ -268,3 +268,12 @@ def test_a_cvpr_search_trains_the_auxiliary_heads_and_counts_without_them(tmp_pa
     with_aux = sum(p.numel() for p in network.parameters())
     assert record["params"] == with_aux - sum(p.numel() for p in network.decoder.aux_heads.parameters())
     assert record["status"] == "ok"
+
+
+def test_amp_trains_the_candidates_in_bfloat16(tmp_path, uninterrupted):
+    run_dir = search(tmp_path, "run", "--num_candidates", "1", "--amp", "--amp_dtype", "bf16")
+    record, full_precision = first_candidate(run_dir), first_candidate(uninterrupted[0])
+    assert record["status"] == "ok" and record["genotype"] == full_precision["genotype"]
+    losses = [check["train_loss"] for check in record["checks"]]
+    expected = [check["train_loss"] for check in full_precision["checks"]]
+    assert losses != expected and losses == pytest.approx(expected, rel=0.2)  # same steps, rounded to bf16
