@@ -1,13 +1,16 @@
-"""What only a GPU can check: float16 with loss scaling on CUDA, and NCCL with SyncBatchNorm on 2 GPUs
+"""What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), and NCCL with SyncBatchNorm on 2 GPUs
 matching 1 GPU. Skipped without CUDA (CI has none); `make test` on a GPU machine runs them."""
 
 import pytest
 import torch
 
 import train_autodeeplab
+import train_nas_segm
 import train_new_model
 from tests.test_distributed import RETRAIN, SEARCH, launch, records
+from tests.test_nas_segm_search import SEARCH as NAS_SEGM_SEARCH
 from utils.checkpoint import load_checkpoint
+from utils.run_dir import RunDir, read_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
@@ -54,3 +57,13 @@ def test_one_image_per_gpu_runs_with_synchronised_batchnorm(tmp_path):
     launch(["torch.distributed.run", "--standalone"], "train_autodeeplab.py", args, tmp_path / "logs")
     assert "2 process(es) of 1 images, SyncBatchNorm" in (tmp_path / "run" / "log.txt").read_text()
     assert len(records(tmp_path / "run")) == 2
+
+
+def test_decoder_search_on_cuda_with_float16(tmp_path):
+    run_dir = train_nas_segm.main(NAS_SEGM_SEARCH + ["--num_candidates", "2", "--device", "cuda", "--amp",
+                                                     "--out-dir", str(tmp_path / "run")])
+    log = (run_dir / "log.txt").read_text()
+    assert "cached" in log and "on cuda" in log
+    candidates = read_jsonl(RunDir(run_dir).candidates)
+    assert [c["status"] for c in candidates] == ["ok", "ok"]
+    assert all(c["latency_ms"] > 0 and 0 <= c["reward"] <= 1 for c in candidates)
