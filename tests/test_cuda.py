@@ -1,5 +1,6 @@
 """What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), and NCCL
-with SyncBatchNorm on 2 GPUs matching 1 GPU. Skipped without CUDA (CI has none); `make test` on a GPU machine runs them."""
+with SyncBatchNorm on 2 GPUs matching 1 GPU. Skipped without CUDA (CI has none); `make test` on a GPU machine
+runs them."""
 
 import pytest
 import torch
