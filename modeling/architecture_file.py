@@ -8,7 +8,8 @@ Format version 2 is one envelope for every search system::
 ``system`` names the search system, whose registered genotype class reads ``genotype`` (its own
 fields) and checks it against ``search_space`` (a description of the space it was searched in);
 ``source`` says where the architecture came from (checkpoint, epoch, scores). Version-1 files, written
-before there was more than one system, hold Auto-DeepLab's fields at the top level and still load.
+before there was more than one system, hold Auto-DeepLab's fields at the top level and still load, and so
+do the files of an original implementation whose genotype class reads them (``from_original``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def architecture_from_json(data: Any, origin: str = "architecture") -> Genotype:
         return UserError(f"{origin}: field '{field_name}': {expected}")
 
     if not isinstance(data, dict):
+        for cls in GENOTYPES.values():  # a search system's own file format, if it has one
+            reader = getattr(cls, "from_original", None)
+            genotype = reader(data, origin) if reader is not None else None
+            if genotype is not None:
+                return genotype
         raise UserError(f"{origin}: expected a JSON object at the top level")
     if data.get("format") != FORMAT_NAME:
         raise fail("format", f"expected '{FORMAT_NAME}', got {data.get('format')!r}")
