@@ -1,0 +1,246 @@
+"""Pure-torch NMS, RoIAlign and deformable convolution (DCNv2), put behind torchvision's entry points where
+torchvision's compiled ops are missing.
+
+Beside a CPU-only torch the CUDA build of torchvision cannot load its C++ library (see
+``utils.torchvision_compat``), so ``torchvision.ops.nms``, ``batched_nms`` and ``deform_conv2d`` raise, and
+``roi_align`` falls back to a pure-Python version that samples the whole H×W map for every bin when the
+sampling ratio is adaptive (gigabytes for Mask R-CNN's mask targets) and does not zero samples outside the
+map as the kernels do. The functions here follow the CPU kernels' arithmetic (greedy NMS on a stable score
+sort, RoIAlign's clamping and out-of-map rules, DCN's zero-padded bilinear sampling), need memory in
+proportion to the samples they take, and get their gradients from autograd.
+
+``install()`` routes torchvision (``torchvision.ops`` and the detection models) to them, but only when the
+native ops are missing: where torchvision's library loads, its kernels stay in place.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from utils.torchvision_compat import import_torchvision
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    first, second = value
+    return int(first), int(second)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression, as torchvision's CPU kernel.
+
+    Boxes are visited by decreasing score (a stable sort, so equal scores keep their input order); a box is
+    kept unless its IoU with an already kept box exceeds ``iou_threshold``. Returns the kept indices (int64)
+    in that visiting order.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = scores.sort(stable=True, descending=True).indices
+    x1, y1, x2, y2 = boxes.unbind(1)
+    areas = (x2 - x1) * (y2 - y1)
+    kept = []
+    remaining = order
+    while remaining.numel() > 0:
+        best, others = remaining[0], remaining[1:]
+        kept.append(best)
+        width = (torch.minimum(x2[best], x2[others]) - torch.maximum(x1[best], x1[others])).clamp(min=0)
+        height = (torch.minimum(y2[best], y2[others]) - torch.maximum(y1[best], y1[others])).clamp(min=0)
+        intersection = width * height
+        iou = intersection / (areas[best] + areas[others] - intersection)
+        remaining = others[~(iou > iou_threshold)]  # a NaN IoU (two empty boxes) suppresses nothing
+    return torch.stack(kept)
+
+
+def _as_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
+    """Boxes as Tensor[K, 5] rows (batch index, x1, y1, x2, y2); a list holds one Tensor[L, 4] per image."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"boxes as one tensor must have shape [K, 5], got {list(boxes.shape)}")
+        return boxes
+    for image_boxes in boxes:
+        if image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
+            raise ValueError(f"boxes of one image must have shape [L, 4], got {list(image_boxes.shape)}")
+    batch_indices = [torch.full_like(image_boxes[:, :1], index) for index, image_boxes in enumerate(boxes)]
+    return torch.cat([torch.cat(batch_indices), torch.cat(list(boxes))], dim=1)
+
+
+def _roi_axis_samples(start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The sample rows (or columns) of RoIs sharing a grid count, under the RoIAlign kernel's rules.
+
+    Returns the lower and upper pixel indices and their bilinear weights, each [K, bins * grid]. Samples
+    before -1 or past ``size`` get zero weights; the others are clamped into the map.
+    """
+    bin_index = torch.arange(bins, dtype=start.dtype, device=start.device)
+    step = torch.arange(grid, dtype=start.dtype, device=start.device) + 0.5
+    start, bin_size = start[:, None, None], bin_size[:, None, None]
+    coordinate = (start + bin_index[None, :, None] * bin_size + step[None, None, :] * bin_size / grid).flatten(1)
+    inside = ((coordinate >= -1.0) & (coordinate <= size)).to(start.dtype)
+    coordinate = coordinate.clamp(min=0)
+    low = coordinate.long()
+    at_last_pixel = low >= size - 1
+    low = torch.where(at_last_pixel, size - 1, low)
+    high = torch.where(at_last_pixel, size - 1, low + 1)
+    fraction = torch.where(at_last_pixel, 0.0, coordinate - low)
+    return low, high, (1 - fraction) * inside, fraction * inside
+
+
+def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int | Sequence[int],
+              spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """RoIAlign (average), with the semantics of ``torchvision.ops.roi_align``'s kernels.
+
+    ``boxes``: Tensor[K, 5] (batch index, x1, y1, x2, y2) or one Tensor[L, 4] per image. Each output bin
+    averages a grid of bilinear samples, ``sampling_ratio``² of them, or ceil(roi size / output size) per
+    axis when ``sampling_ratio`` <= 0. RoIs with the same grid are sampled together, so memory grows with
+    the number of samples, never with K·H·W. Gradients flow to ``input``, not to ``boxes`` (as the kernel).
+    Returns Tensor[K, C, output_h, output_w].
+    """
+    pooled_height, pooled_width = _pair(output_size)
+    rois = _as_rois(boxes).detach().to(input.dtype)
+    _, channels, height, width = input.shape
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, channels, pooled_height, pooled_width))
+    offset = 0.5 if aligned else 0.0
+    start_x = rois[:, 1] * spatial_scale - offset
+    start_y = rois[:, 2] * spatial_scale - offset
+    roi_width = (rois[:, 3] * spatial_scale - offset) - start_x
+    roi_height = (rois[:, 4] * spatial_scale - offset) - start_y
+    if not aligned:
+        roi_width, roi_height = roi_width.clamp(min=1.0), roi_height.clamp(min=1.0)
+    bin_height, bin_width = roi_height / pooled_height, roi_width / pooled_width
+    if sampling_ratio > 0:
+        grids = torch.full((rois.shape[0], 2), sampling_ratio, dtype=torch.int64, device=rois.device)
+    else:
+        grids = torch.stack([torch.ceil(roi_height / pooled_height), torch.ceil(roi_width / pooled_width)], 1).long()
+    channels_last = input.permute(0, 2, 3, 1)
+    group_grids, group_of_roi = torch.unique(grids, dim=0, return_inverse=True)
+    members, pooled = [], []
+    for group, (grid_h, grid_w) in enumerate(group_grids.tolist()):
+        rois_in_group = torch.nonzero(group_of_roi == group).squeeze(1)
+        members.append(rois_in_group)
+        if grid_h <= 0 or grid_w <= 0:  # an empty (aligned) RoI: no samples, the kernel writes 0
+            pooled.append(input.new_zeros((rois_in_group.numel(), channels, pooled_height, pooled_width)))
+            continue
+        rows = _roi_axis_samples(start_y[rois_in_group], bin_height[rois_in_group], pooled_height, grid_h, height)
+        columns = _roi_axis_samples(start_x[rois_in_group], bin_width[rois_in_group], pooled_width, grid_w, width)
+        batch_index = rois[rois_in_group, 0].long()[:, None, None]
+        total = 0
+        for row, row_weight in ((rows[0], rows[2]), (rows[1], rows[3])):
+            for column, column_weight in ((columns[0], columns[2]), (columns[1], columns[3])):
+                values = channels_last[batch_index, row[:, :, None], column[:, None, :]]  # [Kg, PH*gh, PW*gw, C]
+                total = total + torch.einsum(
+                    "kpi,kqj,kpiqjc->kcpq", row_weight.view(-1, pooled_height, grid_h),
+                    column_weight.view(-1, pooled_width, grid_w),
+                    values.view(-1, pooled_height, grid_h, pooled_width, grid_w, channels))
+        pooled.append(total / (grid_h * grid_w))
+    return torch.cat(pooled)[torch.argsort(torch.cat(members))]
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                  dilation: int | Sequence[int] = 1, mask: Tensor | None = None) -> Tensor:
+    """Deformable convolution (DCNv2 with ``mask``, DCNv1 without), as ``torchvision.ops.deform_conv2d``.
+
+    Kernel position (i, j) of output (oy, ox) reads the input bilinearly at
+    (oy·stride - pad + i·dilation + Δy, ox·stride - pad + j·dilation + Δx), zero outside the map, scales it by
+    the mask, and the samples are multiplied with ``weight`` like an im2col convolution. ``offset`` is
+    [N, 2·G·kh·kw, out_h, out_w] with a (Δy, Δx) pair per kernel position for each of G offset groups (the
+    input channels split into G consecutive parts); ``mask`` is [N, G·kh·kw, out_h, out_w]. The weight may be
+    grouped: [out_channels, in_channels // groups, kh, kw].
+    """
+    stride_h, stride_w = _pair(stride)
+    pad_h, pad_w = _pair(padding)
+    dilation_h, dilation_w = _pair(dilation)
+    batch, in_channels, height, width = input.shape
+    out_channels, channels_per_weight_group, kernel_h, kernel_w = weight.shape
+    kernel_positions = kernel_h * kernel_w
+    out_h = (height + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    offset_groups = offset.shape[1] // (2 * kernel_positions)
+    if (offset_groups == 0 or offset.shape[1] % (2 * kernel_positions) or in_channels % offset_groups
+            or offset.shape[0] != batch or tuple(offset.shape[2:]) != (out_h, out_w)):
+        raise ValueError(f"offset must be [{batch}, 2·G·{kernel_positions}, {out_h}, {out_w}] with G dividing "
+                         f"{in_channels} input channels, got {list(offset.shape)}")
+    if mask is not None and tuple(mask.shape) != (batch, offset_groups * kernel_positions, out_h, out_w):
+        raise ValueError(f"mask must be [{batch}, {offset_groups * kernel_positions}, {out_h}, {out_w}], "
+                         f"got {list(mask.shape)}")
+    if in_channels % channels_per_weight_group or out_channels % (in_channels // channels_per_weight_group):
+        raise ValueError(f"weight {list(weight.shape)} does not group {in_channels} input channels")
+    weight_groups = in_channels // channels_per_weight_group
+    channels_per_offset_group = in_channels // offset_groups
+
+    def positions(out_size: int, stride: int, pad: int, kernel: int, dilation: int) -> Tensor:
+        out_index = torch.arange(out_size, device=input.device)
+        kernel_index = torch.arange(kernel, device=input.device)
+        return (out_index[None, :] * stride - pad + kernel_index[:, None] * dilation).to(input.dtype)
+
+    base_y = positions(out_h, stride_h, pad_h, kernel_h, dilation_h).view(kernel_h, 1, out_h, 1)
+    base_x = positions(out_w, stride_w, pad_w, kernel_w, dilation_w).view(1, kernel_w, 1, out_w)
+    offset_y, offset_x = offset.reshape(batch, offset_groups, kernel_h, kernel_w, 2, out_h, out_w).unbind(4)
+    y = (base_y + offset_y).flatten(2)  # [N, G, kh·kw·out_h·out_w]
+    x = (base_x + offset_x).flatten(2)
+    y_low, x_low = y.floor(), x.floor()
+    y_fraction, x_fraction = y - y_low, x - x_low
+    y_low, x_low = y_low.long(), x_low.long()
+    channels_last = input.reshape(batch, offset_groups, channels_per_offset_group, height * width).transpose(2, 3)
+    batch_index = torch.arange(batch, device=input.device)[:, None, None]
+    group_index = torch.arange(offset_groups, device=input.device)[None, :, None]
+    sampled = 0
+    for row, row_weight in ((y_low, 1 - y_fraction), (y_low + 1, y_fraction)):
+        for column, column_weight in ((x_low, 1 - x_fraction), (x_low + 1, x_fraction)):
+            inside = (row >= 0) & (row <= height - 1) & (column >= 0) & (column <= width - 1)
+            flat_index = row.clamp(0, height - 1) * width + column.clamp(0, width - 1)
+            values = channels_last[batch_index, group_index, flat_index]  # [N, G, P, C/G]
+            sampled = sampled + (row_weight * column_weight * inside)[..., None] * values
+    if mask is not None:
+        sampled = sampled * mask.reshape(batch, offset_groups, -1)[..., None]
+    columns = (sampled.view(batch, offset_groups, kernel_positions, out_h * out_w, channels_per_offset_group)
+               .permute(0, 1, 4, 2, 3)
+               .reshape(batch, weight_groups, channels_per_weight_group * kernel_positions, out_h * out_w))
+    grouped_weight = weight.reshape(weight_groups, out_channels // weight_groups, -1)
+    output = torch.matmul(grouped_weight, columns).view(batch, out_channels, out_h, out_w)
+    return output if bias is None else output + bias.view(1, -1, 1, 1)
+
+
+# (module, attribute, replacement): where ``install`` puts these functions.
+ENTRY_POINTS: tuple[tuple[str, str, Callable[..., Tensor]], ...] = (
+    ("torchvision.ops", "nms", nms),
+    ("torchvision.ops.boxes", "nms", nms),  # batched_nms (both strategies) calls this module global
+    ("torchvision.ops", "roi_align", roi_align),
+    ("torchvision.ops.roi_align", "roi_align", roi_align),  # RoIAlign.forward
+    ("torchvision.ops.poolers", "roi_align", roi_align),  # MultiScaleRoIAlign
+    ("torchvision.models.detection.roi_heads", "roi_align", roi_align),  # mask targets
+    ("torchvision.ops", "deform_conv2d", deform_conv2d),
+    ("torchvision.ops.deform_conv", "deform_conv2d", deform_conv2d),  # DeformConv2d.forward
+)
+
+
+def native_ops_available() -> bool:
+    """Whether torchvision's compiled library is loaded and its CPU nms kernel runs."""
+    torchvision = import_torchvision()
+    if not torchvision.extension._has_ops():
+        return False
+    try:
+        torch.ops.torchvision.nms(torch.zeros(1, 4), torch.ones(1), 0.5)
+    except RuntimeError:  # NotImplementedError included: the schema exists without a CPU kernel
+        return False
+    return True
+
+
+def install() -> tuple[str, ...]:
+    """Route torchvision's nms, batched_nms, roi_align, RoIAlign, MultiScaleRoIAlign, deform_conv2d,
+    DeformConv2d and the detection models to this module's functions, when the native ops are missing.
+
+    Returns the ``module.attribute`` entry points now pointing here; empty where the native ops work, in
+    which case nothing is touched. Calling it again sets the same attributes again.
+    """
+    if native_ops_available():
+        return ()
+    for module_name, attribute, replacement in ENTRY_POINTS:
+        setattr(importlib.import_module(module_name), attribute, replacement)
+    return tuple(f"{module_name}.{attribute}" for module_name, attribute, _ in ENTRY_POINTS)
