@@ -43,13 +43,13 @@ def test_the_coco_network_at_search_widths_has_the_published_count():
 def test_the_supernet_runs_the_blocks_its_path_names_as_the_fixed_network_would():
     torch.manual_seed(0)
     supernet = ChoiceBackbone(SMALL_WIDTHS, SMALL_REPEATS).eval()
-    assert all(len(block) == len(BACKBONE_OPS) for block in supernet.blocks)
+    assert all(len(block.ops) == len(BACKBONE_OPS) for block in supernet.blocks)
     path = [3, 0, 2, 1, 3, 3, 0, 1, 2, 0]
     fixed = ChoiceBackbone(SMALL_WIDTHS, SMALL_REPEATS, ops=path).eval()
     state = {name: value for name, value in supernet.state_dict().items() if not name.startswith("blocks.")}
     for index, op in enumerate(path):
-        prefix = f"blocks.{index}.{op}."
-        state |= {f"blocks.{index}." + name[len(prefix):]: value for name, value in supernet.state_dict().items()
+        prefix = f"blocks.{index}.ops.{op}."
+        state |= {f"blocks.{index}.ops.0." + name[len(prefix):]: value for name, value in supernet.state_dict().items()
                   if name.startswith(prefix)}
     fixed.load_state_dict(state)
     images = torch.randn(2, 3, 64, 64)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from modeling.autopanoptic.genotype import BACKBONE_OPS, PAPER_STAGE_REPEATS
+from modeling.autopanoptic.ops import Choice
 
 # stem, then the 4 stages' output channels
 SEARCH_WIDTHS = (48, 96, 240, 480, 960)  # the supernet's ("1.3G", DetNAS's naming by ImageNet Multi-Adds)
@@ -97,9 +98,10 @@ class ChoiceBackbone(nn.Module):
         for c_out, repeats in zip(widths[1:], stage_repeats):
             for index in range(repeats):
                 stride = 2 if index == 0 else 1
-                chosen = range(len(BACKBONE_OPS)) if ops is None else [ops[len(self.blocks)]]
-                choices = [ChoiceBlock(BACKBONE_OPS[op], c_in, c_out, stride, bn_momentum) for op in chosen]
-                self.blocks.append(nn.ModuleList(choices) if ops is None else choices[0])
+                self.blocks.append(Choice(
+                    lambda k, c_in=c_in, c_out=c_out, stride=stride: ChoiceBlock(BACKBONE_OPS[k], c_in, c_out, stride,
+                                                                                bn_momentum),
+                    len(BACKBONE_OPS), None if ops is None else ops[len(self.blocks)]))
                 c_in = c_out
             self.stage_ends.append(len(self.blocks) - 1)
         self.out_channels = list(widths[1:])
@@ -110,7 +112,7 @@ class ChoiceBackbone(nn.Module):
         x = self.stem(x)
         features = []
         for index, block in enumerate(self.blocks):
-            x = block[path[index]](x) if self.supernet else block(x)
+            x = block(x, path[index] if self.supernet else None)
             if index in self.stage_ends:
                 features.append(x)
         return features
