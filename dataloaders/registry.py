@@ -52,7 +52,7 @@ class DatasetInfo:
     layout: str = ""  # the on-disk layout, quoted in errors about a missing or wrong root
     splits: tuple[str, ...] = ("train", "val")
     palette: Callable[[int], np.ndarray] = voc_palette
-    tasks: tuple[str, ...] = ("semantic",)  # what its labels serve: semantic segmentation (panoptic later)
+    tasks: tuple[str, ...] = ("semantic",)  # what its labels serve: "semantic" or "panoptic" segmentation
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None  # dataset-specific flags
 
 

@@ -143,7 +143,7 @@ def _pattern(rng: np.random.Generator, kinds: tuple[str, ...], height: int,
     return np.sign(np.sin(2 * np.pi * frequency * along) * np.sin(2 * np.pi * frequency * across))
 
 
-def _pick_colour(rng: np.random.Generator, used: list[np.ndarray]) -> np.ndarray:
+def pick_colour(rng: np.random.Generator, used: list[np.ndarray]) -> np.ndarray:
     """A random base colour, kept away from the colours already on the canvas for contrast."""
     candidates = rng.uniform(0, 255, size=(COLOUR_CANDIDATES, 3)).astype(np.float32)
     distances = np.linalg.norm(candidates[:, None, :] - np.stack(used)[None], axis=-1).min(axis=1)
@@ -151,7 +151,7 @@ def _pick_colour(rng: np.random.Generator, used: list[np.ndarray]) -> np.ndarray
     return candidates[np.argmax(far_enough) if far_enough.any() else np.argmax(distances)]
 
 
-def _texture(rng: np.random.Generator, base: np.ndarray, kinds: tuple[str, ...],
+def textured(rng: np.random.Generator, base: np.ndarray, kinds: tuple[str, ...],
              amplitude: float, height: int, width: int) -> np.ndarray:
     """A float [H, W, 3] texture: a random pattern modulating ``base`` along a random tint."""
     tint = rng.uniform(-amplitude, amplitude, size=3).astype(np.float32)
@@ -167,14 +167,14 @@ def paint(layout: list[ShapeSpec], image_size: int,
     """
     side = image_size
     background = rng.uniform(0, 255, size=3).astype(np.float32)
-    image = _texture(rng, background, BACKGROUND_PATTERNS, BACKGROUND_AMPLITUDE, side, side)
+    image = textured(rng, background, BACKGROUND_PATTERNS, BACKGROUND_AMPLITUDE, side, side)
     mask = np.zeros((side, side), dtype=np.uint8)
     used_colours = [background]
     for shape in layout:
-        base = _pick_colour(rng, used_colours)
+        base = pick_colour(rng, used_colours)
         used_colours.append(base)
         covered = shape_mask(shape, side, side)
-        texture = _texture(rng, base, OBJECT_PATTERNS, OBJECT_AMPLITUDE, side, side)
+        texture = textured(rng, base, OBJECT_PATTERNS, OBJECT_AMPLITUDE, side, side)
         image[covered] = texture[covered]
         mask[covered] = shape.class_id
     image += rng.normal(0, PIXEL_NOISE_STD, size=image.shape).astype(np.float32)
