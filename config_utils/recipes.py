@@ -67,6 +67,24 @@ RECIPES.update({
         "resize_longer_side": False, "val_resize_side": 64, "val_crop_size": 64, "val_batch_size": 8,
         "num_segm_epochs": [4, 2], "val_every": [4, 1]},
 })
+# Auto-Panoptic's supernet and greedy search: the paper's on COCO panoptic (shared/reference/autopanoptic.md §3,
+# §4); a scale-down on the embedded data that keeps the algorithm (§9): fewer blocks and channels, 96-pixel
+# images, fewer proposals and iterations, 2 search cycles.
+_AUTOPANOPTIC_PAPER = {
+    "batch_size": 16, "min_size": 800, "max_size": 1333, "held_out": 5000, "stuff_area_limit": 4096,
+    "widths": [48, 96, 240, 480, 960], "stage_repeats": [8, 8, 16, 8], "fpn_channels": 256, "subnet_channels": 128,
+    "rpn_pre_nms_train": 2000, "rpn_post_nms_train": 2000, "rpn_pre_nms_test": 1000, "rpn_post_nms_test": 1000,
+    "rois_per_image": 512, "detections_per_image": 100, "max_iter": 90000, "warmup_iters": 3000,
+    "checkpoint_period": 2500, "search_cycles": 5, "bn_recalibration_iters": 500}
+RECIPES |= {
+    ("autopanoptic", "search", "coco_panoptic"): _AUTOPANOPTIC_PAPER,
+    ("autopanoptic", "search", "synthetic_panoptic"): _AUTOPANOPTIC_PAPER | {
+        "batch_size": 2, "min_size": 96, "max_size": 96, "held_out": 16, "stuff_area_limit": 96,
+        "widths": [16, 32, 64, 128, 256], "stage_repeats": [2, 2, 4, 2], "fpn_channels": 64, "subnet_channels": 32,
+        "rpn_pre_nms_train": 300, "rpn_post_nms_train": 300, "rpn_pre_nms_test": 300, "rpn_post_nms_test": 300,
+        "rois_per_image": 128, "detections_per_image": 50, "max_iter": 240, "warmup_iters": 24,
+        "checkpoint_period": 120, "search_cycles": 2, "bn_recalibration_iters": 10},
+}
 # A setting of the other space fills what the chosen space's recipe does not fix (--space against the recipe).
 SPACE_DEFAULTS = {"cvpr": {key: _NAS_SEGM_CVPR[key] for key in ("dec_aux_weight", "aux_cell")},
                   "wacv": {key: _NAS_SEGM_WACV[key] for key in ("dec_aux_weight", "aux_cell")}}

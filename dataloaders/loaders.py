@@ -120,11 +120,12 @@ class SeededSampler(Sampler):
 
 
 def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int,
-                drop_last: bool) -> DataLoader:
+                drop_last: bool, collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_fn,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,

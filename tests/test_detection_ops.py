@@ -418,3 +418,13 @@ def test_install_touches_nothing_where_native_ops_work(restored_torchvision, mon
     assert install() == ()
     for (module_name, attribute), sentinel in sentinels.items():
         assert getattr(importlib.import_module(module_name), attribute) is sentinel
+
+
+def test_deform_conv2d_of_an_empty_batch_is_empty():
+    """A mask head's deformable layer on an image without detections: no RoI, no output, no error."""
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    output = detection_ops.deform_conv2d(torch.zeros(0, 3, 5, 5), torch.zeros(0, 18, 5, 5), weight, torch.zeros(4),
+                                         padding=1, mask=torch.zeros(0, 9, 5, 5))
+    assert output.shape == (0, 4, 5, 5)
+    output.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))

@@ -198,7 +198,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
             values = channels_last[batch_index, group_index, flat_index]  # [N, G, P, C/G]
             sampled = sampled + (row_weight * column_weight * inside)[..., None] * values
     if mask is not None:
-        sampled = sampled * mask.reshape(batch, offset_groups, -1)[..., None]
+        sampled = sampled * mask.reshape(batch, offset_groups, kernel_positions * out_h * out_w)[..., None]
     columns = (sampled.view(batch, offset_groups, kernel_positions, out_h * out_w, channels_per_offset_group)
                .permute(0, 1, 4, 2, 3)
                .reshape(batch, weight_groups, channels_per_weight_group * kernel_positions, out_h * out_w))

@@ -85,14 +85,16 @@ class MetricsLog(Hook):
 
 
 class Checkpoint(Hook):
-    """``checkpoint.pth.tar`` after every epoch, and ``model_best.pth.tar`` first when ``metric`` (higher is
-    better) reaches a new best. On a stop request (SIGTERM/SIGINT, agreed by every rank), a checkpoint of
-    exactly the current step, then ``RunInterrupted``. ``run_dir`` is None on ranks other than 0."""
+    """``checkpoint.pth.tar`` after every epoch (and every ``period`` steps within one), and
+    ``model_best.pth.tar`` first when ``metric`` (higher is better) reaches a new best. On a stop request
+    (SIGTERM/SIGINT, agreed by every rank), a checkpoint of exactly the current step, then ``RunInterrupted``.
+    ``run_dir`` is None on ranks other than 0."""
 
     def __init__(self, checkpointer: Checkpointer, run_dir: RunDir | None, context: DistributedContext,
-                 metric: str, best: float | None = None, stop: StopRequest | None = None) -> None:
+                 metric: str, best: float | None = None, stop: StopRequest | None = None,
+                 period: int | None = None) -> None:
         self.checkpointer, self.run_dir, self.context = checkpointer, run_dir, context
-        self.metric, self.best, self.stop = metric, best, stop
+        self.metric, self.best, self.stop, self.period = metric, best, stop, period
 
     def best_text(self) -> str:
         return "none (no validation ran)" if self.best is None else f"{self.best:.4f}"
@@ -114,15 +116,23 @@ class Checkpoint(Hook):
             save_checkpoint(state, self.run_dir.best)
         save_checkpoint(state, self.run_dir.checkpoint)
 
+    def _save_partial(self, trainer: Trainer) -> Path | None:
+        """A checkpoint of exactly the current step: ``epoch`` stays the last completed one, and
+        ``partial_epoch`` says how far the current one got."""
+        path = self.run_dir.checkpoint if self.run_dir else None
+        if path is not None:
+            save_checkpoint(self.checkpointer.state(epoch=trainer.epoch - 1, best=self._best_state(),
+                                                    partial_epoch=trainer.progress.to_dict()), path)
+        return path
+
     def after_step(self, trainer: Trainer) -> None:
         signum = self.stop.requested(self.context) if self.stop is not None else None
         if signum is None:
+            mid_epoch = trainer.progress.steps < trainer.steps_in(trainer.epoch)  # an epoch's end saves anyway
+            if self.period and trainer.global_step % self.period == 0 and mid_epoch:
+                self._save_partial(trainer)
             return
-        progress, path = trainer.progress, self.run_dir.checkpoint if self.run_dir else None
-        if path is not None:
-            # ``epoch`` stays the last completed one; ``partial_epoch`` says how far the current one got.
-            save_checkpoint(self.checkpointer.state(epoch=trainer.epoch - 1, best=self._best_state(),
-                                                    partial_epoch=progress.to_dict()), path)
+        progress, path = trainer.progress, self._save_partial(trainer)
         raise RunInterrupted(f"stopped by {signal.Signals(signum).name} after step {progress.steps} of epoch "
                              f"{trainer.epoch}; the checkpoint {path} holds that point exactly: continue with "
                              f"--resume {path}", signum)
@@ -138,29 +148,30 @@ class Curves(Hook):
         save_figure(plot_curves(read_jsonl(self.metrics), self.keys, title=self.title), self.path)
 
 
-def fit_stage(step: TrainStep, loader: DataLoader, *, epochs: int, desc: str, run_dir: RunDir | None,
-              checkpointer: Checkpointer, context: DistributedContext, evaluate: Evaluate, eval_interval: int,
-              best_metric: str, resume: tuple[int, EpochProgress | None, float | None],
-              curves: tuple[Sequence[str], str],
+def fit_stage(step: TrainStep, loader: DataLoader, *, epochs: int | None = None, max_iters: int | None = None,
+              desc: str, run_dir: RunDir | None, checkpointer: Checkpointer, context: DistributedContext,
+              evaluate: Evaluate | None, eval_interval: int, best_metric: str,
+              resume: tuple[int, EpochProgress | None, float | None], curves: tuple[Sequence[str], str],
               system_hooks: Callable[[TensorBoardLog], Sequence[Hook]] = lambda tensorboard: (),
-              extra: Sequence[Hook] = ()) -> Checkpoint:
-    """Run a stage (search or retrain) on the loop, from ``resume`` (``resume_point``), stopping cleanly on
-    SIGTERM/SIGINT. The hooks, in order: ``extra`` (e.g. a test's fault injection), TensorBoard, validation,
-    the system's own (``system_hooks(tensorboard)``, rank 0; e.g. the search's architecture log), the
-    metrics record, the checkpoint and stop hook, the curves picture. ``run_dir`` is None on ranks other
-    than 0. Returns the checkpoint hook, which knows the best score."""
+              extra: Sequence[Hook] = (), checkpoint_period: int | None = None) -> Checkpoint:
+    """Run a stage (search or retrain) on the loop for ``epochs`` (or ``max_iters`` steps), from ``resume``
+    (``resume_point``), stopping cleanly on SIGTERM/SIGINT. The hooks, in order: ``extra`` (e.g. a test's fault
+    injection), TensorBoard, validation (none when ``evaluate`` is None), the system's own
+    (``system_hooks(tensorboard)``, rank 0; e.g. the search's architecture log), the metrics record, the
+    checkpoint (also every ``checkpoint_period`` steps) and stop hook, the curves picture. ``run_dir`` is None on
+    ranks other than 0. Returns the checkpoint hook, which knows the best score."""
     tensorboard = TensorBoardLog(run_dir.tensorboard if run_dir else None)
-    hooks = [*extra, tensorboard, Validation(evaluate, eval_interval, tensorboard)]
+    hooks = [*extra, tensorboard] + ([Validation(evaluate, eval_interval, tensorboard)] if evaluate else [])
     if run_dir is not None:
         hooks += [*system_hooks(tensorboard), MetricsLog(run_dir.metrics, tensorboard)]
     start_epoch, partial, best = resume
     with StopRequest() as stop:
-        checkpoint = Checkpoint(checkpointer, run_dir, context, best_metric, best, stop)
+        checkpoint = Checkpoint(checkpointer, run_dir, context, best_metric, best, stop, checkpoint_period)
         hooks.append(checkpoint)
         if run_dir is not None:
             keys, stage = curves
             hooks.append(Curves(run_dir.metrics, keys, stage, run_dir.curves(stage)))
-        Trainer(step, loader, epochs=epochs, hooks=hooks, context=context, desc=desc,
+        Trainer(step, loader, epochs=epochs, max_iters=max_iters, hooks=hooks, context=context, desc=desc,
                 last_checkpoint=run_dir.checkpoint if run_dir else None).fit(start_epoch, partial)
     return checkpoint
 

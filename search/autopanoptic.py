@@ -1,0 +1,357 @@
+"""Auto-Panoptic (NeurIPS 2020) as a search system: the one-shot supernet trained with fair path sampling, then
+the path-priority greedy search that decodes it (shared/reference/autopanoptic.md §3, §4).
+
+Supernet training: iteration ``it`` (from 1) runs the ``FairPathSampler``'s path on every process; gradients
+are summed over each window of 12 iterations and the optimiser steps at its end, with the original's
+per-group learning rates (the sum over 12 paths becomes a per-use average) and warm-up cosine schedule, the
+scheduler stepping every iteration. Every process runs the same path, so gradients are averaged over the
+processes once per window (equal to DistributedDataParallel's average at every backward, since the sum is
+linear). The held-out split the search scores candidates on is drawn once (seeded) and saved; the supernet
+never trains on it. A checkpoint in the middle of a window holds the gradients summed so far, so a resumed
+run continues exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dataloaders import SeededSampler, get_dataset_info, make_loader, training_sources
+from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
+from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
+from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
+from modeling.autopanoptic.plots import plot_architecture
+from search.one_shot import (FairPathSampler, GreedyPathSearch, ends_accumulation, lr_param_groups,
+                             starts_accumulation, warmup_cosine_scheduler)
+from search.registry import SearchSystem, register_system
+from utils.atomic import atomic_path
+from utils.checkpoint import Checkpointer, load_model_state
+from utils.cli import resolve_device
+from utils.distributed import DistributedContext, all_reduce_mean, per_process_batch, process_device
+from utils.errors import UserError
+from utils.hooks import fit_stage, resume_point
+from utils.interrupt import RunInterrupted, StopRequest
+from utils.panoptic_evaluation import evaluate_panoptic
+from utils.precision import PrecisionStep, amp_dtype
+from utils.run_dir import LOGGER_NAME, RunDir, open_run
+from utils.trainer import Hook, NonFiniteLoss, cycle_batches
+
+SYSTEM = "autopanoptic"
+GREEDY_STATE, GREEDY_FORMAT = "greedy_search.json", "autopanoptic-greedy-search"
+SCORES = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
+              "loss_segmentation")
+
+
+def network_sizes(args: argparse.Namespace | dict[str, Any]) -> PanopticSizes:
+    """The sizes a run's arguments build the network at."""
+    get = args.get if isinstance(args, dict) else lambda name: getattr(args, name)
+    return PanopticSizes(tuple(get("widths")), tuple(get("stage_repeats")), get("fpn_channels"),
+                         get("subnet_channels"), get("rpn_pre_nms_train"), get("rpn_post_nms_train"),
+                         get("rpn_pre_nms_test"), get("rpn_post_nms_test"), get("rois_per_image"),
+                         get("detections_per_image"))
+
+
+def class_counts(categories: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """(thing, stuff) category counts."""
+    things = sum(1 for category in categories if category["isthing"])
+    return things, len(categories) - things
+
+
+def parameter_group(name: str) -> str:
+    """The learning-rate group of one of our supernet's parameters, as the original's name rules place its own
+    (``search.one_shot.original_group_of``): choice blocks, stem, mask-head and subnet choice layers (their
+    GroupNorm included), the attention layers, and everything shared."""
+    if name.startswith("backbone.stem."):
+        return "stem"
+    for prefix, group in (("backbone.blocks.", "backbone_choice"), ("roi_heads.mask_head.", "mask_choice"),
+                          ("subnet.", "subnet_choice"), ("things_to_stuff.", "inter"), ("stuff_to_things.", "inter")):
+        if name.startswith(prefix):
+            return group
+    return "other"
+
+
+def held_out_split(count: int, held_out: int, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded disjoint (train, held-out) positions among ``count`` images; the held-out ones score candidates."""
+    if held_out >= count:
+        raise UserError(f"--held-out {held_out}: the training split has only {count} usable images; the supernet "
+                        "needs some to train on")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[held_out:]), sorted(order[:held_out])
+
+
+def to_device(images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]],
+              device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    keys = ("boxes", "labels", "masks", "semantic")
+    return ([image.to(device, non_blocking=True) for image in images],
+            [{key: target[key].to(device, non_blocking=True) for key in keys} for target in targets])
+
+
+class SupernetStep:
+    """One iteration of supernet training (the original's ``do_train``): zero the gradients at a window's start,
+    forward and backward on the iteration's path, step the optimiser at the window's end (gradients first
+    averaged over the processes), step the schedule every iteration. ``state_dict`` holds the gradients summed
+    so far in the window and the iterations done."""
+
+    def __init__(self, model: AutoPanoptic, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, sampler: FairPathSampler, precision: PrecisionStep,
+                 device: torch.device, context: DistributedContext) -> None:
+        self.model, self.optimizer, self.scheduler, self.sampler = model, optimizer, scheduler, sampler
+        self.precision, self.device, self.context = precision, device, context
+        self.window = sampler.length
+        self.iterations = 0  # done so far
+
+    def train(self) -> None:
+        self.model.train()
+
+    def start_epoch(self, epoch: int, steps_done: int) -> None:
+        pass
+
+    def __call__(self, batch: tuple[list[torch.Tensor], list[dict[str, Any]]], global_step: int) -> dict[str, float]:
+        iteration = global_step + 1
+        if starts_accumulation(iteration, self.window):
+            self.optimizer.zero_grad(set_to_none=True)
+        images, targets = to_device(*batch, self.device)
+        with self.precision.autocast():
+            losses = self.model(images, targets, self.sampler.path(iteration))
+        total = sum(loss.float() for loss in losses.values())
+        if not torch.isfinite(total):
+            raise NonFiniteLoss("supernet", total.item())
+        self.precision.backward(total)
+        if ends_accumulation(iteration, self.window):
+            all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None], self.context)
+            self.precision.step(self.optimizer)
+        with warnings.catch_warnings():  # the schedule steps every iteration, the optimiser every window
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
+        self.iterations = iteration
+        return {"train_loss": total.item(), **{name: losses[name].item() for name in LOSS_NAMES}}
+
+    def learning_rate(self) -> float:
+        """The schedule's learning rate before the per-group division."""
+        return self.optimizer.defaults["lr"] * self.scheduler.get_last_lr()[0] / self.scheduler.base_lrs[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iterations": self.iterations,
+                "gradients": {name: p.grad.detach().clone() for name, p in self.model.named_parameters()
+                              if p.grad is not None}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iterations = state["iterations"]
+        parameters = dict(self.model.named_parameters())
+        for parameter in parameters.values():
+            parameter.grad = None
+        for name, gradient in state["gradients"].items():
+            parameters[name].grad = gradient.to(parameters[name].device)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic algorithms while a run trains (``--deterministic``), as they were afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or previous)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def load_backbone_weights(model: AutoPanoptic, path: str) -> None:
+    """A local state dict into the backbone, every key checked (one clear error on a mismatch)."""
+    if not Path(path).is_file():
+        raise UserError(f"--backbone-weights {path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or foreign file: say which and why, no trace
+        raise UserError(f"--backbone-weights {path}: not a readable weights file ({error})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"--backbone-weights {path}: expected a state dict of the backbone")
+    load_model_state(model.backbone, state.get("state_dict", state), f"--backbone-weights {path}")
+
+
+def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
+           argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
+    """Train (or resume training) the supernet; rank 0 returns the run directory."""
+    device = process_device(context, args.device) or resolve_device(args.device)
+    batch_size = per_process_batch(args.batch_size, context)
+    sources = training_sources(args, context, task="panoptic")
+    categories = sources.train.categories
+    if resumed is not None:
+        train_positions, held_out = resumed["split"]["train"], resumed["split"]["held_out"]
+    else:
+        usable = trainable_indices(sources.train)
+        train_positions, held_out = held_out_split(len(usable), args.held_out, args.seed)
+        train_positions, held_out = [usable[i] for i in train_positions], [usable[i] for i in held_out]
+    if len(train_positions) < args.batch_size:
+        raise UserError(f"--batch-size {args.batch_size}: only {len(train_positions)} training images are left "
+                        f"once --held-out {args.held_out} are set aside")
+    train_set = PanopticDataset(sources.train, PanopticTransform(args.min_size, args.max_size, train=True))
+    loader = make_loader(train_set, SeededSampler(train_positions, args.seed, shuffle=True,
+                                                  num_replicas=context.world_size, rank=context.rank,
+                                                  drop_last=True), batch_size, args.workers, drop_last=True,
+                         collate_fn=collate)
+    run_dir, logger = (open_run(args, argv, SYSTEM, "search") if context.is_main
+                       else (None, logging.getLogger(LOGGER_NAME)))
+    torch.manual_seed(args.seed)
+    things, stuff = class_counts(categories)
+    model = AutoPanoptic(things, stuff, None, network_sizes(args))
+    if args.backbone_weights and resumed is None:
+        load_backbone_weights(model, args.backbone_weights)
+    model.to(device)
+    sampler = FairPathSampler(layer_choices(tuple(args.stage_repeats)), args.seed)
+    optimizer = torch.optim.SGD(lr_param_groups(model.named_parameters(), parameter_group, args.base_lr,
+                                                args.weight_decay), lr=args.base_lr, momentum=args.momentum)
+    scheduler = warmup_cosine_scheduler(optimizer, args.max_iter, args.warmup_iters)
+    dtype = amp_dtype(args.amp_dtype, device)
+    precision = PrecisionStep(args.amp, device, dtype)
+    step = SupernetStep(model, optimizer, scheduler, sampler, precision, device, context)
+    checkpointer = Checkpointer(
+        {"system": SYSTEM, "stage": "search", "args": vars(args), "categories": categories,
+         "classes": sources.classes, "split": {"train": list(train_positions), "held_out": list(held_out)}},
+        model, optimizer=optimizer, scheduler=scheduler, scaler=precision, step=step)
+    resume = resume_point(resumed, checkpointer, run_dir, "--resume", (run_dir.metrics,) if run_dir else ())
+    logger.info(f"supernet: {args.dataset} ({things} thing, {stuff} stuff categories), {len(train_positions)} "
+                f"training / {len(held_out)} held-out images, {sum(args.stage_repeats)} backbone blocks, "
+                f"{sum(p.numel() for p in model.parameters()):,} weights, {args.max_iter} iterations of "
+                f"{args.batch_size} image(s) ({args.max_iter // step.window} optimiser steps), device {device}, "
+                f"{context.world_size} process(es), amp {dtype if args.amp else 'off'}; run directory {run_dir}")
+    with deterministic_algorithms(args.deterministic):
+        fit_stage(step, loader, max_iters=args.max_iter, desc="supernet", run_dir=run_dir,
+                  checkpointer=checkpointer, context=context, evaluate=None, eval_interval=1, best_metric="pq",
+                  resume=resume, curves=(["train_loss", "loss_segmentation", "loss_mask"], "supernet"), extra=hooks,
+                  checkpoint_period=args.checkpoint_period)
+    if run_dir is None:
+        return None
+    logger.info(f"supernet trained; checkpoint {run_dir.checkpoint}; search it with: python decode_autodeeplab.py "
+                f"--resume {run_dir.checkpoint}")
+    return run_dir
+
+
+def recalibrate_batchnorm(model: AutoPanoptic, loader: torch.utils.data.DataLoader, path: Sequence[int],
+                          batches: int, device: torch.device) -> None:
+    """The original's ``bn_statistic``: every BatchNorm's running mean set to 0 and variance to 1, then ``batches``
+    training batches forwarded in training mode on ``path`` without gradients (the momentum-0.1 average). Only
+    the backbone has BatchNorm (the heads use GroupNorm), so only it runs."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.zero_()
+            module.running_var.fill_(1.0)
+            module.num_batches_tracked.zero_()
+    model.train()
+    blocks = len(model.backbone.blocks)
+    with torch.no_grad():
+        for _, (images, _targets) in zip(range(batches), cycle_batches(loader, 0)):
+            model.backbone(model.batch_images([image.to(device) for image in images]).tensors, path[:blocks])
+
+
+class CandidateEvaluator:
+    """A candidate path's fitness: BatchNorm recalibrated on training batches, then PQ on the held-out images
+    (every score is kept in ``records``)."""
+
+    def __init__(self, model: AutoPanoptic, recalibration: torch.utils.data.DataLoader,
+                 held_out: torch.utils.data.DataLoader, categories: Sequence[dict[str, Any]], args: argparse.Namespace,
+                 device: torch.device) -> None:
+        self.model, self.recalibration, self.held_out = model, recalibration, held_out
+        self.categories, self.args, self.device = categories, args, device
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, path: Sequence[int]) -> float:
+        started = time.time()
+        recalibrate_batchnorm(self.model, self.recalibration, path, self.args.bn_recalibration_iters, self.device)
+        scores = evaluate_panoptic(self.model, self.held_out, self.categories, self.device,
+                                   forward=lambda model, images: model(images, path=path), desc="candidate",
+                                   stuff_area_limit=self.args.stuff_area_limit)
+        self.records.append({"path": list(path), **{key: scores[key] for key in SCORES},
+                             "seconds": round(time.time() - started, 2)})
+        return scores["pq"]
+
+
+def describe_candidate(record: dict[str, Any]) -> str:
+    return (f"PQ {100 * record['pq']:.2f} (things {100 * record['pq_things']:.2f}, "
+            f"stuff {100 * record['pq_stuff']:.2f}), semantic mIoU {100 * record['semantic_miou']:.2f}; {record['seconds']:.0f} s")
+
+
+def decode(checkpoint: dict[str, Any], path: Path) -> PanopticGenotype:
+    """The path-priority greedy search on a trained supernet: its cycles of fairly sampled candidate paths, each
+    scored by PQ on the held-out images after BatchNorm recalibration, ranked into per-layer scoreboards, and the
+    best op per layer. Every scored candidate is kept in ``greedy_search.json`` beside the checkpoint (written
+    after each), so an interrupted search (SIGTERM, a crash) continues where it stopped."""
+    args = argparse.Namespace(**checkpoint["args"])
+    device = resolve_device(args.device)
+    run_dir = RunDir(path.resolve().parent)
+    categories = checkpoint["categories"]
+    things, stuff = class_counts(categories)
+    model = AutoPanoptic(things, stuff, None, network_sizes(args))
+    load_model_state(model, checkpoint["model"], str(path))
+    model.to(device)
+    source = get_dataset_info(args.dataset).make_source("train", args)
+    train_positions, held_out = checkpoint["split"]["train"], checkpoint["split"]["held_out"]
+    recalibration = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size, train=True)),
+                                SeededSampler(train_positions, args.seed, shuffle=True, drop_last=True),
+                                args.batch_size, args.workers, drop_last=True, collate_fn=collate)
+    held_out_loader = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size,
+                                                                            train=False)),
+                                  SeededSampler(held_out, 0, shuffle=False), args.batch_size, args.workers,
+                                  drop_last=False, collate_fn=collate)
+    stage_repeats = tuple(args.stage_repeats)
+    greedy = GreedyPathSearch(layer_choices(stage_repeats), args.search_cycles, args.seed)
+    evaluator = CandidateEvaluator(model, recalibration, held_out_loader, categories, args, device)
+    supernet = {"checkpoint": str(path.resolve()), "iterations": checkpoint["step"]["iterations"]}
+    state_file = run_dir.path / GREEDY_STATE
+    if state_file.is_file():
+        saved = read_greedy_state(state_file, supernet)
+        greedy.load_state_dict(saved["search"])
+        evaluator.records = saved["records"]
+        print(f"resuming the greedy search of {state_file}: {len(greedy.fitness)} candidate(s) already scored")
+    total = sum(len(cycle) for cycle in greedy.candidates)
+
+    def saved(candidate: Sequence[int], fitness: float) -> None:
+        with atomic_path(state_file) as temporary:
+            Path(temporary).write_text(json.dumps({"format": GREEDY_FORMAT, "format_version": 1,
+                                                   "supernet": supernet, "search": greedy.state_dict(),
+                                                   "records": evaluator.records}) + "\n")
+        print(f"candidate {len(greedy.fitness)}/{total}: {describe_candidate(evaluator.records[-1])}", flush=True)
+        if stop.signum is not None:
+            raise RunInterrupted(f"greedy search stopped by {signal.Signals(stop.signum).name} after "
+                                 f"{len(greedy.fitness)} of {total} candidates; {state_file} holds them: run the same "
+                                 "command again to continue", stop.signum)
+
+    with StopRequest() as stop:
+        architecture = greedy.run(evaluator, saved)
+    best = max(evaluator.records, key=lambda record: record["pq"])
+    return PanopticGenotype.from_path(list(architecture), stage_repeats, {
+        "checkpoint": str(path.resolve()), "dataset": args.dataset, "supernet_iterations": supernet["iterations"],
+        "cycles": args.search_cycles, "candidates_scored": len(greedy.fitness),
+        "best_candidate": {"path": best["path"], **{key: best[key] for key in SCORES}},
+        "scoreboard": [board.tolist() for board in greedy.scoreboard()],
+        "runner_up_models": [list(model_path) for model_path in greedy.top_models()[1:]]})
+
+
+def read_greedy_state(state_file: Path, supernet: dict[str, Any]) -> dict[str, Any]:
+    """A saved greedy search, refused (one clear line) when corrupt or made on another supernet checkpoint."""
+    try:
+        saved = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{state_file}: not a readable greedy search state ({error}); delete it to start again") \
+            from None
+    if not isinstance(saved, dict) or saved.get("format") != GREEDY_FORMAT:
+        raise UserError(f"{state_file}: expected format '{GREEDY_FORMAT}'; delete it to start again")
+    if saved.get("supernet") != supernet:
+        raise UserError(f"{state_file}: its candidates were scored on another supernet checkpoint "
+                        f"({saved.get('supernet')}); delete it to search this one ({supernet})")
+    return saved
+
+
+register_system(SearchSystem(name=SYSTEM, genotype=PanopticGenotype, search=search, decode=decode,
+                             draw=plot_architecture))

@@ -1,0 +1,64 @@
+"""Stage 1 of Auto-Panoptic (Wu et al., NeurIPS 2020): train the one-shot Panoptic-FPN supernet with fair path
+sampling. Its 56 choice layers (40 backbone blocks of 4 ops, 4 mask-head and 3 semantic-subnet layers of 6 ops, 9
+inter-modular attention layers of 3 reductions at the paper's sizes) take one op each per iteration; over every
+12 iterations each op of each layer is used equally often, and the optimiser steps once on the summed gradients.
+
+``checkpoint.pth.tar`` is written every ``--checkpoint-period`` iterations, after each pass over the data and on
+SIGTERM; ``--resume`` continues exactly. ``decode_autodeeplab.py --resume RUN`` then runs the path-priority greedy
+search and writes ``architecture.json``. The training itself is ``search.autopanoptic.search``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from config_utils.autopanoptic_args import RECIPE_FLAGS, autopanoptic_parser
+from config_utils.common import explicit_dests, resumed_arguments
+from config_utils.recipes import fill_recipe_defaults
+from dataloaders import resolve_num_classes
+from search.registry import run_search
+from utils.checkpoint import load_checkpoint
+from utils.cli import run_cli
+from utils.errors import UserError
+from utils.flags import locked_dests
+from utils.trainer import Hook
+
+SYSTEM = "autopanoptic"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("fpn_channels", "subnet_channels"):
+        if getattr(args, flag) % 32:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be a multiple of 32 (GroupNorm "
+                            "with 32 groups)")
+    if args.warmup_iters >= args.max_iter:
+        raise UserError(f"--warmup-iters {args.warmup_iters}: must be below --max-iter {args.max_iter}")
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        raise UserError(f"--backbone-weights {args.backbone_weights}: file not found")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
+    parser = autopanoptic_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        resumed = load_checkpoint(args.resume, stage="search", system=SYSTEM)
+        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
+                                 locked_dests(parser)), resumed
+    fill_recipe_defaults(args, SYSTEM, "search", required=RECIPE_FLAGS)
+    args.num_classes = resolve_num_classes(args)
+    check_args(args)
+    return args, None
+
+
+def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:
+    """Train the supernet; under torchrun every process calls this, and rank 0 returns the run directory.
+    ``hooks`` join the training loop (before its own), e.g. to interrupt a run in a test."""
+    args, resumed = parse_args(argv)
+    return run_search(SYSTEM, "train_autopanoptic.py", args, resumed, argv, hooks)
+
+
+if __name__ == "__main__":
+    run_cli(main, "train_autopanoptic.py")
