@@ -5,25 +5,34 @@
 
 For ``photos/a/b.jpg`` it writes ``predictions/masks/a/b.png``, an index PNG whose palette holds the
 dataset's colours (class ids survive exactly; labels are never written as JPEG), and
-``predictions/overlays/a/b.jpg``, the colours blended over the photo.
+``predictions/overlays/a/b.jpg``, the colours blended over the photo. A panoptic network (Auto-Panoptic)
+writes COCO-panoptic outputs instead: ``predictions/panoptic/a/b.png`` (segment ids as colours),
+``predictions/panoptic.json`` (the segments of every image, with their categories) and the overlays.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from config_utils.eval_args import inference_parser
 from dataloaders.files import IMAGE_SUFFIXES, files_with_suffix, read_image
+from dataloaders.panoptic import resized_shape
 from dataloaders.transforms import image_to_input
 from modeling.registry import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
-from utils.labels import overlay, palette_bytes
 from utils.errors import UserError
 from utils.evaluation import predict
+from utils.labels import overlay, palette_bytes, panoptic_colours
+from utils.panoptic_evaluation import panoptic_prediction
+from utils.panoptic_quality import id_to_rgb
 
 
 def list_images(in_path: Path) -> tuple[list[Path], Path]:
@@ -44,6 +53,42 @@ def list_images(in_path: Path) -> tuple[list[Path], Path]:
     return images, in_path
 
 
+def segment_panoptic(args: argparse.Namespace, model: torch.nn.Module, checkpoint: dict[str, Any],
+                     images: list[Path], base: Path, device: torch.device) -> Path:
+    """COCO-panoptic outputs of an Auto-Panoptic network: ``panoptic/<name>.png`` (segment ids as R + 256 G +
+    256² B), ``panoptic.json`` (every image's segments, with the categories) and ``overlays/<name>.jpg``."""
+    if list(args.eval_scales) != [1.0] or args.flip or args.resize:
+        raise UserError("--eval-scales/--flip/--resize: a panoptic network segments at its own input size")
+    trained, categories = checkpoint["args"], checkpoint["categories"]
+    things = [c["id"] for c in categories if c["isthing"]]
+    stuff = [c["id"] for c in categories if not c["isthing"]]
+    out, annotations = Path(args.out_path), []
+    model.eval()
+    for path in tqdm(images, desc="segmenting", unit="image", disable=None):
+        image = read_image(path)
+        height, width = image.shape[:2]
+        size = resized_shape(height, width, trained["min_size"], trained["max_size"])
+        resized = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float().div(255).to(device)
+        with torch.no_grad():
+            output = model([tensor])[0]
+        ids, segments = panoptic_prediction(output, things, stuff, (height, width), trained["stuff_area_limit"])
+        relative = path.relative_to(base).with_suffix("")
+        png_path, overlay_path = out / "panoptic" / f"{relative}.png", out / "overlays" / f"{relative}.jpg"
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(id_to_rgb(ids)).save(png_path)
+        colours = panoptic_colours(ids, segments, [c["id"] for c in categories], set(things))
+        blended = (1 - args.overlay_alpha) * image + args.overlay_alpha * colours
+        Image.fromarray(blended.round().clip(0, 255).astype(np.uint8)).save(overlay_path, quality=90)
+        annotations.append({"image_id": str(relative), "file_name": f"{relative}.png",
+                            "segments_info": [{**segment, "iscrowd": 0} for segment in segments]})
+    (out / "panoptic.json").write_text(json.dumps({"annotations": annotations, "categories": categories}) + "\n")
+    print(f"segmented {len(images)} image(s) into {out / 'panoptic'} (with {out / 'panoptic.json'}) and "
+          f"{out / 'overlays'}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = inference_parser().parse_args(argv)
     if not 0 <= args.overlay_alpha <= 1:
@@ -51,6 +96,8 @@ def main(argv: list[str] | None = None) -> Path:
     images, base = list_images(Path(args.in_path))
     device = resolve_device(args.device)
     model, checkpoint = load_trained_model(args.ckpt, device)
+    if checkpoint.get("system") == "autopanoptic":
+        return segment_panoptic(args, model, checkpoint, images, base, device)
     palette = checkpoint_classes(checkpoint)[1]
     out = Path(args.out_path)
     for path in tqdm(images, desc="segmenting", unit="image", disable=None):

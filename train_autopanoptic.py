@@ -14,25 +14,19 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from config_utils.autopanoptic_args import RECIPE_FLAGS, autopanoptic_parser
-from config_utils.common import explicit_dests, resumed_arguments
-from config_utils.recipes import fill_recipe_defaults
-from dataloaders import resolve_num_classes
+from config_utils.autopanoptic_args import RECIPE_FLAGS, autopanoptic_parser, check_group_norm_widths
+from config_utils.common import parse_stage_args
+from dataloaders import require_panoptic_dataset
 from search.registry import run_search
-from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
-from utils.flags import locked_dests
 from utils.trainer import Hook
 
 SYSTEM = "autopanoptic"
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag in ("fpn_channels", "subnet_channels"):
-        if getattr(args, flag) % 32:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be a multiple of 32 (GroupNorm "
-                            "with 32 groups)")
+    check_group_norm_widths(args)
     if args.warmup_iters >= args.max_iter:
         raise UserError(f"--warmup-iters {args.warmup_iters}: must be below --max-iter {args.max_iter}")
     if args.backbone_weights and not Path(args.backbone_weights).is_file():
@@ -41,16 +35,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
-    parser = autopanoptic_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        resumed = load_checkpoint(args.resume, stage="search", system=SYSTEM)
-        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
-                                 locked_dests(parser)), resumed
-    fill_recipe_defaults(args, SYSTEM, "search", required=RECIPE_FLAGS)
-    args.num_classes = resolve_num_classes(args)
-    check_args(args)
-    return args, None
+    return parse_stage_args(autopanoptic_parser(), argv, SYSTEM, "search", RECIPE_FLAGS,
+                            prepare=lambda args: require_panoptic_dataset(args.dataset), check=check_args)
 
 
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:

@@ -15,15 +15,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from config_utils.common import explicit_dests, resumed_arguments
+from config_utils.common import parse_stage_args
 from config_utils.nas_segm_args import nas_segm_parser
-from config_utils.recipes import SPACE_DEFAULTS, fill_recipe_defaults, recipe
-from dataloaders import resolve_num_classes
+from config_utils.recipes import SPACE_DEFAULTS, recipe
 from search.registry import run_search
-from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
-from utils.flags import locked_dests
 from utils.trainer import Hook
 
 SYSTEM = "nas-segm"
@@ -51,22 +48,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val-omit-classes {bad[0]}: the dataset has classes 0..{args.num_classes - 1}")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
-    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
-    parser = nas_segm_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        resumed = load_checkpoint(args.resume, stage="search", system=SYSTEM)
-        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
-                                 locked_dests(parser)), resumed
+def space_defaults(args: argparse.Namespace) -> None:
+    """A --space other than the dataset recipe's brings that space's own settings for the flags left unset."""
     if args.space is not None and args.space != recipe(SYSTEM, "search", args.dataset).get("space"):
         for flag, value in SPACE_DEFAULTS[args.space].items():
             if getattr(args, flag) is None:
                 setattr(args, flag, value)
-    fill_recipe_defaults(args, SYSTEM, "search", required=RECIPE_FLAGS)
-    args.num_classes = resolve_num_classes(args)
-    check_args(args)
-    return args, None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
+    return parse_stage_args(nas_segm_parser(), argv, SYSTEM, "search", RECIPE_FLAGS, prepare=space_defaults,
+                            check=check_args)
 
 
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:

@@ -28,6 +28,7 @@ from modeling.architecture_file import Genotype, architecture_to_json, load_arch
 from modeling.drop_path import scheduled_probability
 from modeling.heads import ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON
 from modeling.registry import MODELS, ModelSpec, checkpoint_model, get_model, model_for_system
+from search import autopanoptic_retrain
 from utils.checkpoint import Checkpointer, load_checkpoint
 from utils.cli import process_setup, run_cli
 from utils.distributed import DistributedContext, broadcast_from_main, run_in_process_group, wrap_ddp
@@ -85,9 +86,27 @@ def network(args: argparse.Namespace, resumed: dict | None) -> tuple[ModelSpec, 
     return spec, genotype
 
 
+def retrains_panoptic(argv: list[str] | None) -> bool:
+    """Whether the command retrains an Auto-Panoptic architecture (its file, or the resumed checkpoint, says so):
+    that network trains with its own flags and loop (``search.autopanoptic_retrain``)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--saved_arch_path", "--saved-arch-path")
+    probe.add_argument("--resume")
+    known, _ = probe.parse_known_args(argv)
+    if known.resume:
+        return load_checkpoint(known.resume, stage="retrain").get("system") == autopanoptic_retrain.SYSTEM
+    return bool(known.saved_arch_path) and load_architecture(known.saved_arch_path).system == \
+        autopanoptic_retrain.SYSTEM
+
+
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:
     """Retrain (or print --summary); under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
+    if retrains_panoptic(argv):
+        args, resumed = autopanoptic_retrain.parse_args(argv)
+        run_dir = run_in_process_group(args, lambda context: autopanoptic_retrain.retrain(args, resumed, context,
+                                                                                           argv, hooks))
+        return run_dir.path if run_dir is not None else None
     args, resumed = parse_args(argv)
     if args.summary:
         spec, genotype = network(args, None)

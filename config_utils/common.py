@@ -6,10 +6,14 @@ The flag machinery itself (``Parser``, ``add_flag``, converters) is ``utils.flag
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
+from config_utils.recipes import fill_recipe_defaults
+from dataloaders import resolve_num_classes
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.flags import add_flag, non_negative_int, positive_int
+from utils.flags import add_flag, locked_dests, non_negative_int, positive_int
 
 
 def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -77,3 +81,24 @@ def resumed_arguments(checkpoint: str, saved: dict[str, Any], args: argparse.Nam
     merged = dict(saved)
     merged.update({key: value for key, value in vars(args).items() if key in explicit or key not in saved})
     return argparse.Namespace(**merged)
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None, system: str, stage: str,
+                     recipe_flags: tuple[str, ...], prepare: Callable[[argparse.Namespace], None] | None = None,
+                     check: Callable[[argparse.Namespace], None] | None = None
+                     ) -> tuple[argparse.Namespace, dict[str, Any] | None]:
+    """A stage script's arguments, and the checkpoint being resumed (whose own arguments fill unset flags and
+    keep the locked ones). A fresh run: ``prepare(args)``, then the recipe of (``system``, ``stage``, dataset)
+    fills the unset ``recipe_flags``, the class count is resolved, and ``check(args)`` refuses bad values."""
+    args = parser.parse_args(argv)
+    if args.resume:
+        resumed = load_checkpoint(args.resume, stage=stage, system=system)
+        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
+                                 locked_dests(parser)), resumed
+    if prepare is not None:
+        prepare(args)
+    fill_recipe_defaults(args, system, stage, required=recipe_flags)
+    args.num_classes = resolve_num_classes(args)
+    if check is not None:
+        check(args)
+    return args, None

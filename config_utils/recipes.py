@@ -84,6 +84,19 @@ RECIPES |= {
         "rpn_pre_nms_train": 300, "rpn_post_nms_train": 300, "rpn_pre_nms_test": 300, "rpn_post_nms_test": 300,
         "rois_per_image": 128, "detections_per_image": 50, "max_iter": 240, "warmup_iters": 24,
         "checkpoint_period": 120, "search_cycles": 2, "bn_recalibration_iters": 10},
+    # The retrain (§6.2): the 3.8G widths, 90k iterations with drops at 60k and 80k, warm-up over 500.
+    ("autopanoptic", "retrain", "coco_panoptic"): {
+        key: _AUTOPANOPTIC_PAPER[key] for key in ("batch_size", "min_size", "max_size", "stuff_area_limit",
+                                                  "fpn_channels", "subnet_channels", "rpn_pre_nms_train",
+                                                  "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test",
+                                                  "rois_per_image", "detections_per_image", "max_iter",
+                                                  "checkpoint_period")} | {
+        "widths": [72, 172, 432, 864, 1728], "lr_steps": [60000, 80000], "warmup_iters": 500},
+    ("autopanoptic", "retrain", "synthetic_panoptic"): {
+        "batch_size": 2, "min_size": 96, "max_size": 96, "stuff_area_limit": 96, "widths": [24, 48, 96, 192, 384],
+        "fpn_channels": 64, "subnet_channels": 32, "rpn_pre_nms_train": 300, "rpn_post_nms_train": 300,
+        "rpn_pre_nms_test": 300, "rpn_post_nms_test": 300, "rois_per_image": 128, "detections_per_image": 50,
+        "max_iter": 300, "lr_steps": [200, 270], "warmup_iters": 30, "checkpoint_period": 100},
 }
 # A setting of the other space fills what the chosen space's recipe does not fix (--space against the recipe).
 SPACE_DEFAULTS = {"cvpr": {key: _NAS_SEGM_CVPR[key] for key in ("dec_aux_weight", "aux_cell")},

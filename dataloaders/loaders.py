@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dataloaders.registry import SegmentationSource, check_mask_values, get_dataset_info, source_palette
+from dataloaders.registry import DATASETS, SegmentationSource, check_mask_values, get_dataset_info, source_palette
 from dataloaders.transforms import seeded_rng
 from utils.atomic import atomic_path
 from utils.distributed import DistributedContext
@@ -213,6 +213,15 @@ def check_recorded_split(recorded: dict[str, list[str]] | None, current: dict[st
     changed = moved or sorted(set(recorded["train"] + recorded["val"]) ^ set(current["train"] + current["val"]))
     raise UserError(f"{origin}: the folder's images changed since the run split them into train and val "
                     f"({len(changed)} image(s), e.g. {changed[0]!r}); restore them, or start a new run")
+
+
+def require_panoptic_dataset(name: str) -> None:
+    """Refuse, before any recipe or file is looked at, a dataset whose labels are not panoptic."""
+    info = get_dataset_info(name)
+    if "panoptic" not in info.tasks:
+        panoptic = sorted(other for other, entry in DATASETS.items() if "panoptic" in entry.tasks)
+        raise UserError(f"--dataset {name}: its labels serve {', '.join(info.tasks)}, not panoptic (panoptic "
+                        f"datasets: {', '.join(panoptic)})")
 
 
 def training_sources(args: argparse.Namespace, context: DistributedContext, crop_size: int | None = None,

@@ -30,7 +30,7 @@ from torch import nn
 from dataloaders import SeededSampler, get_dataset_info, make_loader, training_sources
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
 from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
-from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
+from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes, load_backbone_weights
 from modeling.autopanoptic.plots import plot_architecture
 from search.one_shot import (FairPathSampler, GreedyPathSearch, ends_accumulation, lr_param_groups,
                              starts_accumulation, warmup_cosine_scheduler)
@@ -52,15 +52,6 @@ GREEDY_STATE, GREEDY_FORMAT = "greedy_search.json", "autopanoptic-greedy-search"
 SCORES = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
               "loss_segmentation")
-
-
-def network_sizes(args: argparse.Namespace | dict[str, Any]) -> PanopticSizes:
-    """The sizes a run's arguments build the network at."""
-    get = args.get if isinstance(args, dict) else lambda name: getattr(args, name)
-    return PanopticSizes(tuple(get("widths")), tuple(get("stage_repeats")), get("fpn_channels"),
-                         get("subnet_channels"), get("rpn_pre_nms_train"), get("rpn_post_nms_train"),
-                         get("rpn_pre_nms_test"), get("rpn_post_nms_test"), get("rois_per_image"),
-                         get("detections_per_image"))
 
 
 def class_counts(categories: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -98,18 +89,19 @@ def to_device(images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]],
             [{key: target[key].to(device, non_blocking=True) for key in keys} for target in targets])
 
 
-class SupernetStep:
-    """One iteration of supernet training (the original's ``do_train``): zero the gradients at a window's start,
-    forward and backward on the iteration's path, step the optimiser at the window's end (gradients first
-    averaged over the processes), step the schedule every iteration. ``state_dict`` holds the gradients summed
-    so far in the window and the iterations done."""
+class PanopticStep:
+    """One iteration of panoptic training (the original's ``do_train``). With a path sampler (the supernet):
+    zero the gradients at a window's start, forward and backward on the iteration's path, step the optimiser at
+    the window's end; without one (a searched network), a window is one iteration. Gradients are averaged over
+    the processes before each optimiser step; the schedule steps every iteration. ``state_dict`` holds the
+    gradients summed so far in the window and the iterations done."""
 
     def __init__(self, model: AutoPanoptic, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, sampler: FairPathSampler, precision: PrecisionStep,
-                 device: torch.device, context: DistributedContext) -> None:
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, sampler: FairPathSampler | None,
+                 precision: PrecisionStep, device: torch.device, context: DistributedContext) -> None:
         self.model, self.optimizer, self.scheduler, self.sampler = model, optimizer, scheduler, sampler
         self.precision, self.device, self.context = precision, device, context
-        self.window = sampler.length
+        self.window = sampler.length if sampler is not None else 1
         self.iterations = 0  # done so far
 
     def train(self) -> None:
@@ -124,10 +116,10 @@ class SupernetStep:
             self.optimizer.zero_grad(set_to_none=True)
         images, targets = to_device(*batch, self.device)
         with self.precision.autocast():
-            losses = self.model(images, targets, self.sampler.path(iteration))
+            losses = self.model(images, targets, self.sampler.path(iteration) if self.sampler else None)
         total = sum(loss.float() for loss in losses.values())
         if not torch.isfinite(total):
-            raise NonFiniteLoss("supernet", total.item())
+            raise NonFiniteLoss("training", total.item())
         self.precision.backward(total)
         if ends_accumulation(iteration, self.window):
             all_reduce_mean([p.grad for p in self.model.parameters() if p.grad is not None], self.context)
@@ -167,19 +159,6 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def load_backbone_weights(model: AutoPanoptic, path: str) -> None:
-    """A local state dict into the backbone, every key checked (one clear error on a mismatch)."""
-    if not Path(path).is_file():
-        raise UserError(f"--backbone-weights {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt or foreign file: say which and why, no trace
-        raise UserError(f"--backbone-weights {path}: not a readable weights file ({error})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"--backbone-weights {path}: expected a state dict of the backbone")
-    load_model_state(model.backbone, state.get("state_dict", state), f"--backbone-weights {path}")
-
-
 def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
            argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
     """Train (or resume training) the supernet; rank 0 returns the run directory."""
@@ -205,7 +184,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                        else (None, logging.getLogger(LOGGER_NAME)))
     torch.manual_seed(args.seed)
     things, stuff = class_counts(categories)
-    model = AutoPanoptic(things, stuff, None, network_sizes(args))
+    model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
     if args.backbone_weights and resumed is None:
         load_backbone_weights(model, args.backbone_weights)
     model.to(device)
@@ -215,7 +194,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     scheduler = warmup_cosine_scheduler(optimizer, args.max_iter, args.warmup_iters)
     dtype = amp_dtype(args.amp_dtype, device)
     precision = PrecisionStep(args.amp, device, dtype)
-    step = SupernetStep(model, optimizer, scheduler, sampler, precision, device, context)
+    step = PanopticStep(model, optimizer, scheduler, sampler, precision, device, context)
     checkpointer = Checkpointer(
         {"system": SYSTEM, "stage": "search", "args": vars(args), "categories": categories,
          "classes": sources.classes, "split": {"train": list(train_positions), "held_out": list(held_out)}},
@@ -279,7 +258,8 @@ class CandidateEvaluator:
 
 def describe_candidate(record: dict[str, Any]) -> str:
     return (f"PQ {100 * record['pq']:.2f} (things {100 * record['pq_things']:.2f}, "
-            f"stuff {100 * record['pq_stuff']:.2f}), semantic mIoU {100 * record['semantic_miou']:.2f}; {record['seconds']:.0f} s")
+            f"stuff {100 * record['pq_stuff']:.2f}), semantic mIoU {100 * record['semantic_miou']:.2f}; "
+            f"{record['seconds']:.0f} s")
 
 
 def decode(checkpoint: dict[str, Any], path: Path) -> PanopticGenotype:
@@ -292,7 +272,7 @@ def decode(checkpoint: dict[str, Any], path: Path) -> PanopticGenotype:
     run_dir = RunDir(path.resolve().parent)
     categories = checkpoint["categories"]
     things, stuff = class_counts(categories)
-    model = AutoPanoptic(things, stuff, None, network_sizes(args))
+    model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
     load_model_state(model, checkpoint["model"], str(path))
     model.to(device)
     source = get_dataset_info(args.dataset).make_source("train", args)

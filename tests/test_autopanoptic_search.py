@@ -1,23 +1,30 @@
-"""Auto-Panoptic's search as a user runs it: the supernet trained with fair paths and per-group learning rates,
-resumed exactly from the middle of an accumulation window, then the greedy path search, resumed exactly from a
-partial cache."""
+"""Auto-Panoptic as a user runs it: the supernet trained with fair paths and per-group learning rates, resumed
+exactly from the middle of an accumulation window; the greedy path search, resumed exactly from a partial cache;
+the retrain of its result (or of the original's released file), evaluation by PQ and panoptic inference."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import decode_autodeeplab
+import evaluate as evaluate_script
+import inference as inference_script
 import train_autopanoptic
+import train_new_model
+from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic
 from modeling.architecture_file import load_architecture
-from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
-from modeling.autopanoptic.network import AutoPanoptic
-from search import autopanoptic
+from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
+from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
+from search import autopanoptic, autopanoptic_retrain
 from search.one_shot import rank_scores
 from tests.conftest import SignalAtStep
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
+from utils.panoptic_quality import rgb_to_id
 
 SMALL = ["--synthetic_train_samples", "16", "--synthetic_val_samples", "2", "--synthetic_size", "64", "--min-size",
          "64", "--max-size", "64", "--held-out", "4", "--max-iter", "24", "--warmup-iters", "4",
@@ -35,7 +42,7 @@ def supernet_run(tmp_path_factory):
 
 
 def test_every_parameter_takes_the_learning_rate_of_its_group():
-    model = AutoPanoptic(3, 3, None, autopanoptic.network_sizes(vars(train_autopanoptic.parse_args(SMALL)[0])))
+    model = AutoPanoptic(3, 3, None, PanopticSizes.from_args(vars(train_autopanoptic.parse_args(SMALL)[0])))
     groups = autopanoptic.lr_param_groups(model.named_parameters(), autopanoptic.parameter_group, 0.02, 1e-4)
     rate = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
     named = dict(model.named_parameters())
@@ -150,3 +157,71 @@ def test_a_greedy_search_cache_of_another_supernet_is_refused(tmp_path, supernet
             state_file.unlink()
         else:
             state_file.write_text(json.dumps(saved))
+
+
+RETRAIN = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "64", "--min-size",
+           "64", "--max-size", "64", "--max-iter", "8", "--lr-steps", "5", "7", "--warmup-iters", "2",
+           "--checkpoint-period", "4"]
+
+
+def test_the_multistep_schedule_of_the_retrain_by_hand():
+    factor = autopanoptic_retrain.warmup_multistep_factor
+    assert factor(0, [60000, 80000], 0.1, 500) == pytest.approx(0.1)
+    assert factor(250, [60000, 80000], 0.1, 500) == pytest.approx(0.1 * 0.5 + 0.5)
+    assert factor(500, [60000, 80000], 0.1, 500) == 1.0
+    assert factor(59999, [60000, 80000], 0.1, 500) == 1.0
+    assert factor(60000, [60000, 80000], 0.1, 500) == pytest.approx(0.1)
+    assert factor(89999, [60000, 80000], 0.1, 500) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_decode_retrain_evaluate_and_segment_end_to_end(tmp_path, supernet_run):
+    decode(supernet_run, tmp_path / "decoded")
+    run_dir = train_new_model.main(RETRAIN + ["--saved_arch_path", str(tmp_path / "decoded"), "--out-dir",
+                                              str(tmp_path / "retrain")])
+    state = load_checkpoint(run_dir / "model_best.pth.tar", stage="retrain", system="autopanoptic")
+    genotype = load_architecture(tmp_path / "decoded", expected=PanopticGenotype)
+    assert state["architecture"]["genotype"] == genotype.genotype_json()
+    assert set(state["optimizer"]["param_groups"][0]) >= {"lr", "weight_decay"}
+    assert {group["name"] for group in state["optimizer"]["param_groups"]} == {"weights", "bias"}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= record["pq"] <= 1 and "semantic_miou" in record for record in records)
+    report = json.loads((run_dir / "report_val" / "metrics.json").read_text())
+    assert set(report["panoptic"]) == {"All", "Things", "Stuff", "per_class"}
+
+    out_dir = evaluate_script.main(["--ckpt", str(run_dir / "model_best.pth.tar"), "--synthetic_val_samples", "3"])
+    evaluated = json.loads((out_dir / "metrics.json").read_text())
+    assert evaluated["pq"] == pytest.approx(report["pq"]) and evaluated["images"] == 3
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = SyntheticPanoptic("val", 2, 64, 0)
+    for index in range(2):
+        Image.fromarray(source.load(index)[0]).save(images / f"{index}.png")
+    out = inference_script.main(["--ckpt", str(run_dir / "model_best.pth.tar"), "--in-path", str(images),
+                                 "--out-path", str(tmp_path / "segmented")])
+    written = json.loads((out / "panoptic.json").read_text())
+    assert [a["file_name"] for a in written["annotations"]] == ["0.png", "1.png"]
+    for annotation in written["annotations"]:
+        ids = rgb_to_id(np.asarray(Image.open(out / "panoptic" / annotation["file_name"])))
+        assert ids.shape == (64, 64)
+        assert set(np.unique(ids)) - {0} == {segment["id"] for segment in annotation["segments_info"]}
+    assert (out / "overlays" / "0.jpg").is_file()
+
+
+@pytest.mark.slow
+def test_the_originals_coco_architecture_retrains(tmp_path):
+    run_dir = train_new_model.main(RETRAIN + ["--saved_arch_path", str(RELEASED / RELEASED_FILES["COCO_3.8G"]),
+                                              "--max-iter", "2", "--lr-steps", "1", "--warmup-iters", "0",
+                                              "--out-dir", str(tmp_path / "retrain")])
+    state = load_checkpoint(run_dir / "checkpoint.pth.tar", stage="retrain")
+    assert state["args"]["stage_repeats"] == [8, 8, 16, 8]
+    assert sum(1 for name in state["model"] if name.startswith("backbone.blocks.") and name.endswith(
+        "main.0.weight")) == 40
+
+
+def test_a_semantic_dataset_cannot_retrain_a_panoptic_architecture(tmp_path):
+    with pytest.raises(UserError, match="--dataset synthetic: its labels serve semantic, not panoptic \\(panoptic "
+                                        "datasets: coco_panoptic, synthetic_panoptic\\)"):
+        train_new_model.main(["--dataset", "synthetic", "--saved_arch_path",
+                              str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--out-dir", str(tmp_path / "run")])

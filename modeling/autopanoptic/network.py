@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,9 @@ from modeling.autopanoptic.backbone import (RETRAIN_BN_MOMENTUM, RETRAIN_WIDTHS,
 from modeling.autopanoptic.genotype import (MASK_LAYERS, PAPER_STAGE_REPEATS, STUFF_TO_THINGS, SUBNET_LAYERS,
                                             THINGS_TO_STUFF, PanopticGenotype)
 from modeling.autopanoptic.ops import GROUP_NORM_GROUPS, attention_layer, head_layer
+from modeling.registry import ModelSpec, register_model
+from utils.checkpoint import load_model_state
+from utils.errors import UserError
 from utils.detection_ops import install as install_detection_ops
 from utils.labels import IGNORE_INDEX
 from utils.torchvision_compat import import_torchvision
@@ -66,6 +70,13 @@ class PanopticSizes:
     rpn_post_nms_test: int = 1000
     rois_per_image: int = 512
     detections_per_image: int = 100
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> PanopticSizes:
+        """The sizes a run's arguments (``args.json`` or a checkpoint's) build the network at."""
+        return cls(tuple(args["widths"]), tuple(args["stage_repeats"]), args["fpn_channels"], args["subnet_channels"],
+                   args["rpn_pre_nms_train"], args["rpn_post_nms_train"], args["rpn_pre_nms_test"],
+                   args["rpn_post_nms_test"], args["rois_per_image"], args["detections_per_image"])
 
 
 class GroupNormBoxHead(nn.Module):
@@ -243,3 +254,39 @@ def segmentation_loss(logits: torch.Tensor, image_sizes: Sequence[tuple[int, int
                                         ignore_index=IGNORE_INDEX, reduction="sum")
         count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
+
+
+def load_backbone_weights(model: AutoPanoptic, path: str) -> None:
+    """A local state dict into the backbone, every key checked (one clear error on a mismatch)."""
+    if not Path(path).is_file():
+        raise UserError(f"backbone weights {path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or foreign file: say which and why, no trace
+        raise UserError(f"backbone weights {path}: not a readable weights file ({error})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"backbone weights {path}: expected a state dict of the backbone")
+    load_model_state(model.backbone, state.get("state_dict", state), f"backbone weights {path}")
+
+
+def build(args: dict[str, Any], genotype: PanopticGenotype | None, backbone_weights: str | None) -> AutoPanoptic:
+    """The searched network of a retrain run (its class counts and sizes in ``args``)."""
+    model = AutoPanoptic(args["thing_classes"], args["stuff_classes"], genotype, PanopticSizes.from_args(args))
+    if backbone_weights:
+        load_backbone_weights(model, backbone_weights)
+    return model
+
+
+def _no_export(args: dict[str, Any], genotype: PanopticGenotype | None) -> dict[str, str]:
+    raise UserError("export: an Auto-Panoptic network (Mask R-CNN with a semantic branch) has no ONNX export; "
+                    "use inference.py for its panoptic PNGs")
+
+
+register_model(ModelSpec(
+    name="autopanoptic",
+    build=build,
+    describe=lambda args, genotype: (f"Auto-Panoptic network, {sum(genotype.stage_repeats)} backbone blocks at widths "
+                                     f"{list(args['widths'])}"),
+    export_metadata=_no_export,
+    genotype_system=PanopticGenotype.system,
+))
