@@ -1,7 +1,7 @@
 """A whole search system's pipeline on the embedded synthetic dataset, sized for a laptop CPU.
 
-search (train_autodeeplab.py, or train_nas_segm.py with ``--system nas-segm``) -> decode
-(decode_autodeeplab.py) -> retrain and evaluate (train_new_model.py), each through its own ``main`` with the
+search (train_autodeeplab.py, or train_nas_segm.py with ``--system nas-segm``, or train_autopanoptic.py with
+``--system autopanoptic``) -> decode (decode_autodeeplab.py) -> retrain and evaluate (train_new_model.py), each through its own ``main`` with the
 flags printed, so every step can be rerun by hand. ``--images DIR`` also copies the pictures the README
 shows into DIR (Auto-DeepLab).
 """
@@ -17,6 +17,7 @@ from types import ModuleType
 
 import decode_autodeeplab
 import train_autodeeplab
+import train_autopanoptic
 import train_nas_segm
 import train_new_model
 from modeling.architecture_file import Genotype
@@ -40,6 +41,13 @@ NAS_SEGM_SEARCH = DATA + ["--synthetic_train_samples", "160", "--num_candidates"
                           "--no-do-polyak"]
 NAS_SEGM_RETRAIN = DATA + ["--synthetic_train_samples", "256", "--crop_size", "64", "--batch_size", "8", "--epochs",
                            "40", "--base_lr", "0.05", "--scale_range", "0.8", "1.25"]
+# Auto-Panoptic: the scale-down recipe of synthetic_panoptic (10 backbone blocks, 96-pixel images), with 480
+# supernet iterations (40 optimiser steps of 12 fair paths), 2 cycles of 12 candidates, and 480 retrain iterations.
+PANOPTIC_DATA = ["--dataset", "synthetic_panoptic", "--synthetic_train_samples", "160", "--synthetic_val_samples", "16"]
+AUTOPANOPTIC_SEARCH = PANOPTIC_DATA + ["--held-out", "16", "--max-iter", "480", "--warmup-iters", "48",
+                                      "--checkpoint-period", "240", "--bn-recalibration-iters", "5"]
+AUTOPANOPTIC_RETRAIN = PANOPTIC_DATA + ["--max-iter", "480", "--lr-steps", "320", "420", "--warmup-iters", "30",
+                                       "--checkpoint-period", "240", "--eval-every", "2"]
 README_PICTURES = {"search/architecture.png": "architecture.png", "search/search_curves.png": "search_curves.png",
                    "search/betas.png": "betas.png", "search/alphas.png": "alphas.png",
                    "retrain/retrain_curves.png": "retrain_curves.png"}
@@ -50,12 +58,14 @@ def main() -> None:
     parser.add_argument("--out-dir", default=None,
                         help="where the three runs go (default: a new run/synthetic/demo/experiment_<N>)")
     parser.add_argument("--images", default=None, help="also copy the README pictures into this directory")
-    parser.add_argument("--system", default="autodeeplab", choices=("autodeeplab", "nas-segm"),
+    parser.add_argument("--system", default="autodeeplab", choices=("autodeeplab", "nas-segm", "autopanoptic"),
                         help="the search system to run (default: %(default)s)")
     args = parser.parse_args()
     out = new_run_dir(args.out_dir, "synthetic", "demo")
     if args.system == "nas-segm":
         return nas_segm_demo(out)
+    if args.system == "autopanoptic":
+        return autopanoptic_demo(out)
     started = time.time()
     search, retrain = RunDir(out / "search"), RunDir(out / "retrain")
     arch = run_stages(train_autodeeplab, "train_autodeeplab.py", SEARCH, RETRAIN, search, retrain)
@@ -118,6 +128,25 @@ def nas_segm_demo(out: Path) -> None:
     print(f"\noutputs:\n  candidates: {search.candidates}\n  architecture: {search.architecture}, "
           f"{search.architecture_picture}\n  retrain checkpoints: {retrain.checkpoint}, {retrain.best}\n"
           f"  TensorBoard logs: tensorboard --logdir {out}")
+
+
+def autopanoptic_demo(out: Path) -> None:
+    """Auto-Panoptic: the supernet, the greedy path search (its candidates' PQ printed), the chosen network's
+    retrain and its PQ."""
+    started = time.time()
+    search, retrain = RunDir(out / "search"), RunDir(out / "retrain")
+    genotype = run_stages(train_autopanoptic, "train_autopanoptic.py", AUTOPANOPTIC_SEARCH, AUTOPANOPTIC_RETRAIN,
+                          search, retrain)
+    report = json.loads((retrain.report / "metrics.json").read_text())
+    best = genotype.source["best_candidate"]
+    print(f"\nchosen architecture ({genotype.source['candidates_scored']} candidates scored; the best one's held-out "
+          f"PQ {100 * best['pq']:.2f}):\n{genotype.describe()}")
+    print(f"\nretrained val PQ {100 * report['pq']:.2f} (things {100 * report['pq_things']:.2f}, stuff "
+          f"{100 * report['pq_stuff']:.2f}), semantic mIoU {100 * report['semantic_miou']:.2f}; "
+          f"{time.time() - started:.0f} s in all")
+    print(f"\noutputs:\n  candidates: {search.path / 'greedy_search.json'}\n  architecture: {search.architecture}, "
+          f"{search.architecture_picture}\n  retrain checkpoints: {retrain.checkpoint}, {retrain.best}\n  report: "
+          f"{retrain.report}\n  TensorBoard logs: tensorboard --logdir {out}")
 
 
 if __name__ == "__main__":

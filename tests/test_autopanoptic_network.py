@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from modeling.autopanoptic.backbone import RETRAIN_WIDTHS
 from modeling.autopanoptic.genotype import HEAD_OPS, PanopticGenotype, layer_choices, released
-from modeling.autopanoptic.network import (PIXEL_MEAN_BGR, SEGMENTATION_WEIGHT, AutoPanoptic, PanopticSizes,
+from modeling.autopanoptic.network import (PIXEL_MEAN_BGR, SEGMENTATION_WEIGHT, AutoPanoptic, PanopticSizes, build,
                                            segmentation_loss, upsample_to)
+from utils.errors import UserError
 
 REPEATS = (2, 2, 4, 2)
 SIZES = PanopticSizes(widths=(16, 32, 64, 128, 256), stage_repeats=REPEATS, fpn_channels=64, subnet_channels=32,
@@ -146,3 +147,24 @@ def test_the_released_coco_network_builds_at_the_paper_widths():
     assert network.semantic_score.out_channels == 54 and network.roi_heads.box_predictor.cls_score.out_features == 81
     assert network.backbone.out_channels == [172, 432, 864, 1728]
     assert all(m.momentum == 0.01 for m in network.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_backbone_weights_load_from_a_local_file_with_every_key_checked(tmp_path):
+    genotype = PanopticGenotype.from_path(PATH, REPEATS)
+    args = {"thing_classes": 2, "stuff_classes": 3, "widths": list(SIZES.widths), "stage_repeats": list(REPEATS),
+            "fpn_channels": 64, "subnet_channels": 32, "rpn_pre_nms_train": 100, "rpn_post_nms_train": 100,
+            "rpn_pre_nms_test": 100, "rpn_post_nms_test": 100, "rois_per_image": 64, "detections_per_image": 20}
+    torch.manual_seed(1)
+    trained = build(args, genotype, None)
+    torch.save(trained.backbone.state_dict(), tmp_path / "backbone.pth")
+    torch.manual_seed(2)
+    loaded = build(args, genotype, str(tmp_path / "backbone.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.backbone.state_dict().values(),
+                                                trained.backbone.state_dict().values()))
+    assert not torch.equal(loaded.fpn.inner_blocks[0][0].weight, trained.fpn.inner_blocks[0][0].weight)
+    torch.save({"stem.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="other.pth: the weights do not fit the network"):
+        build(args, genotype, str(tmp_path / "other.pth"))
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="broken.pth: not a readable weights file"):
+        build(args, genotype, str(tmp_path / "broken.pth"))

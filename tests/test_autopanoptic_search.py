@@ -21,6 +21,7 @@ from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
 from search import autopanoptic, autopanoptic_retrain
 from search.one_shot import rank_scores
 from tests.conftest import SignalAtStep
+from tests.test_distributed import launch
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
@@ -225,3 +226,16 @@ def test_a_semantic_dataset_cannot_retrain_a_panoptic_architecture(tmp_path):
                                         "datasets: coco_panoptic, synthetic_panoptic\\)"):
         train_new_model.main(["--dataset", "synthetic", "--saved_arch_path",
                               str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--out-dir", str(tmp_path / "run")])
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_supernet_on_the_same_paths(tmp_path):
+    """Under torchrun every process takes the iteration's path from the seed alone; the gradients of each window
+    are averaged over the processes, which fails outright if the processes ran different paths (their sets of
+    gradients would differ)."""
+    args = SMALL + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")]
+    output = launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py", args, tmp_path / "logs")
+    assert "2 process(es)" in output
+    state = load_checkpoint(tmp_path / "two" / "checkpoint.pth.tar")
+    assert state["step"]["iterations"] == 13 and state["step"]["gradients"]
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())

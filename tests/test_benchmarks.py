@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from utils.detection_ops import native_ops_available
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,64 @@ def test_candidate_throughput_names_a_failed_search():
                              "cached", "--", "--val-every", "3", "3"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "the search failed" in result.stderr
     assert "--val-every 3 3" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the_sizes_given():
+    sizes = {"widths": [8, 16, 32, 64, 128], "stage_repeats": [1, 1, 2, 1], "fpn_channels": 32, "subnet_channels": 32,
+             "image_size": 64, "batch_size": 2, "rpn_proposals": 50, "rois_per_image": 32, "held_out": 2,
+             "bn_batches": 1}
+    flags = [text for key, value in sizes.items()
+             for text in ["--" + key.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "panoptic_search.py"), *flags, "--steps", "1",
+                             "--warmup", "0", "--threads", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    figures = json.loads(line)
+    assert {key: figures[key] for key in sizes} == sizes
+    assert figures["device"] == "cpu" and figures["threads"] == 1 and figures["steps"] == 1
+    for key in ("weights", "supernet_iteration_s", "images_per_s", "candidate_eval_s", "peak_rss_mb"):
+        assert figures[key] > 0, key
+    rounding = 0.0001 / figures["supernet_iteration_s"]  # the iteration is rounded to 0.1 ms
+    assert figures["images_per_s"] == pytest.approx(2 / figures["supernet_iteration_s"], rel=rounding + 1e-3)
+
+
+def test_panoptic_search_refuses_a_width_groupnorm_cannot_split():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "panoptic_search.py"), "--fpn-channels", "48"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--fpn-channels 48: must be a multiple of 32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_detection_ops_reports_every_case_with_the_native_column_only_where_the_kernels_load():
+    tiny = ["--nms-boxes", "50", "--roi-count", "8", "--roi-channels", "4", "--roi-map", "16", "--mask-count", "4",
+            "--mask-size", "32", "--deform-in", "4", "--deform-out", "4", "--deform-batch", "1", "--deform-map", "8"]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_ops.py"), *tiny, "--repeats", "2",
+                             "--warmup", "0", "--threads", "1", "--device", "cpu", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [f["case"] for f in figures] == ["nms", "roi_align", "roi_align_mask_targets", "deform_conv2d"]
+    echoed = [{"boxes": 50}, {"rois": 8, "channels": 4, "map": 16}, {"masks": 4, "mask_size": 32},
+              {"in_channels": 4, "out_channels": 4, "batch": 1, "map": 8}]
+    assert [{key: f["sizes"][key] for key in sizes} for f, sizes in zip(figures, echoed)] == echoed
+    native = native_ops_available()
+    for f in figures:
+        assert f["ours_s"] > 0 and f["threads"] == 1, f
+        assert (f["native_s"] is None) == (not native), f
+        assert (f["max_abs_diff"] is None) == (not native), f
+        if native:
+            assert f["native_s"] > 0 and f["max_abs_diff"] < 1e-3, f
+            # the backward cases compare their input gradients too
+            assert (f["grad_max_abs_diff"] is None) == (f["case"] in ("nms", "roi_align_mask_targets")), f
+        else:
+            assert f["grad_max_abs_diff"] is None and f["ours_over_native"] is None, f
+
+
+def test_detection_ops_table_says_unavailable_where_the_native_kernels_do_not_load():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_ops.py"), "--cases", "nms",
+                             "--nms-boxes", "20", "--repeats", "1", "--warmup", "0", "--threads", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["case", "sizes", "ours_s", "native_s"] and row.startswith("nms ")
+    assert ("unavailable" in row) == (not native_ops_available())

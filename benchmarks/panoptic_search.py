@@ -1,0 +1,173 @@
+"""Benchmark of the Auto-Panoptic search at given sizes: one supernet iteration and one candidate evaluation.
+
+The supernet (``AutoPanoptic`` without a genotype) is built at the sizes the flags give and fed the generated
+panoptic data (``synthetic_panoptic``'s training split, square images of --image-size, the held-out images set
+aside from it as the search does). Prints one table (or, with --json, one JSON object):
+
+- ``supernet_iteration_s``: the median seconds of one supernet iteration over --steps after --warmup: the
+  forward on the iteration's fairly sampled path (``FairPathSampler``, as training draws them) and the backward
+  of the summed losses, the batch already on the device; the optimiser step, once per 12 iterations, is left
+  out. ``images_per_s``: --batch-size over it.
+- ``candidate_eval_s``: one candidate of the greedy search scored as ``search.autopanoptic.CandidateEvaluator``
+  scores it: BatchNorm recalibrated over --bn-batches training batches, then PQ on --held-out images, data
+  loading included. It grows about linearly with both counts (the paper: 500 batches, 5000 images).
+- ``weights``: the supernet's parameters (every op of every choice layer); the peak memory: the process's peak
+  RSS on CPU (``peak_rss_mb``), ``torch.cuda.max_memory_allocated`` on CUDA (``peak_cuda_mb``).
+
+The defaults are the ``synthetic_panoptic`` scale-down recipe (``config_utils.recipes``). --rpn-proposals sets
+the RPN's proposals before and after NMS in training and test alike (the paper: 2000 in training, 1000 in
+test). The paper's sizes, on a GPU (2 images per GPU, as the paper's 16 on 8 GPUs; the generated images are
+800×800 where COCO's are about 800×1066):
+
+    python benchmarks/panoptic_search.py --threads 2 --steps 3
+    python benchmarks/panoptic_search.py --device cuda --widths 48 96 240 480 960 --stage-repeats 8 8 16 8 \\
+        --fpn-channels 256 --subnet-channels 128 --image-size 800 --rpn-proposals 2000 --rois-per-image 512 \\
+        --detections-per-image 100 --stuff-area-limit 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
+from config_utils.autopanoptic_args import check_group_norm_widths  # noqa: E402
+from config_utils.common import add_device_flag  # noqa: E402
+from config_utils.recipes import recipe  # noqa: E402
+from dataloaders import SeededSampler, make_loader  # noqa: E402
+from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic  # noqa: E402
+from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices  # noqa: E402
+from modeling.autopanoptic.genotype import layer_choices  # noqa: E402
+from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes  # noqa: E402
+from search.autopanoptic import CandidateEvaluator, class_counts, held_out_split, to_device  # noqa: E402
+from search.one_shot import SEARCH_STREAM, FairPathSampler  # noqa: E402
+from utils.cli import resolve_device, run_cli  # noqa: E402
+from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
+from utils.trainer import cycle_batches  # noqa: E402
+
+PROG = "panoptic_search.py"
+SCALE_DOWN = recipe("autopanoptic", "search", "synthetic_panoptic")
+SEED = 1  # the search's default --seed: its held-out split, paths and initial weights
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    add_flag(parser, "widths", type=positive_int, nargs=5, default=SCALE_DOWN["widths"],
+             metavar=("STEM", "C2", "C3", "C4", "C5"), help="backbone widths (the paper: 48 96 240 480 960)")
+    add_flag(parser, "stage-repeats", type=positive_int, nargs=4, default=SCALE_DOWN["stage_repeats"],
+             metavar=("S2", "S3", "S4", "S5"), help="choice blocks per backbone stage (the paper: 8 8 16 8)")
+    add_flag(parser, "fpn-channels", type=positive_int, default=SCALE_DOWN["fpn_channels"],
+             help="FPN width (the paper: 256; a multiple of 32)")
+    add_flag(parser, "subnet-channels", type=positive_int, default=SCALE_DOWN["subnet_channels"],
+             help="semantic subnet width (the paper: 128; a multiple of 32)")
+    add_flag(parser, "image-size", type=positive_int, default=SCALE_DOWN["min_size"],
+             help="side of the square generated images (the paper: short side 800)")
+    add_flag(parser, "batch-size", type=positive_int, default=SCALE_DOWN["batch_size"], help="images per iteration")
+    add_flag(parser, "rpn-proposals", type=positive_int, default=SCALE_DOWN["rpn_pre_nms_train"],
+             help="RPN proposals per level before NMS and per image after it, in training and test")
+    add_flag(parser, "rois-per-image", type=positive_int, default=SCALE_DOWN["rois_per_image"],
+             help="RoIs sampled per image for the box and mask heads (the paper: 512)")
+    add_flag(parser, "detections-per-image", type=positive_int, default=SCALE_DOWN["detections_per_image"],
+             help="detections kept per image in evaluation (the paper: 100)")
+    add_flag(parser, "stuff-area-limit", type=non_negative_int, default=SCALE_DOWN["stuff_area_limit"],
+             help="a predicted stuff segment smaller than this many pixels is left void (the paper: 4096)")
+    add_flag(parser, "held-out", type=positive_int, default=SCALE_DOWN["held_out"],
+             help="held-out images a candidate is scored on")
+    add_flag(parser, "bn-batches", type=positive_int, default=SCALE_DOWN["bn_recalibration_iters"],
+             help="training batches that recalibrate BatchNorm before a candidate is scored")
+    add_flag(parser, "steps", type=positive_int, default=5,
+             help="measured supernet iterations (the median is reported)")
+    add_flag(parser, "warmup", type=non_negative_int, default=1, help="unmeasured supernet iterations first")
+    add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    add_device_flag(parser)
+    add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    check_group_norm_widths(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    # Enough generated images that, once those without a trainable instance are dropped, the held-out ones
+    # leave a few batches to train on (about 4 in 5 images have one).
+    source = SyntheticPanoptic("train", 2 * (args.held_out + 2 * args.batch_size), args.image_size, SEED)
+    usable = trainable_indices(source)
+    train, held_out = held_out_split(len(usable), args.held_out, SEED)
+    train, held_out = [usable[i] for i in train], [usable[i] for i in held_out]
+    resize = (args.image_size, args.image_size)
+    train_loader = make_loader(PanopticDataset(source, PanopticTransform(*resize, train=True)),
+                               SeededSampler(train, SEED, shuffle=True, drop_last=True), args.batch_size, 0,
+                               drop_last=True, collate_fn=collate)
+    held_out_loader = make_loader(PanopticDataset(source, PanopticTransform(*resize, train=False)),
+                                  SeededSampler(held_out, 0, shuffle=False), args.batch_size, 0, drop_last=False,
+                                  collate_fn=collate)
+
+    proposals = args.rpn_proposals
+    sizes = PanopticSizes(tuple(args.widths), tuple(args.stage_repeats), args.fpn_channels, args.subnet_channels,
+                          proposals, proposals, proposals, proposals, args.rois_per_image, args.detections_per_image)
+    torch.manual_seed(SEED)
+    model = AutoPanoptic(*class_counts(source.categories), None, sizes).to(device)
+    choices = layer_choices(tuple(args.stage_repeats))
+    sampler = FairPathSampler(choices, SEED)
+
+    iterations = args.warmup + args.steps
+    batches = [to_device(*batch, device) for batch in islice(cycle_batches(train_loader, 0), iterations)]
+    model.train()
+    seconds = []
+    for iteration, (images, targets) in enumerate(batches, start=1):
+        synchronize(device)
+        started = time.perf_counter()
+        losses = model(images, targets, sampler.path(iteration))
+        sum(losses.values()).backward()  # gradients add up over the window, as in training
+        synchronize(device)
+        if iteration > args.warmup:
+            seconds.append(time.perf_counter() - started)
+    del batches, losses
+    model.zero_grad(set_to_none=True)  # the greedy search holds no gradients
+
+    scoring = argparse.Namespace(bn_recalibration_iters=args.bn_batches, stuff_area_limit=args.stuff_area_limit)
+    evaluator = CandidateEvaluator(model, train_loader, held_out_loader, source.categories, scoring, device)
+    candidate = FairPathSampler(choices, SEED, SEARCH_STREAM).path(1)  # a path as the greedy search draws them
+    synchronize(device)
+    started = time.perf_counter()
+    evaluator(candidate)
+    synchronize(device)
+    candidate_s = time.perf_counter() - started
+
+    iteration_s = statistics.median(seconds)
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    result = {
+        "device": str(device), "threads": torch.get_num_threads(), "widths": list(args.widths),
+        "stage_repeats": list(args.stage_repeats), "fpn_channels": args.fpn_channels,
+        "subnet_channels": args.subnet_channels, "image_size": args.image_size, "batch_size": args.batch_size,
+        "rpn_proposals": proposals, "rois_per_image": args.rois_per_image,
+        "detections_per_image": args.detections_per_image, "stuff_area_limit": args.stuff_area_limit,
+        "held_out": args.held_out, "bn_batches": args.bn_batches, "steps": args.steps,
+        "weights": sum(p.numel() for p in model.parameters()),
+        "supernet_iteration_s": round(iteration_s, 4), "images_per_s": round(args.batch_size / iteration_s, 3),
+        "candidate_eval_s": round(candidate_s, 3),
+        "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main, PROG)
