@@ -38,7 +38,8 @@ from search.registry import SearchSystem, register_system
 from utils.atomic import atomic_path
 from utils.checkpoint import Checkpointer, load_model_state
 from utils.cli import resolve_device
-from utils.distributed import DistributedContext, all_reduce_mean, per_process_batch, process_device
+from utils.distributed import (DistributedContext, all_reduce_mean, per_process_batch, process_device,
+                               uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.hooks import fit_stage, resume_point
 from utils.interrupt import RunInterrupted, StopRequest
@@ -188,6 +189,9 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     if args.backbone_weights and resumed is None:
         load_backbone_weights(model, args.backbone_weights)
     model.to(device)
+    sync_bn = uses_sync_batchnorm(context, device, requested=True)
+    if sync_bn:  # the original's SyncBN: the backbone's statistics over every GPU's images
+        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
     sampler = FairPathSampler(layer_choices(tuple(args.stage_repeats)), args.seed)
     optimizer = torch.optim.SGD(lr_param_groups(model.named_parameters(), parameter_group, args.base_lr,
                                                 args.weight_decay), lr=args.base_lr, momentum=args.momentum)
@@ -204,7 +208,8 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 f"training / {len(held_out)} held-out images, {sum(args.stage_repeats)} backbone blocks, "
                 f"{sum(p.numel() for p in model.parameters()):,} weights, {args.max_iter} iterations of "
                 f"{args.batch_size} image(s) ({args.max_iter // step.window} optimiser steps), device {device}, "
-                f"{context.world_size} process(es), amp {dtype if args.amp else 'off'}; run directory {run_dir}")
+                f"{context.world_size} process(es){', SyncBatchNorm' if sync_bn else ''}, amp "
+                f"{dtype if args.amp else 'off'}; run directory {run_dir}")
     with deterministic_algorithms(args.deterministic):
         fit_stage(step, loader, max_iters=args.max_iter, desc="supernet", run_dir=run_dir,
                   checkpointer=checkpointer, context=context, evaluate=None, eval_interval=1, best_metric="pq",

@@ -33,7 +33,8 @@ from search.autopanoptic import PanopticStep, class_counts, deterministic_algori
 from search.one_shot import lr_param_groups
 from utils.checkpoint import Checkpointer, load_checkpoint
 from utils.cli import resolve_device
-from utils.distributed import DistributedContext, broadcast_from_main, per_process_batch, process_device
+from utils.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
+                               uses_sync_batchnorm)
 from utils.errors import UserError
 from utils.hooks import fit_stage, resume_point
 from utils.panoptic_evaluation import evaluate_panoptic
@@ -140,6 +141,9 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                              collate_fn=collate)
     torch.manual_seed(args.seed)  # built before the run directory: a bad --backbone-weights file leaves none
     model = build(vars(args), genotype, args.backbone_weights if resumed is None else None).to(device)
+    sync_bn = uses_sync_batchnorm(context, device, requested=True)
+    if sync_bn:  # the original's SyncBN: the backbone's statistics over every GPU's images
+        model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
     run_dir, logger = (open_run(args, argv, SYSTEM, "retrain") if context.is_main
                        else (None, logging.getLogger(LOGGER_NAME)))
     if run_dir is not None:
@@ -161,7 +165,8 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                 f"{len(indices)} / val {len(val_set)} images, Auto-Panoptic network of {sum(genotype.stage_repeats)} "
                 f"blocks at widths {list(args.widths)}, {sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"{args.max_iter} iterations of {args.batch_size} image(s), device {device}, {context.world_size} "
-                f"process(es), amp {dtype if args.amp else 'off'}; run directory {run_dir}")
+                f"process(es){', SyncBatchNorm' if sync_bn else ''}, amp {dtype if args.amp else 'off'}; run directory "
+                f"{run_dir}")
     validate = PanopticValidation(model, val_loader, categories, device, context, args.stuff_area_limit)
     with deterministic_algorithms(args.deterministic):
         checkpoint = fit_stage(step, loader, max_iters=args.max_iter, desc="retrain", run_dir=run_dir,

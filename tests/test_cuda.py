@@ -1,13 +1,17 @@
-"""What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), and NCCL
-with SyncBatchNorm on 2 GPUs matching 1 GPU. Skipped without CUDA (CI has none); `make test` on a GPU machine
-runs them."""
+"""What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), Auto-Panoptic
+on torchvision's compiled detection ops, and NCCL with SyncBatchNorm on 2 GPUs matching 1 GPU. Skipped without
+CUDA (CI has none); `make test` on a GPU machine runs them."""
 
 import pytest
 import torch
 
+import decode_autodeeplab
 import train_autodeeplab
+import train_autopanoptic
 import train_nas_segm
 import train_new_model
+from tests.test_autopanoptic_search import RETRAIN as AP_RETRAIN
+from tests.test_autopanoptic_search import SMALL as AP_SMALL
 from tests.test_distributed import RETRAIN, SEARCH, launch, records
 from tests.test_nas_segm_search import SEARCH as NAS_SEGM_SEARCH
 from utils.checkpoint import load_checkpoint
@@ -68,3 +72,22 @@ def test_decoder_search_on_cuda_with_float16(tmp_path):
     candidates = read_jsonl(RunDir(run_dir).candidates)
     assert [c["status"] for c in candidates] == ["ok", "ok"]
     assert all(c["latency_ms"] > 0 and 0 <= c["reward"] <= 1 for c in candidates)
+
+
+def test_autopanoptic_supernet_search_and_retrain_on_cuda(tmp_path):
+    """On CUDA torchvision's own NMS, RoIAlign and deformable convolution run (ours only stand in on a CPU
+    build)."""
+    run_dir = train_autopanoptic.main(AP_SMALL + ["--device", "cuda", "--out-dir", str(tmp_path / "supernet")])
+    assert "device cuda" in (run_dir / "log.txt").read_text()
+    decode_autodeeplab.main(["--resume", str(run_dir), "--out-dir", str(tmp_path / "decoded")])
+    retrained = train_new_model.main(AP_RETRAIN + ["--device", "cuda", "--saved_arch_path", str(tmp_path / "decoded"),
+                                                   "--out-dir", str(tmp_path / "retrain")])
+    assert (retrained / "report_val" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+@two_gpus
+def test_autopanoptic_supernet_on_two_gpus_synchronises_batchnorm(tmp_path):
+    launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py",
+           AP_SMALL + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")], tmp_path / "logs")
+    assert "2 process(es), SyncBatchNorm" in (tmp_path / "two" / "log.txt").read_text()
