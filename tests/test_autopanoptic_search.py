@@ -3,6 +3,8 @@ exactly from the middle of an accumulation window; the greedy path search, resum
 the retrain of its result (or of the original's released file), evaluation by PQ and panoptic inference."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -239,3 +241,28 @@ def test_two_processes_train_the_supernet_on_the_same_paths(tmp_path):
     state = load_checkpoint(tmp_path / "two" / "checkpoint.pth.tar")
     assert state["step"]["iterations"] == 13 and state["step"]["gradients"]
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_sigterm_stops_the_greedy_search_after_the_candidate_in_hand(tmp_path, supernet_run, monkeypatch):
+    state_file = supernet_run / autopanoptic.GREEDY_STATE
+    saved = state_file.read_text() if state_file.is_file() else None
+    state_file.unlink(missing_ok=True)
+    original, calls = autopanoptic.CandidateEvaluator.__call__, []
+
+    def signalled_at_the_third(self, path):
+        calls.append(path)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, path)
+
+    monkeypatch.setattr(autopanoptic.CandidateEvaluator, "__call__", signalled_at_the_third)
+    try:
+        with pytest.raises(RunInterrupted, match="stopped by SIGTERM after 3 of 24 candidates"):
+            decode(supernet_run, tmp_path / "out")
+        assert len(json.loads(state_file.read_text())["records"]) == 3
+        assert not (tmp_path / "out" / "architecture.json").exists()
+    finally:
+        if saved is None:
+            state_file.unlink(missing_ok=True)
+        else:
+            state_file.write_text(saved)
