@@ -28,7 +28,6 @@ test). The paper's sizes, on a GPU (2 images per GPU, as the paper's 16 on 8 GPU
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
+from benchmarks.search_step import peak_rss_mb, print_result, synchronize  # noqa: E402
 from config_utils.autopanoptic_args import check_group_norm_widths  # noqa: E402
 from config_utils.common import add_device_flag  # noqa: E402
 from config_utils.recipes import recipe  # noqa: E402
@@ -161,11 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "candidate_eval_s": round(candidate_s, 3),
         "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+    print_result(result, args.json)
     return result
 
 

@@ -81,6 +81,15 @@ def saved_for_backward_mb(model: torch.nn.Module, images: torch.Tensor, masks: t
     return sum(saved.values()) / 2**20
 
 
+def print_result(result: dict, as_json: bool) -> None:
+    """One JSON object, or a two-column table of the figures."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
         "saved_for_backward_mb": saved_mb,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+    print_result(result, args.json)
     return result
 
 
