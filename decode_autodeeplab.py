@@ -4,7 +4,8 @@ The checkpoint names its search system, whose registered decoder derives the arc
 (``search.registry``). For Auto-DeepLab the network path is the Viterbi path over the normalised β,
 and the cell keeps, per block, the two incoming edges whose strongest non-`none` op weighs most
 (paper Sec. 4.3). For the nas-segm decoder search it is the best-scored candidate (each distinct decoder
-counted once), and the best ones are printed as a table.
+counted once), and the best ones are printed as a table. For Auto-Panoptic it runs the path-priority greedy search
+on the trained supernet. ``--strategy random`` writes the random-search baseline of the same space instead.
 """
 
 from __future__ import annotations
@@ -34,14 +35,22 @@ def find_latest_checkpoint(dataset: str, root: str = "run") -> Path:
     return run.checkpoint
 
 
-def decode_checkpoint(checkpoint: Path, out_dir: Path, top_k: int = 10) -> Genotype:
-    """Decode ``checkpoint`` with its own system's rule (printing its ranking of candidates, if it has one); write
-    the architecture file and its picture."""
+def decode_checkpoint(checkpoint: Path, out_dir: Path, top_k: int = 10, strategy: str = "search",
+                      random_candidates: int | None = None, seed: int = 0) -> Genotype:
+    """Decode ``checkpoint`` with its own system's rule (printing its ranking of candidates, if it has one), or with
+    ``strategy="random"`` draw the random-search baseline of its space; write the architecture file and its
+    picture."""
     state = load_checkpoint(checkpoint, stage="search")
     system = get_system(state["system"], str(checkpoint))
-    if system.report is not None:
-        print(system.report(state, top_k))
-    genotype = system.decode(state, checkpoint)
+    if strategy == "random":
+        if system.random_decode is None:
+            raise UserError(f"--strategy random: a {system.name} search draws its random candidates in the search "
+                            "stage (train_nas_segm.py --agent random); decode that search as any other")
+        genotype = system.random_decode(state, checkpoint, random_candidates, seed)
+    else:
+        if system.report is not None:
+            print(system.report(state, top_k))
+        genotype = system.decode(state, checkpoint)
     out = RunDir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_architecture(genotype, out.architecture)
@@ -54,8 +63,11 @@ def main(argv: list[str] | None = None) -> Genotype:
     checkpoint = Path(args.resume) if args.resume else find_latest_checkpoint(args.dataset)
     if checkpoint.is_dir():
         checkpoint = RunDir(checkpoint).checkpoint
-    out_dir = Path(args.out_dir) if args.out_dir else checkpoint.resolve().parent
-    genotype = decode_checkpoint(checkpoint, out_dir, args.top_k)
+    if args.random_candidates is not None and args.strategy != "random":
+        raise UserError("--random-candidates: only with --strategy random")
+    out_dir = (Path(args.out_dir) if args.out_dir else checkpoint.resolve().parent if args.strategy == "search"
+               else checkpoint.resolve().parent / f"random_seed{args.seed}")
+    genotype = decode_checkpoint(checkpoint, out_dir, args.top_k, args.strategy, args.random_candidates, args.seed)
     print(genotype.describe())
     print(json.dumps({"architecture": str(RunDir(out_dir).architecture),
                       "picture": str(RunDir(out_dir).architecture_picture)}))

@@ -25,8 +25,9 @@ def nas_segm_parser() -> argparse.ArgumentParser:
     add_flag(run, "space", default=None, choices=("cvpr", "wacv"), locked=True,
              help="cvpr: cells with auxiliary heads on 4 encoder features; wacv: templates on 2 (default: the "
                   "dataset's recipe: cvpr on pascal, wacv elsewhere)")
-    add_flag(run, "agent", "--ctrl-agent", default="ppo", choices=("ppo", "reinforce"), locked=True,
-             help="how the controller learns from rewards (default: %(default)s, as the original)")
+    add_flag(run, "agent", "--ctrl-agent", default="ppo", choices=("ppo", "reinforce", "random"), locked=True,
+             help="how the controller learns from rewards (default: %(default)s, as the original); random: random "
+                  "search, every candidate drawn uniformly from the space, the baseline the others must beat")
     add_flag(run, "num_candidates", type=positive_int, default=None,
              help="candidates to sample and train (default: the recipe's; the original ran until stopped). A "
                   "finished search continues with --resume and a larger value")

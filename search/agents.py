@@ -1,5 +1,6 @@
 """How the decoder search's controller learns from rewards: PPO (the original's default) and REINFORCE with a
-moving-average baseline (shared/reference/nas-segm.md §2.4, §2.5).
+moving-average baseline (the original's ``src/rl/gradient_estimators.py``), and the random-search baseline that does
+not learn at all.
 
 Both keep a baseline, an exponential moving average of the rewards (decay 0.95, starting at the first
 reward), and take Adam steps (lr 1e-4) with the gradient norm clipped to 2. Every piece of their state,
@@ -11,29 +12,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import torch
 
-from search.controller import DecoderController
+from search.controller import DecoderController, decision_sizes
 
 BASELINE_DECAY, LEARNING_RATE, MAX_GRAD_NORM = 0.95, 1e-4, 2.0
 PPO_BUFFER, PPO_CLIP = 100, 0.1
 
 
-class Agent:
-    """The controller, its optimiser and the reward baseline; ``update`` learns from one scored candidate."""
+class RewardBaseline:
+    """The exponential moving average of the rewards (``decay``), starting at the first reward."""
 
-    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0,
-                 baseline_decay: float = BASELINE_DECAY) -> None:
-        self.controller = controller
+    def __init__(self, baseline_decay: float = BASELINE_DECAY) -> None:
         self.baseline_decay = baseline_decay
-        self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
         self.baseline: float | None = None
-        self.generator = torch.Generator().manual_seed(seed)
 
     def _update_baseline(self, reward: float) -> float:
         self.baseline = reward if self.baseline is None else self.baseline_decay * self.baseline + (
             1 - self.baseline_decay) * reward
         return self.baseline
+
+
+class Agent(RewardBaseline):
+    """The controller, its optimiser and the reward baseline; ``update`` learns from one scored candidate."""
+
+    def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0,
+                 baseline_decay: float = BASELINE_DECAY) -> None:
+        super().__init__(baseline_decay)
+        self.controller = controller
+        self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad()
@@ -100,4 +110,54 @@ class PPO(Agent):
         self.rewards, self.inserted = state["rewards"].clone(), state["inserted"]
 
 
-AGENTS = {"ppo": PPO, "reinforce": Reinforce}
+class UniformPolicy:
+    """The policy of random search: every decision uniform over its choices, independently, so every action of the
+    space is equally likely (the controller's own action space, hence the same decoders). Random search with the
+    same candidate budget is the baseline a learned controller must beat (Sciuto et al., ICLR 2020; Li and
+    Talwalkar, UAI 2019). It has the controller's ``sample``/``evaluate`` and no parameters."""
+
+    def __init__(self, space: str) -> None:
+        self.space = space
+        self.sizes = decision_sizes(space)
+        self.log_prob = -sum(math.log(size) for size in self.sizes)  # of every action alike
+
+    def evaluate(self, action: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability, entropy) of ``action``: the same for every valid action."""
+        if len(action) != len(self.sizes) or not all(0 <= choice < size for choice, size in zip(action, self.sizes)):
+            raise ValueError(f"not a {self.space} action: {action}")
+        return torch.tensor(self.log_prob), torch.tensor(-self.log_prob)
+
+    def sample(self, generator: torch.Generator | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        action = [int(torch.randint(size, (), generator=generator)) for size in self.sizes]
+        return (action, *self.evaluate(action))
+
+
+class RandomSearch(RewardBaseline):
+    """The random agent: samples uniformly and learns nothing, so the candidates of a search depend on ``--seed``
+    alone. It keeps the reward baseline only so that its candidate log reads like the others'."""
+
+    def __init__(self, space: str, baseline_decay: float = BASELINE_DECAY) -> None:
+        super().__init__(baseline_decay)
+        self.controller = UniformPolicy(space)
+
+    def update(self, reward: float, action: list[int], log_prob: float) -> None:
+        self._update_baseline(reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.baseline = state["baseline"]
+
+
+LEARNING_AGENTS = {"ppo": PPO, "reinforce": Reinforce}
+AGENTS = (*LEARNING_AGENTS, "random")
+
+
+def make_agent(name: str, space: str, hidden: int = 100, lr: float = LEARNING_RATE, seed: int = 0,
+               baseline_decay: float = BASELINE_DECAY) -> Agent | RandomSearch:
+    """The search's agent ``name`` (one of ``AGENTS``) over decoder space ``space``; a learning agent gets a fresh
+    LSTM controller drawn from torch's global generator."""
+    if name == "random":
+        return RandomSearch(space, baseline_decay)
+    return LEARNING_AGENTS[name](DecoderController(space, hidden), lr=lr, seed=seed, baseline_decay=baseline_decay)

@@ -7,27 +7,31 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, make_loader, split_indices,
-                         training_sources, validation_loader)
+from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, keep_data_split, make_loader,
+                         split_indices, training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, search_train_transform
 from modeling.autodeeplab.decoding import decode_architecture
 from modeling.autodeeplab.genotype import Architecture
 from modeling.autodeeplab.model_search import AutoDeepLabSearch
 from modeling.autodeeplab.plots import plot_alphas, plot_architecture, plot_betas
-from modeling.autodeeplab.search_space import level_stride, normalize_betas
+from modeling.autodeeplab.random_architecture import random_architecture
+from modeling.autodeeplab.search_space import NUM_LEVELS, level_stride, normalize_betas
 from modeling.heads import ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON
 from search.bilevel import Architect, BilevelStep, search_optimizers
+from search.candidates import derived_seed
 from search.registry import SearchSystem, register_system
-from utils.checkpoint import Checkpointer
-from utils.cli import process_setup
+from utils.checkpoint import Checkpointer, load_model_state
+from utils.cli import process_setup, resolve_device
 from utils.distributed import DistributedContext, wrap_ddp
 from utils.errors import UserError
-from utils.evaluation import EVALUATORS
+from utils.evaluation import EVALUATORS, evaluate
 from utils.hooks import TensorBoardLog, fit_stage, resume_point
 from utils.plots import save_figure
 from utils.precision import PrecisionStep, amp_dtype
@@ -149,5 +153,53 @@ def decode(checkpoint: dict[str, Any], path: Path) -> Architecture:
                                args["block_multiplier"], source)
 
 
+class FixedArchitecture(nn.Module):
+    """The supernet with α and β fixed one-hot to one architecture: the one-shot estimate of that architecture."""
+
+    def __init__(self, supernet: AutoDeepLabSearch, architecture: Architecture) -> None:
+        super().__init__()
+        self.supernet, self.architecture = supernet, architecture
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, architecture=self.architecture)
+
+
+def supernet_estimates(checkpoint: dict[str, Any], path: Path, architectures: Sequence[Architecture]) -> list[float]:
+    """What the supernet of a search checkpoint believes of each architecture: its validation mIoU (on the search's
+    val split, whole images) with α and β fixed one-hot to that architecture."""
+    args = argparse.Namespace(**checkpoint["args"])
+    device = resolve_device(args.device)
+    supernet = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
+                                 block_multiplier=args.block_multiplier, steps=args.steps,
+                                 partial_channels=args.partial_channels)
+    load_model_state(supernet, checkpoint["model"], str(path))
+    supernet.to(device)
+    val_set = SegmentationDataset(get_dataset_info(args.dataset).make_source("val", args), eval_transform(args.resize),
+                                  args.num_classes)
+    loader = validation_loader(val_set, args.workers, DistributedContext())
+    return [evaluate(FixedArchitecture(supernet, architecture), loader, args.num_classes, device,
+                     desc=f"architecture {index}")["miou"] for index, architecture in enumerate(architectures)]
+
+
+def random_decode(checkpoint: dict[str, Any], path: Path, candidates: int | None, seed: int) -> Architecture:
+    """Random search on a search checkpoint's space: ``candidates`` (default 1) architectures drawn uniformly (cell
+    and network path), architecture k from (seed, k) alone; with more than one, each is scored by the supernet
+    with α and β fixed one-hot to it (``supernet_estimates``) and the best kept (the earliest on a tie: random
+    search with weight sharing, Li and Talwalkar, UAI 2019)."""
+    args = checkpoint["args"]
+    count = candidates or 1
+    drawn = [random_architecture(derived_seed(seed, k), args["num_layers"], NUM_LEVELS, args["steps"],
+                                 args["filter_multiplier"], args["block_multiplier"]) for k in range(count)]
+    source = {"checkpoint": str(path.resolve()), "dataset": args["dataset"], "num_classes": args["num_classes"],
+              "strategy": "random", "seed": seed, "candidates": count,
+              "search_filter_multiplier": args["filter_multiplier"]}
+    if count == 1:
+        return replace(drawn[0], source=source)
+    estimates = supernet_estimates(checkpoint, path, drawn)
+    best = max(range(count), key=lambda k: estimates[k])
+    return replace(drawn[best], source=source | {"candidate": best, "supernet_miou": estimates[best],
+                                                 "supernet_mious": estimates})
+
+
 register_system(SearchSystem(name=SYSTEM, genotype=Architecture, search=search, decode=decode,
-                             draw=plot_architecture))
+                             draw=plot_architecture, random_decode=random_decode))

@@ -32,8 +32,8 @@ from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, tr
 from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes, load_backbone_weights
 from modeling.autopanoptic.plots import plot_architecture
-from search.one_shot import (FairPathSampler, GreedyPathSearch, ends_accumulation, lr_param_groups,
-                             starts_accumulation, warmup_cosine_scheduler)
+from search.one_shot import (FairPathSampler, GreedyPathSearch, RandomPathSearch, ScoredPathSearch, ends_accumulation,
+                             lr_param_groups, starts_accumulation, warmup_cosine_scheduler, window_length)
 from search.registry import SearchSystem, register_system
 from utils.atomic import atomic_path
 from utils.checkpoint import Checkpointer, load_model_state
@@ -267,60 +267,105 @@ def describe_candidate(record: dict[str, Any]) -> str:
             f"{record['seconds']:.0f} s")
 
 
+class SupernetScoring:
+    """What scores candidate paths of a trained supernet checkpoint: the supernet itself, the recalibration and
+    held-out loaders, and the ``CandidateEvaluator``; ``run`` drives a path search through it, its every score
+    kept in a state file beside the checkpoint so that an interrupted search (SIGTERM, a crash) continues where it
+    stopped."""
+
+    def __init__(self, checkpoint: dict[str, Any], path: Path) -> None:
+        args = argparse.Namespace(**checkpoint["args"])
+        device = resolve_device(args.device)
+        categories = checkpoint["categories"]
+        things, stuff = class_counts(categories)
+        model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
+        load_model_state(model, checkpoint["model"], str(path))
+        model.to(device)
+        source = get_dataset_info(args.dataset).make_source("train", args)
+        train_positions, held_out = checkpoint["split"]["train"], checkpoint["split"]["held_out"]
+        recalibration = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size,
+                                                                              train=True)),
+                                    SeededSampler(train_positions, args.seed, shuffle=True, drop_last=True),
+                                    args.batch_size, args.workers, drop_last=True, collate_fn=collate)
+        held_out_loader = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size,
+                                                                                train=False)),
+                                      SeededSampler(held_out, 0, shuffle=False), args.batch_size, args.workers,
+                                      drop_last=False, collate_fn=collate)
+        self.args, self.checkpoint_path = args, path
+        self.stage_repeats = tuple(args.stage_repeats)
+        self.choices = layer_choices(self.stage_repeats)
+        self.evaluator = CandidateEvaluator(model, recalibration, held_out_loader, categories, args, device)
+        self.supernet = {"checkpoint": str(path.resolve()), "iterations": checkpoint["step"]["iterations"]}
+
+    def run(self, search: ScoredPathSearch, state_name: str, what: str) -> Sequence[int]:
+        """Evaluate ``search``'s candidates not yet in ``state_name`` (beside the checkpoint) and return its
+        architecture; the state is rewritten after each candidate, and SIGTERM stops after the one in hand."""
+        state_file = self.checkpoint_path.resolve().parent / state_name
+        if state_file.is_file():
+            saved = read_greedy_state(state_file, self.supernet)
+            search.load_state_dict(saved["search"])
+            self.evaluator.records = saved["records"]
+            print(f"resuming the {what} of {state_file}: {len(search.fitness)} candidate(s) already scored")
+        total = sum(len(cycle) for cycle in search.candidates)
+
+        def saved(candidate: Sequence[int], fitness: float) -> None:
+            with atomic_path(state_file) as temporary:
+                Path(temporary).write_text(json.dumps({"format": GREEDY_FORMAT, "format_version": 1,
+                                                       "supernet": self.supernet, "search": search.state_dict(),
+                                                       "records": self.evaluator.records}) + "\n")
+            print(f"candidate {len(search.fitness)}/{total}: {describe_candidate(self.evaluator.records[-1])}",
+                  flush=True)
+            if stop.signum is not None:
+                raise RunInterrupted(f"{what} stopped by {signal.Signals(stop.signum).name} after "
+                                     f"{len(search.fitness)} of {total} candidates; {state_file} holds them: run the "
+                                     "same command again to continue", stop.signum)
+
+        with StopRequest() as stop:
+            return search.run(self.evaluator, saved)
+
+    def source(self, search: ScoredPathSearch, architecture: Sequence[int], **extra: Any) -> dict[str, Any]:
+        """Where an architecture chosen by ``search`` came from: the supernet, the candidates, its own score."""
+        scored = {tuple(record["path"]): record for record in self.evaluator.records}
+        best = max(self.evaluator.records, key=lambda record: record["pq"])
+        chosen = scored.get(tuple(architecture))
+        return {"checkpoint": self.supernet["checkpoint"], "dataset": self.args.dataset,
+                "supernet_iterations": self.supernet["iterations"], "candidates_scored": len(search.fitness),
+                "best_candidate": {"path": best["path"], **{key: best[key] for key in SCORES}},
+                **({"supernet_pq": chosen["pq"]} if chosen is not None else {}), **extra}
+
+
 def decode(checkpoint: dict[str, Any], path: Path) -> PanopticGenotype:
     """The path-priority greedy search on a trained supernet: its cycles of fairly sampled candidate paths, each
     scored by PQ on the held-out images after BatchNorm recalibration, ranked into per-layer scoreboards, and the
     best op per layer. Every scored candidate is kept in ``greedy_search.json`` beside the checkpoint (written
     after each), so an interrupted search (SIGTERM, a crash) continues where it stopped."""
+    scoring = SupernetScoring(checkpoint, path)
+    greedy = GreedyPathSearch(scoring.choices, scoring.args.search_cycles, scoring.args.seed)
+    architecture = scoring.run(greedy, GREEDY_STATE, "greedy search")
+    return PanopticGenotype.from_path(list(architecture), scoring.stage_repeats, scoring.source(
+        greedy, architecture, strategy="greedy", cycles=scoring.args.search_cycles,
+        scoreboard=[board.tolist() for board in greedy.scoreboard()],
+        runner_up_models=[list(model_path) for model_path in greedy.top_models()[1:]]))
+
+
+def random_decode(checkpoint: dict[str, Any], path: Path, candidates: int | None, seed: int) -> PanopticGenotype:
+    """Random search on a trained supernet: ``candidates`` uniformly drawn paths (default: as many as the greedy
+    search scores), each scored as the greedy search scores its candidates, the best kept; state in
+    ``random_search_seed<seed>.json`` beside the checkpoint. With one candidate nothing is scored: the path is a
+    uniformly random architecture of the space."""
     args = argparse.Namespace(**checkpoint["args"])
-    device = resolve_device(args.device)
-    run_dir = RunDir(path.resolve().parent)
-    categories = checkpoint["categories"]
-    things, stuff = class_counts(categories)
-    model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
-    load_model_state(model, checkpoint["model"], str(path))
-    model.to(device)
-    source = get_dataset_info(args.dataset).make_source("train", args)
-    train_positions, held_out = checkpoint["split"]["train"], checkpoint["split"]["held_out"]
-    recalibration = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size, train=True)),
-                                SeededSampler(train_positions, args.seed, shuffle=True, drop_last=True),
-                                args.batch_size, args.workers, drop_last=True, collate_fn=collate)
-    held_out_loader = make_loader(PanopticDataset(source, PanopticTransform(args.min_size, args.max_size,
-                                                                            train=False)),
-                                  SeededSampler(held_out, 0, shuffle=False), args.batch_size, args.workers,
-                                  drop_last=False, collate_fn=collate)
     stage_repeats = tuple(args.stage_repeats)
-    greedy = GreedyPathSearch(layer_choices(stage_repeats), args.search_cycles, args.seed)
-    evaluator = CandidateEvaluator(model, recalibration, held_out_loader, categories, args, device)
-    supernet = {"checkpoint": str(path.resolve()), "iterations": checkpoint["step"]["iterations"]}
-    state_file = run_dir.path / GREEDY_STATE
-    if state_file.is_file():
-        saved = read_greedy_state(state_file, supernet)
-        greedy.load_state_dict(saved["search"])
-        evaluator.records = saved["records"]
-        print(f"resuming the greedy search of {state_file}: {len(greedy.fitness)} candidate(s) already scored")
-    total = sum(len(cycle) for cycle in greedy.candidates)
-
-    def saved(candidate: Sequence[int], fitness: float) -> None:
-        with atomic_path(state_file) as temporary:
-            Path(temporary).write_text(json.dumps({"format": GREEDY_FORMAT, "format_version": 1,
-                                                   "supernet": supernet, "search": greedy.state_dict(),
-                                                   "records": evaluator.records}) + "\n")
-        print(f"candidate {len(greedy.fitness)}/{total}: {describe_candidate(evaluator.records[-1])}", flush=True)
-        if stop.signum is not None:
-            raise RunInterrupted(f"greedy search stopped by {signal.Signals(stop.signum).name} after "
-                                 f"{len(greedy.fitness)} of {total} candidates; {state_file} holds them: run the same "
-                                 "command again to continue", stop.signum)
-
-    with StopRequest() as stop:
-        architecture = greedy.run(evaluator, saved)
-    best = max(evaluator.records, key=lambda record: record["pq"])
-    return PanopticGenotype.from_path(list(architecture), stage_repeats, {
-        "checkpoint": str(path.resolve()), "dataset": args.dataset, "supernet_iterations": supernet["iterations"],
-        "cycles": args.search_cycles, "candidates_scored": len(greedy.fitness),
-        "best_candidate": {"path": best["path"], **{key: best[key] for key in SCORES}},
-        "scoreboard": [board.tolist() for board in greedy.scoreboard()],
-        "runner_up_models": [list(model_path) for model_path in greedy.top_models()[1:]]})
+    choices = layer_choices(stage_repeats)
+    count = candidates if candidates is not None else args.search_cycles * window_length(choices)
+    random_search = RandomPathSearch(choices, count, seed)
+    if count == 1:
+        return PanopticGenotype.from_path(list(random_search.candidates[0][0]), stage_repeats, {
+            "checkpoint": str(path.resolve()), "dataset": args.dataset, "strategy": "random", "seed": seed,
+            "candidates_scored": 0})
+    scoring = SupernetScoring(checkpoint, path)
+    architecture = scoring.run(random_search, f"random_search_seed{seed}.json", "random search")
+    return PanopticGenotype.from_path(list(architecture), stage_repeats, scoring.source(
+        random_search, architecture, strategy="random", seed=seed))
 
 
 def read_greedy_state(state_file: Path, supernet: dict[str, Any]) -> dict[str, Any]:
@@ -339,4 +384,4 @@ def read_greedy_state(state_file: Path, supernet: dict[str, Any]) -> dict[str, A
 
 
 register_system(SearchSystem(name=SYSTEM, genotype=PanopticGenotype, search=search, decode=decode,
-                             draw=plot_architecture))
+                             draw=plot_architecture, random_decode=random_decode))

@@ -36,11 +36,11 @@ from modeling.nas_segm.genotype import DecoderGenotype
 from modeling.nas_segm.network import DecoderSearchNetwork
 from modeling.nas_segm.plots import plot_decoder
 from modeling.registry import load_trained_model
-from search.agents import AGENTS, Agent
+from search.agents import Agent, RandomSearch, make_agent
 from search.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep, EncoderFeatures,
                                EndToEndStep, FeatureCache, PolyakAverage, RunningMaxStop, ScoreAndDecide,
                                StopBetweenSteps, build_feature_cache, derived_seed, geometric_reward, make_optimizer)
-from search.controller import DecoderController, action_to_config
+from search.controller import action_to_config
 from search.registry import SearchSystem, register_system
 from utils.checkpoint import save_checkpoint
 from utils.cli import resolve_device
@@ -224,7 +224,7 @@ class CandidateRunner:
                 return
 
 
-def sample_round(agent: Agent, space: str, indices: range, seed: int) -> list[dict[str, Any]]:
+def sample_round(agent: Agent | RandomSearch, space: str, indices: range, seed: int) -> list[dict[str, Any]]:
     """The round's candidates, each drawn from the policy with a generator seeded by its index."""
     plans = []
     for index in indices:
@@ -293,8 +293,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                              drop_last=False)
 
     torch.manual_seed(derived_seed(args.seed, CONTROLLER))  # whatever was built before (a teacher or not)
-    agent = AGENTS[args.agent](DecoderController(args.space, args.lstm_hidden_size), lr=args.ctrl_lr, seed=args.seed,
-                               baseline_decay=args.ctrl_baseline_decay)
+    agent = make_agent(args.agent, args.space, args.lstm_hidden_size, args.ctrl_lr, args.seed, args.ctrl_baseline_decay)
     monitors = [[RunningMaxStop() for _ in range(recipe.checks(stage))] for stage in (0, 1)]
     records: list[dict[str, Any]] = []
     next_candidate, failures_in_a_row = 0, 0

@@ -19,8 +19,9 @@ from torch import nn
 
 OpPath = tuple[int, ...]
 
-# Independent random streams of one seed: the training's path windows and the search's candidate cycles.
-TRAINING_STREAM, SEARCH_STREAM = 0, 1
+# Independent random streams of one seed: the training's path windows, the greedy search's candidate cycles and
+# the random search's candidates.
+TRAINING_STREAM, SEARCH_STREAM, RANDOM_STREAM = 0, 1, 2
 
 # The original's supernet recipe (§3.1, §3.2).
 BASE_LR, BIAS_LR_FACTOR, WEIGHT_DECAY, BIAS_WEIGHT_DECAY = 0.02, 2.0, 1e-4, 0.0
@@ -201,27 +202,14 @@ def ops_by_score(layer_scores: Sequence[int]) -> list[int]:
     return sorted(range(len(layer_scores)), key=lambda op: (layer_scores[op], op), reverse=True)
 
 
-class GreedyPathSearch:
-    """The path-priority greedy search's bookkeeping (``engine/architecture_search.py:PathPrioritySearch``).
+class ScoredPathSearch:
+    """What a search over paths scored by one fitness keeps: its candidates (in cycles) and the fitness of every
+    evaluated candidate, keyed by path (a path met twice is evaluated once). Subclasses say which candidates and
+    which architecture the fitnesses choose."""
 
-    Each cycle holds L fairly sampled candidate paths (one window of a ``FairPathSampler`` on the search's own
-    stream: every op of a layer in L/n of them). A cycle's candidates score L-1..0 by fitness (``rank_scores``),
-    and every layer's scoreboard adds each candidate's score to the op it used, so each layer gains
-    0 + 1 + ... + (L-1) per cycle (66 for L = 12). The result is each layer's best op (``architecture``).
-
-    ``state_dict`` holds every cycle's candidates and the fitness of every evaluated candidate, keyed by path (a
-    path met twice is evaluated once); the scoreboard is never stored but recomputed from every cycle whose
-    candidates all have a fitness. That is the deliberate fix of the original's resume (§4): it scored no cached
-    cycle when only some were cached, indexed the new cycles' list from the wrong start, dropped the candidates
-    of an unfinished cycle and drew new ones. Here a resumed search evaluates only the candidates without a
-    fitness and ends with the scoreboard of an uninterrupted run.
-    """
-
-    def __init__(self, choices_per_layer: Sequence[int], cycles: int, seed: int) -> None:
-        sampler = FairPathSampler(choices_per_layer, seed, SEARCH_STREAM)
-        self.choices_per_layer = sampler.choices_per_layer
-        self.candidates: list[list[OpPath]] = [[tuple(int(op) for op in row) for row in sampler.window(cycle)]
-                                               for cycle in range(cycles)]
+    def __init__(self, choices_per_layer: Sequence[int], candidates: list[list[OpPath]]) -> None:
+        self.choices_per_layer = tuple(int(n) for n in choices_per_layer)
+        self.candidates = candidates
         self.fitness: dict[OpPath, float] = {}
 
     def run(self, evaluate: Callable[[OpPath], float],
@@ -243,6 +231,66 @@ class GreedyPathSearch:
                 if on_evaluated is not None:
                     on_evaluated(path, fitness)
         return self.architecture()
+
+    def architecture(self) -> OpPath:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists and floats (for JSON or ``torch.load(weights_only=True)``)."""
+        return {"choices_per_layer": list(self.choices_per_layer),
+                "candidates": [[list(path) for path in cycle] for cycle in self.candidates],
+                "fitness": [[list(path), fitness] for path, fitness in self.fitness.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if tuple(state["choices_per_layer"]) != self.choices_per_layer:
+            raise ValueError(f"the state is of a search over {state['choices_per_layer']} ops per layer, "
+                             f"this one is over {list(self.choices_per_layer)}")
+        self.candidates = [[tuple(int(op) for op in path) for path in cycle] for cycle in state["candidates"]]
+        self.fitness = {tuple(int(op) for op in path): float(fitness) for path, fitness in state["fitness"]}
+
+
+def uniform_paths(choices_per_layer: Sequence[int], count: int, seed: int) -> list[OpPath]:
+    """``count`` paths drawn uniformly from the space (each layer's op uniform, independently), from (seed,
+    ``RANDOM_STREAM``) alone; the first k of ``count`` are the k of a smaller count."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(RANDOM_STREAM,)))
+    return [tuple(int(rng.integers(n)) for n in choices_per_layer) for _ in range(count)]
+
+
+class RandomPathSearch(ScoredPathSearch):
+    """Random search with weight sharing (Li and Talwalkar, UAI 2019): ``count`` uniformly drawn paths, each scored
+    by the same fitness as the greedy search's candidates, and the best kept (the earliest drawn on a tie). The
+    baseline the greedy search must beat at the same number of candidates; one cycle holds them all."""
+
+    def __init__(self, choices_per_layer: Sequence[int], count: int, seed: int) -> None:
+        super().__init__(choices_per_layer, [uniform_paths(choices_per_layer, count, seed)])
+
+    def architecture(self) -> OpPath:
+        scored = [path for path in self.candidates[0] if path in self.fitness]
+        if not scored:
+            raise ValueError("no candidate is evaluated yet")
+        return max(scored, key=lambda path: self.fitness[path])  # max keeps the first of equals
+
+
+class GreedyPathSearch(ScoredPathSearch):
+    """The path-priority greedy search's bookkeeping (``engine/architecture_search.py:PathPrioritySearch``).
+
+    Each cycle holds L fairly sampled candidate paths (one window of a ``FairPathSampler`` on the search's own
+    stream: every op of a layer in L/n of them). A cycle's candidates score L-1..0 by fitness (``rank_scores``),
+    and every layer's scoreboard adds each candidate's score to the op it used, so each layer gains
+    0 + 1 + ... + (L-1) per cycle (66 for L = 12). The result is each layer's best op (``architecture``).
+
+    ``state_dict`` holds every cycle's candidates and the fitness of every evaluated candidate, keyed by path (a
+    path met twice is evaluated once); the scoreboard is never stored but recomputed from every cycle whose
+    candidates all have a fitness. That is the deliberate fix of the original's resume (§4): it scored no cached
+    cycle when only some were cached, indexed the new cycles' list from the wrong start, dropped the candidates
+    of an unfinished cycle and drew new ones. Here a resumed search evaluates only the candidates without a
+    fitness and ends with the scoreboard of an uninterrupted run.
+    """
+
+    def __init__(self, choices_per_layer: Sequence[int], cycles: int, seed: int) -> None:
+        sampler = FairPathSampler(choices_per_layer, seed, SEARCH_STREAM)
+        super().__init__(sampler.choices_per_layer, [[tuple(int(op) for op in row) for row in sampler.window(cycle)]
+                                                     for cycle in range(cycles)])
 
     def _scored_cycles(self) -> list[list[OpPath]]:
         return [cycle for cycle in self.candidates if all(path in self.fitness for path in cycle)]
@@ -277,16 +325,3 @@ class GreedyPathSearch:
     def architecture(self) -> OpPath:
         """The searched architecture: each layer's highest-scoring op, a tie going to the higher op index."""
         return self.top_models(1)[0]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain lists and floats (for JSON or ``torch.load(weights_only=True)``)."""
-        return {"choices_per_layer": list(self.choices_per_layer),
-                "candidates": [[list(path) for path in cycle] for cycle in self.candidates],
-                "fitness": [[list(path), fitness] for path, fitness in self.fitness.items()]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if tuple(state["choices_per_layer"]) != self.choices_per_layer:
-            raise ValueError(f"the state is of a search over {state['choices_per_layer']} ops per layer, "
-                             f"this one is over {list(self.choices_per_layer)}")
-        self.candidates = [[tuple(int(op) for op in path) for path in cycle] for cycle in state["candidates"]]
-        self.fitness = {tuple(int(op) for op in path): float(fitness) for path, fitness in state["fitness"]}

@@ -30,7 +30,10 @@ class SearchSystem:
     """``search(args, resumed checkpoint, context, argv, extra hooks)`` runs the search stage and returns rank
     0's run directory; ``decode(checkpoint, path)`` derives the architecture a search checkpoint holds;
     ``draw(genotype)`` pictures it; ``report(checkpoint, top_k)``, where a search weighs many candidates, is
-    the table of the best ones that the decode stage prints."""
+    the table of the best ones that the decode stage prints. ``random_decode(checkpoint, path, candidates, seed)``,
+    where the search is one-shot, is the random-search baseline on the same supernet: ``candidates`` uniformly
+    drawn architectures of its space (None: the system's default), scored as the search scores its own where
+    there are several, the best kept. (A system whose random search runs in its search stage has none.)"""
 
     name: str
     genotype: type
@@ -38,6 +41,7 @@ class SearchSystem:
     decode: Callable[[dict[str, Any], Path], Genotype]
     draw: Callable[[Genotype], Figure]
     report: Callable[[dict[str, Any], int], str] | None = None
+    random_decode: Callable[[dict[str, Any], Path, "int | None", int], Genotype] | None = None
 
 
 SYSTEMS: Registry[SearchSystem] = Registry("search system")

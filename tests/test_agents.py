@@ -1,13 +1,16 @@
 """PPO and REINFORCE on the controller: each moves the policy toward a rewarded action; PPO's first update
-changes nothing; a restored agent updates exactly as the one it was saved from."""
+changes nothing; a restored agent updates exactly as the one it was saved from. The random agent draws every
+decision uniformly (chi-square), the same actions from the same seed, and learns nothing."""
 
 import copy
+import math
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
-from search.agents import AGENTS, PPO
-from search.controller import DecoderController
+from search.agents import AGENTS, LEARNING_AGENTS, PPO, RandomSearch, UniformPolicy, make_agent
+from search.controller import DecoderController, action_to_config, decision_sizes
 
 
 def probability_of(controller, decision, choice):
@@ -30,7 +33,7 @@ def test_the_first_ppo_update_leaves_the_controller_unchanged():
 def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds):
     torch.manual_seed(0)
     controller = DecoderController("wacv")
-    agent = AGENTS[name](controller, lr=0.01)
+    agent = LEARNING_AGENTS[name](controller, lr=0.01)
     start = probability_of(controller, 0, 1)
     generator = torch.Generator().manual_seed(2)
     for _ in range(rounds):
@@ -42,12 +45,12 @@ def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds):
 @pytest.mark.parametrize("name", ["reinforce", "ppo"])
 def test_a_restored_agent_updates_exactly_as_the_original(name):
     torch.manual_seed(0)
-    first = AGENTS[name](DecoderController("cvpr"), seed=5)
+    first = LEARNING_AGENTS[name](DecoderController("cvpr"), seed=5)
     generator = torch.Generator().manual_seed(4)
     for reward in (0.3, 0.5, 0.4):
         action, log_prob, _ = first.controller.sample(generator)
         first.update(reward, action, log_prob.item())
-    second = AGENTS[name](DecoderController("cvpr"), seed=99)
+    second = LEARNING_AGENTS[name](DecoderController("cvpr"), seed=99)
     second.load_state_dict(copy.deepcopy(first.state_dict()))
     action, log_prob, _ = first.controller.sample(generator)
     for agent in (first, second):
@@ -61,3 +64,35 @@ def test_the_search_script_offers_exactly_the_registered_agents():
 
     agent_flag = next(action for action in nas_segm_parser()._actions if action.dest == "agent")
     assert set(agent_flag.choices) == set(AGENTS)
+
+
+@pytest.mark.parametrize("space", ["cvpr", "wacv"])
+def test_the_random_agent_draws_every_decision_uniformly(space):
+    policy = make_agent("random", space).controller
+    generator = torch.Generator().manual_seed(3)
+    draws = 3000
+    actions = [policy.sample(generator)[0] for _ in range(draws)]
+    sizes = decision_sizes(space)
+    for decision, size in enumerate(sizes):
+        counts = [sum(action[decision] == choice for action in actions) for choice in range(size)]
+        assert sum(counts) == draws and (size == 1 or chisquare(counts).pvalue > 1e-3), (decision, counts)
+    for action in actions[:50]:  # every draw is a decoder of the space
+        action_to_config(space, action)
+    log_prob, entropy = policy.evaluate(actions[0])
+    assert log_prob.item() == pytest.approx(-sum(math.log(size) for size in sizes)) == -entropy.item()
+
+
+def test_the_random_agent_repeats_its_draws_from_a_seed_and_learns_nothing():
+    first, second = UniformPolicy("wacv"), UniformPolicy("wacv")
+    draws = [first.sample(torch.Generator().manual_seed(seed))[0] for seed in (1, 1, 2)]
+    assert draws[0] == draws[1] != draws[2] == second.sample(torch.Generator().manual_seed(2))[0]
+    agent = RandomSearch("wacv")
+    for reward in (0.2, 0.9):
+        agent.update(reward, draws[0], 0.0)
+    assert agent.baseline == pytest.approx(0.95 * 0.2 + 0.05 * 0.9)
+    assert agent.controller.sample(torch.Generator().manual_seed(1))[0] == draws[0]
+    restored = RandomSearch("wacv")
+    restored.load_state_dict(agent.state_dict())
+    assert restored.baseline == agent.baseline
+    with pytest.raises(ValueError, match="not a wacv action"):
+        first.evaluate([0] * len(first.sizes[:-1]))

@@ -21,7 +21,7 @@ from modeling.architecture_file import load_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
 from search import autopanoptic, autopanoptic_retrain
-from search.one_shot import rank_scores
+from search.one_shot import rank_scores, uniform_paths
 from tests.conftest import SignalAtStep
 from tests.test_distributed import launch
 from utils.checkpoint import load_checkpoint
@@ -148,6 +148,24 @@ def test_the_greedy_search_takes_each_layers_best_ranked_op_and_resumes_exactly(
         {k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
+def test_random_search_scores_uniform_paths_as_the_greedy_search_and_keeps_the_best(tmp_path, supernet_run):
+    decode_autodeeplab.main(["--resume", str(supernet_run), "--strategy", "random", "--random-candidates", "3",
+                             "--seed", "5", "--out-dir", str(tmp_path / "random")])
+    genotype = load_architecture(tmp_path / "random", expected=PanopticGenotype)
+    saved = json.loads((supernet_run / "random_search_seed5.json").read_text())
+    drawn = uniform_paths(layer_choices(REPEATS), 3, 5)
+    assert [tuple(record["path"]) for record in saved["records"]] == drawn
+    best = max(saved["records"], key=lambda record: record["pq"])
+    assert genotype.path == best["path"] and genotype.source["strategy"] == "random"
+    assert genotype.source["supernet_pq"] == best["pq"] and genotype.source["candidates_scored"] == 3
+
+    decode_autodeeplab.main(["--resume", str(supernet_run), "--strategy", "random", "--random-candidates", "1",
+                             "--seed", "6", "--out-dir", str(tmp_path / "one")])
+    one = load_architecture(tmp_path / "one", expected=PanopticGenotype)
+    assert tuple(one.path) == uniform_paths(layer_choices(REPEATS), 1, 6)[0]  # drawn, not scored
+    assert one.source["candidates_scored"] == 0 and not (supernet_run / "random_search_seed6.json").exists()
+
+
 def test_a_greedy_search_cache_of_another_supernet_is_refused(tmp_path, supernet_run):
     state_file = supernet_run / autopanoptic.GREEDY_STATE
     saved = json.loads(state_file.read_text()) if state_file.is_file() else None
@@ -225,7 +243,7 @@ def test_the_originals_coco_architecture_retrains(tmp_path):
 
 def test_a_semantic_dataset_cannot_retrain_a_panoptic_architecture(tmp_path):
     with pytest.raises(UserError, match="--dataset synthetic: its labels serve semantic, not panoptic \\(panoptic "
-                                        "datasets: coco_panoptic, synthetic_panoptic\\)"):
+                                        "datasets: coco_panoptic, synthetic_panoptic, synthetic_panoptic_context\\)"):
         train_new_model.main(["--dataset", "synthetic", "--saved_arch_path",
                               str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--out-dir", str(tmp_path / "run")])
 

@@ -17,7 +17,10 @@ import export as export_script
 import train_nas_segm
 from modeling.architecture_file import load_architecture
 from modeling.nas_segm.genotype import DecoderGenotype
-from search.nas_segm import ranked_candidates
+from search.agents import UniformPolicy
+from search.candidates import derived_seed
+from search.controller import action_to_config
+from search.nas_segm import SAMPLING, ranked_candidates
 from tests.conftest import Preempted, SignalAtStep
 from tests.test_distributed import launch
 from utils.checkpoint import load_checkpoint
@@ -144,6 +147,34 @@ def test_a_finished_search_goes_on_with_more_candidates(tmp_path, uninterrupted)
     run_dir = search(tmp_path, "run", "--num_candidates", "2")
     run_dir = train_nas_segm.main(["--resume", str(RunDir(run_dir).checkpoint), "--num_candidates", "3"])
     assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
+
+
+def test_random_search_draws_uniform_candidates_and_resumes_exactly_like_ppo(tmp_path):
+    seed = 9314  # the search's default --seed
+    with pytest.raises(Preempted):
+        search(tmp_path, "run", "--agent", "random", hooks=[KillInCandidate(2)])
+    run_dir = train_nas_segm.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
+    records = read_jsonl(RunDir(run_dir).candidates)
+    assert [r["candidate"] for r in records] == [0, 1, 2] and all(r["status"] == "ok" for r in records)
+    uninterrupted = search(tmp_path, "uninterrupted", "--agent", "random")
+    assert stable(read_jsonl(RunDir(uninterrupted).candidates)) == stable(records)
+    policy = UniformPolicy("wacv")  # each candidate is the uniform draw of its own seed, whatever came before
+    expected = [action_to_config("wacv", policy.sample(torch.Generator().manual_seed(
+        derived_seed(seed, index, SAMPLING)))[0]) for index in range(3)]
+    assert [r["genotype"] for r in records] == expected
+    assert all(r["log_prob"] == pytest.approx(policy.log_prob) for r in records)
+    state = load_checkpoint(RunDir(run_dir).checkpoint)
+    assert state["agent"] == {"baseline": pytest.approx(records[-1]["baseline"])}
+    assert state["args"]["agent"] == "random"
+    genotype = decode_autodeeplab.main(["--resume", str(run_dir), "--out-dir", str(tmp_path / "decoded")])
+    assert genotype.source["reward"] == max(r["reward"] for r in records)
+
+
+def test_the_decode_stage_sends_a_random_decoder_search_to_the_search_stage(uninterrupted):
+    run_dir, _ = uninterrupted
+    with pytest.raises(UserError, match=r"^--strategy random: a nas-segm search draws its random candidates in the "
+                                        r"search stage \(train_nas_segm.py --agent random\)"):
+        decode_autodeeplab.main(["--resume", str(run_dir), "--strategy", "random"])
 
 
 def test_ranking_keeps_each_decoder_once_at_its_best_score():

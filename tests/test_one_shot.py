@@ -1,7 +1,8 @@
 """Auto-Panoptic's one-shot logic (shared/reference/autopanoptic.md §3, §4, §10.1-3, §10.10): the fair sampler
 uses every op equally in every window and is a pure function of (seed, iteration); accumulation steps after
 iterations 12, 24, ...; the LR groups and the warm-up cosine match hand-computed values; the greedy search ranks,
-scores and breaks ties as the original, and resumes from its state to the uninterrupted result."""
+scores and breaks ties as the original, and resumes from its state to the uninterrupted result. The random search
+draws uniform paths (chi-square), keeps the best-scored one and resumes the same way."""
 
 import io
 import json
@@ -10,11 +11,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import chisquare
 from torch import nn
 
 from search.one_shot import (
     FairPathSampler,
     GreedyPathSearch,
+    RandomPathSearch,
     ends_accumulation,
     lr_param_groups,
     ops_by_score,
@@ -22,6 +25,7 @@ from search.one_shot import (
     original_group_of,
     rank_scores,
     starts_accumulation,
+    uniform_paths,
     warmup_cosine_factor,
     warmup_cosine_scheduler,
     window_length,
@@ -315,3 +319,40 @@ def test_a_state_of_another_search_space_is_refused():
 def test_the_search_draws_its_own_stream_of_the_seed():
     search = GreedyPathSearch(AUTOPANOPTIC, cycles=1, seed=8)
     assert search.candidates[0] != [tuple(row) for row in FairPathSampler(AUTOPANOPTIC, seed=8).window(0)]
+
+
+def test_random_paths_are_uniform_over_each_layer_and_over_whole_paths():
+    paths = uniform_paths(SMALL, 4000, seed=6)
+    for layer, ops in enumerate(SMALL):
+        counts = np.bincount([path[layer] for path in paths], minlength=ops)
+        assert chisquare(counts).pvalue > 1e-3, (layer, counts)
+    two_layers = uniform_paths([3, 2], 3000, seed=1)  # all 6 paths equally likely
+    counts = [two_layers.count((a, b)) for a in range(3) for b in range(2)]
+    assert chisquare(counts).pvalue > 1e-3, counts
+    assert uniform_paths(SMALL, 5, seed=6) == paths[:5] and uniform_paths(SMALL, 5, seed=7) != paths[:5]
+    assert uniform_paths(SMALL, 5, seed=6) != GreedyPathSearch(SMALL, 1, 6).candidates[0][:5]  # its own stream
+
+
+def test_the_random_search_keeps_the_best_scored_path_the_earliest_on_a_tie():
+    search = RandomPathSearch(SMALL, count=6, seed=2)
+    paths = search.candidates[0]
+    fitness = {path: float(index % 3) for index, path in enumerate(paths)}  # candidates 2 and 5 tie at 2.0
+    assert search.run(fitness.__getitem__) == paths[2]
+    assert len(search.fitness) == len(set(paths))
+
+
+@pytest.mark.parametrize("evaluations_before_failure", [1, 4])
+def test_an_interrupted_random_search_resumes_to_the_uninterrupted_result(evaluations_before_failure):
+    uninterrupted_calls = []
+    expected = RandomPathSearch(SMALL, count=6, seed=3).run(counted(uninterrupted_calls))
+    first_calls = []
+    interrupted = RandomPathSearch(SMALL, count=6, seed=3)
+    with pytest.raises(Preempted):
+        interrupted.run(counted(first_calls, evaluations_before_failure))
+    resumed = RandomPathSearch(SMALL, count=6, seed=99)  # the candidates come from the state
+    resumed.load_state_dict(json.loads(json.dumps(interrupted.state_dict())))
+    second_calls = []
+    assert resumed.run(counted(second_calls)) == expected
+    assert sorted(first_calls + second_calls) == sorted(uninterrupted_calls)
+    with pytest.raises(ValueError, match="no candidate"):
+        RandomPathSearch(SMALL, count=2, seed=0).architecture()

@@ -24,18 +24,46 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeling.autodeeplab.fused_edges import EdgeFanOut
-from modeling.autodeeplab.genotype import PRIMITIVES, blocks_reading, edge_index, num_edges
+from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, blocks_reading, edge_index, num_edges
 from modeling.heads import ASPP, aspp_rates
 from modeling.autodeeplab.operations import ReLUConvBN, Stem
 from modeling.autodeeplab.search_space import (DIRECTIONS, NUM_LAYERS, NUM_LEVELS, at_least_float32, level_exists,
                                                level_sizes, level_stride, levels_at, normalize_betas,
-                                               transition_table)
+                                               transition_table, valid_beta_mask)
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave ``groups`` equal channel groups (ShuffleNet), so that the next partial-channel edge
     processes other channels than this one did."""
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def one_hot_weights(architecture: Architecture, num_layers: int, num_levels: int,
+                    steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α weights [edges, ops], normalised β [layers, levels, 3]) that make the supernet compute one architecture
+    (paper Sec. 4 with the relaxation undone): each chosen edge's row is one-hot on its op, the rows of edges the
+    cell does not use are zero (as if their op were ``none``), and β is 1 on the path's transitions, 0 elsewhere.
+    The supernet's view of an architecture is how one-shot methods rank architectures (Sciuto et al., ICLR 2020)."""
+    if (architecture.num_layers, architecture.num_levels, architecture.steps) != (num_layers, num_levels, steps):
+        raise ValueError(f"architecture has {architecture.num_layers} layers, {architecture.num_levels} levels and "
+                         f"{architecture.steps} blocks; the supernet {num_layers}, {num_levels} and {steps}")
+    alpha_weights = torch.zeros(num_edges(steps), len(PRIMITIVES))
+    for block, pairs in enumerate(architecture.cell):
+        for cell_input, op in pairs:
+            if op not in PRIMITIVES[1:]:
+                raise ValueError(f"block {block}: op must be one of {list(PRIMITIVES[1:])}, got {op!r}")
+            alpha_weights[edge_index(block, cell_input), PRIMITIVES.index(op)] = 1.0
+    normalized_betas = torch.zeros(num_layers, num_levels, len(DIRECTIONS))
+    valid = valid_beta_mask(num_layers, num_levels)
+    previous = 0  # the stem
+    for layer, level in enumerate(architecture.network_path):
+        step = level - previous
+        if step not in DIRECTIONS or not valid[layer, previous, DIRECTIONS.index(step)]:
+            raise ValueError(f"network path {list(architecture.network_path)}: no transition from level {previous} "
+                             f"to level {level} into layer {layer}")
+        normalized_betas[layer, previous, DIRECTIONS.index(step)] = 1.0
+        previous = level
+    return alpha_weights, normalized_betas
 
 
 class SearchCell(nn.Module):
@@ -207,16 +235,37 @@ class AutoDeepLabSearch(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name not in ("alphas", "betas")]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, architecture: Architecture | None = None) -> torch.Tensor:
+        """The supernet's output; with ``architecture``, that of the one architecture within it: α and β
+        fixed by ``one_hot_weights``, and only the head of the path's last level. The cells off the path are
+        not run: every β into them is 0, so their states are exactly zero. A cell reads H^{l-2} from its own
+        level (Eq. 6); where the path was at another level two layers back, that input is such a zero state."""
         early, stem_out = self.stem(x)
         sizes = level_sizes(tuple(stem_out.shape[-2:]), self.num_levels)
-        with torch.autocast(self.alphas.device.type, enabled=False):  # the distribution stays float32 under --amp
-            alpha_weights = torch.softmax(at_least_float32(self.alphas), dim=-1)
-            betas = normalize_betas(self.betas)
+        heads = self.heads
+        if architecture is None:
+            with torch.autocast(self.alphas.device.type, enabled=False):  # the distribution stays float32 under --amp
+                alpha_weights = torch.softmax(at_least_float32(self.alphas), dim=-1)
+                betas = normalize_betas(self.betas)
+            on_path = None
+        else:
+            if architecture.block_multiplier != self.block_multiplier:
+                raise ValueError(f"architecture concatenates {architecture.block_multiplier} blocks per cell; "
+                                 f"the supernet {self.block_multiplier}")
+            like = at_least_float32(self.alphas.detach())
+            alpha_weights, betas = (w.to(like) for w in one_hot_weights(architecture, self.num_layers,
+                                                                         self.num_levels, self.steps))
+            on_path = set(enumerate(architecture.network_path))
+            last_level = str(architecture.network_path[-1])
+            heads = {last_level: self.heads[last_level]}
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): stem_out}
         for layer, row in enumerate(self.cells):
             for key, cell in row.items():
                 level = int(key)
+                if on_path is not None and (layer, level) not in on_path:
+                    width = self.block_multiplier * cell.channels
+                    states[(layer, level)] = stem_out.new_zeros(stem_out.shape[0], width, *sizes[level])
+                    continue
                 prev_prev = early if (layer, level) == (0, 0) else states.get((layer - 2, level))
                 inputs = [(states[(layer - 1, t.source_level)], betas[layer, t.source_level, t.direction],
                            t.direction) for t in self.incoming[(layer, level)]]
@@ -226,4 +275,4 @@ class AutoDeepLabSearch(nn.Module):
         last = self.num_layers - 1
         return sum(F.interpolate(head(states[(last, int(key))]), size=x.shape[-2:], mode="bilinear",
                                  align_corners=False)
-                   for key, head in self.heads.items())
+                   for key, head in heads.items())
