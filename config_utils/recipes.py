@@ -98,6 +98,11 @@ RECIPES |= {
         "rpn_pre_nms_test": 300, "rpn_post_nms_test": 300, "rois_per_image": 128, "detections_per_image": 50,
         "max_iter": 300, "lr_steps": [200, 270], "warmup_iters": 30, "checkpoint_period": 100},
 }
+# The generated variants whose labels need context, thin detail and several scales train with their base dataset's
+# recipes, so that scores on the two compare.
+_VARIANT_BASES = {"synthetic_context": "synthetic", "synthetic_panoptic_context": "synthetic_panoptic"}
+RECIPES |= {(system, stage, variant): RECIPES[(system, stage, base)]
+            for variant, base in _VARIANT_BASES.items() for system, stage, dataset in list(RECIPES) if dataset == base}
 # A setting of the other space fills what the chosen space's recipe does not fix (--space against the recipe).
 SPACE_DEFAULTS = {"cvpr": {key: _NAS_SEGM_CVPR[key] for key in ("dec_aux_weight", "aux_cell")},
                   "wacv": {key: _NAS_SEGM_WACV[key] for key in ("dec_aux_weight", "aux_cell")}}

@@ -8,7 +8,7 @@ arrays; ``SegmentationDataset`` (``loaders``) and ``PanopticDataset`` (``panopti
 from __future__ import annotations
 
 from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, coco_panoptic, folder,  # noqa: F401 - register
-                                  pascal, synthetic, synthetic_panoptic)
+                                  pascal, synthetic, synthetic_context, synthetic_panoptic)
 from dataloaders.loaders import (SeededSampler, SegmentationDataset, TrainingSources, check_recorded_split,
                                  check_split, keep_data_split, make_loader, require_panoptic_dataset, split_indices,
                                  training_sources, validation_loader)

@@ -73,7 +73,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
              help="dataset to use (default: %(default)s)")
     add_flag(parser, "data_root", default=None,
              help="dataset root folder; overrides AUTODEEPLAB_<DATASET>_ROOT and "
-                  "AUTODEEPLAB_DATA_ROOT (unused by synthetic)")
+                  "AUTODEEPLAB_DATA_ROOT (unused by the generated synthetic* datasets)")
     add_flag(parser, "num_classes", type=positive_int, default=None, locked=True,
              help="number of classes including background (default: the dataset's own)")
     add_flag(parser, "skip_data_check", action="store_true",

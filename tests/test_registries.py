@@ -112,6 +112,6 @@ def test_registries_refuse_a_second_entry_and_a_mismatched_system(toy_system):
 
 
 def test_every_dataset_states_the_tasks_its_labels_serve():
-    panoptic = {"coco_panoptic", "synthetic_panoptic"}
+    panoptic = {"coco_panoptic", "synthetic_panoptic", "synthetic_panoptic_context"}
     assert {name: info.tasks for name, info in DATASETS.items()} == {
         name: ("panoptic",) if name in panoptic else ("semantic",) for name in DATASETS}

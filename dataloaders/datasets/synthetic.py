@@ -13,7 +13,7 @@ its own, in any worker, in any order, and the splits are disjoint random streams
 from __future__ import annotations
 
 import argparse
-
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,11 +158,12 @@ def textured(rng: np.random.Generator, base: np.ndarray, kinds: tuple[str, ...],
     return base + _pattern(rng, kinds, height, width)[:, :, None] * tint
 
 
-def paint(layout: list[ShapeSpec], image_size: int,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paint ``layout`` in order on a textured background with colours and textures from ``rng``.
+def paint_regions(regions: Iterable[tuple[np.ndarray, int]], image_size: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint each (boolean [H, W] region, label) in order on a textured background, every region with its own
+    colour and texture from ``rng`` whatever its label, so that appearance never tells the class.
 
-    Returns (image uint8 [H, W, 3], mask uint8 [H, W]); a later shape overwrites both the pixels
+    Returns (image uint8 [H, W, 3], mask uint8 [H, W]); a later region overwrites both the pixels
     and the labels of the ones below it.
     """
     side = image_size
@@ -170,56 +171,83 @@ def paint(layout: list[ShapeSpec], image_size: int,
     image = textured(rng, background, BACKGROUND_PATTERNS, BACKGROUND_AMPLITUDE, side, side)
     mask = np.zeros((side, side), dtype=np.uint8)
     used_colours = [background]
-    for shape in layout:
+    for covered, label in regions:
         base = pick_colour(rng, used_colours)
         used_colours.append(base)
-        covered = shape_mask(shape, side, side)
         texture = textured(rng, base, OBJECT_PATTERNS, OBJECT_AMPLITUDE, side, side)
         image[covered] = texture[covered]
-        mask[covered] = shape.class_id
+        mask[covered] = label
     image += rng.normal(0, PIXEL_NOISE_STD, size=image.shape).astype(np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-class SyntheticShapes:
-    """Procedural shapes dataset; ``load(i)`` gives (image uint8 [H, W, 3], mask uint8 [H, W])."""
+def paint(layout: list[ShapeSpec], image_size: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint ``layout`` in order (the last shape on top), each shape labelled with its class."""
+    return paint_regions(((shape_mask(shape, image_size, image_size), shape.class_id) for shape in layout),
+                         image_size, rng)
 
-    CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(name for name, _ in _SHAPES)
-    MAX_CLASSES = len(CLASS_NAMES)
 
-    def __init__(self, split: str, num_samples: int, image_size: int, num_classes: int,
-                 seed: int) -> None:
+class GeneratedSplit:
+    """One split of a generated dataset: sample ``i`` depends only on ``(seed, split, i)``, so any sample can be
+    regenerated on its own, in any worker, in any order, and the splits are disjoint random streams."""
+
+    name: str  # the dataset's registered name, for messages
+
+    def __init__(self, split: str, num_samples: int, image_size: int, seed: int) -> None:
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
-        if not 2 <= num_classes <= self.MAX_CLASSES:
-            raise UserError(f"--num_classes: the synthetic dataset has 2..{self.MAX_CLASSES} "
-                            f"classes, got {num_classes}")
         if image_size < 1 or num_samples < 1:
             raise ValueError(f"image_size and num_samples must be positive, got {image_size} "
                              f"and {num_samples}")
         self.split = split
         self.num_samples = num_samples
         self.image_size = image_size
-        self.num_classes = num_classes
         self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def seed_sequence(self, index: int) -> np.random.SeedSequence:
+        """The entropy of sample ``index``: (seed, split, index) and nothing else."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"sample {index} out of range for {self.num_samples} samples")
+        return np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], index])
+
+    def rngs(self, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+        """Independent (layout, appearance) streams of one sample."""
+        layout, appearance = (np.random.default_rng(child) for child in self.seed_sequence(index).spawn(2))
+        return layout, appearance
+
+    def describe(self, index: int) -> str:
+        return f"{self.name} {self.split} sample {index}"
+
+    def check(self, num_classes: int | None = None) -> None:
+        """Nothing to check: generated samples are valid by construction."""
+
+
+class SyntheticShapes(GeneratedSplit):
+    """Procedural shapes dataset; ``load(i)`` gives (image uint8 [H, W, 3], mask uint8 [H, W])."""
+
+    name = "synthetic"
+    CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(name for name, _ in _SHAPES)
+    MAX_CLASSES = len(CLASS_NAMES)
+
+    def __init__(self, split: str, num_samples: int, image_size: int, num_classes: int,
+                 seed: int) -> None:
+        if not 2 <= num_classes <= self.MAX_CLASSES:
+            raise UserError(f"--num_classes: the synthetic dataset has 2..{self.MAX_CLASSES} "
+                            f"classes, got {num_classes}")
+        super().__init__(split, num_samples, image_size, seed)
+        self.num_classes = num_classes
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.CLASS_NAMES[: self.num_classes]
 
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _rngs(self, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-        """Independent (layout, appearance) streams of one sample."""
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"sample {index} out of range for {self.num_samples} samples")
-        sequence = np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], index])
-        return tuple(np.random.default_rng(child) for child in sequence.spawn(2))
-
     def layout(self, index: int) -> list[ShapeSpec]:
         """The objects of sample ``index`` in painting order (the last one is on top)."""
-        rng, _ = self._rngs(index)
+        rng, _ = self.rngs(index)
         side = self.image_size
         shapes = []
         for _ in range(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)):
@@ -232,14 +260,8 @@ class SyntheticShapes:
             ))
         return shapes
 
-    def describe(self, index: int) -> str:
-        return f"synthetic {self.split} sample {index}"
-
-    def check(self, num_classes: int) -> None:
-        """Nothing to check: generated samples are valid by construction."""
-
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        _, appearance_rng = self._rngs(index)
+        _, appearance_rng = self.rngs(index)
         return paint(self.layout(index), self.image_size, appearance_rng)
 
 
@@ -254,9 +276,15 @@ def add_synthetic_arguments(group: argparse._ArgumentGroup) -> None:
              help="seed of the generated images (default: %(default)s)")
 
 
+def split_samples(split: str, args: argparse.Namespace) -> int:
+    """How many samples ``split`` has under the synthetic flags, which every generated dataset shares (the test
+    split is as long as the validation one)."""
+    return args.synthetic_train_samples if split == "train" else args.synthetic_val_samples
+
+
 def make_synthetic_source(split: str, args: argparse.Namespace) -> SyntheticShapes:
-    num_samples = args.synthetic_train_samples if split == "train" else args.synthetic_val_samples
-    return SyntheticShapes(split, num_samples, args.synthetic_size, resolve_num_classes(args), args.synthetic_seed)
+    return SyntheticShapes(split, split_samples(split, args), args.synthetic_size, resolve_num_classes(args),
+                           args.synthetic_seed)
 
 
 register_dataset(DatasetInfo(
