@@ -1,0 +1,553 @@
+"""Does the search beat chance? The protocol of Sciuto et al. (ICLR 2020, "Evaluating the search phase of neural
+architecture search") for one search system of this project:
+
+1. the system's search, once per search seed, decoded into its architecture;
+2. K architectures drawn uniformly from the same space (``decode_autodeeplab.py --strategy random`` for the
+   one-shot systems, ``train_nas_segm.py --agent random`` for the decoder search, whose candidates are the random
+   architectures and whose rewards are their estimates);
+3. every architecture, searched and random, retrained by ``train_new_model.py`` with the same recipe, budget, data
+   and retrain seeds; its score is the last validation of the retrain (mIoU, or PQ for Auto-Panoptic);
+4. the report: the searched architectures' scores (mean and spread over the search seeds) beside the random ones'
+   distribution, the searched mean's percentile among them, and the ranking fidelity of the search's own estimate
+   (Kendall's tau-b between what the search believed of every architecture and its retrained score: the supernet's
+   validation mIoU with alpha and beta one-hot for Auto-DeepLab, the candidate reward for the decoder search, the
+   supernet's held-out PQ after BatchNorm recalibration for Auto-Panoptic), and each part's cost in CPU seconds.
+
+Every stage runs as a user runs it, in a fresh process (one at a time: two torch processes on two cores slow each
+other down many times), and the CPU seconds of each are taken from the kernel's accounting of the child. Each part's
+result is written to ``benchmark_state.json`` in the output folder as soon as it is done, so a rerun of the same
+command continues where the last one stopped and never redoes a finished search or retrain; a run that had started
+and not finished is started again from scratch (every run is seeded, so the result is the same). A stage that
+fails stops the benchmark with its error: a crashed run is never recorded as a score.
+
+    python benchmarks/search_vs_random.py --system nas-segm
+    python benchmarks/search_vs_random.py --system autodeeplab --search-seeds 0 1 2 --random 12
+    python benchmarks/search_vs_random.py --system autopanoptic --results benchmarks/results
+
+``--results DIR`` also writes ``search_vs_random_<system>.json`` and ``.png`` there (the committed results the
+README's table is made from). ``--budget toy`` runs every stage at a size that only checks the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from modeling.architecture_file import save_architecture  # noqa: E402
+from modeling.nas_segm.genotype import DecoderGenotype  # noqa: E402
+from utils.atomic import atomic_path  # noqa: E402
+from utils.run_dir import RunDir, read_jsonl  # noqa: E402
+
+STATE_FORMAT, STATE_VERSION = "search-vs-random-state", 1
+RESULT_FORMAT, RESULT_VERSION = "search-vs-random", 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One system's benchmark setting: the flags of its search, decode and retrain stages (the data flags go to
+    all of them, so every stage sees the same images and split)."""
+
+    data: tuple[str, ...]
+    search: tuple[str, ...]
+    retrain: tuple[str, ...]
+    decode: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class System:
+    """How the benchmark drives one search system: its search script, the metric its retrain validates (the key in
+    ``metrics.jsonl``) and its budgets by name."""
+
+    name: str
+    search_script: str
+    metric: str
+    budgets: dict[str, Budget] = field(default_factory=dict)
+
+
+CONTEXT = ("--dataset", "synthetic_context", "--synthetic_size", "64")
+PANOPTIC_CONTEXT = ("--dataset", "synthetic_panoptic_context", "--synthetic_size", "96")
+SYSTEMS = {
+    "autodeeplab": System("autodeeplab", "train_autodeeplab.py", "val_miou", {
+        # The demo's 4-layer space: the 12-layer supernet cannot move alpha and beta in minutes on a CPU.
+        "default": Budget(
+            data=CONTEXT + ("--synthetic_train_samples", "192", "--synthetic_val_samples", "48"),
+            search=("--num_layers", "4", "--filter_multiplier", "4", "--crop_size", "64", "--batch_size", "4",
+                    "--epochs", "10", "--alpha_epoch", "3"),
+            retrain=("--filter_multiplier", "8", "--crop_size", "64", "--batch_size", "8", "--epochs", "20",
+                     "--base_lr", "0.02", "--scale_range", "0.8", "1.25")),
+        "toy": Budget(
+            data=("--dataset", "synthetic_context", "--synthetic_size", "40", "--synthetic_train_samples", "8",
+                  "--synthetic_val_samples", "2"),
+            search=("--num_layers", "2", "--steps", "2", "--block_multiplier", "2", "--filter_multiplier", "2",
+                    "--crop_size", "32", "--batch_size", "2", "--epochs", "2", "--alpha_epoch", "1"),
+            retrain=("--filter_multiplier", "2", "--crop_size", "32", "--batch_size", "2", "--epochs", "1")),
+    }),
+    "nas-segm": System("nas-segm", "train_nas_segm.py", "val_miou", {
+        "default": Budget(
+            data=CONTEXT + ("--synthetic_train_samples", "192", "--synthetic_val_samples", "48"),
+            search=("--num_candidates", "16", "--num-segm-epochs", "4", "8", "--val-every", "4", "4",
+                    "--enc-lr", "2e-3", "2e-3", "--dec-lr", "1e-2", "5e-3", "--no-do-polyak"),
+            retrain=("--crop_size", "64", "--batch_size", "8", "--epochs", "20", "--base_lr", "0.05",
+                     "--scale_range", "0.8", "1.25")),
+        "toy": Budget(
+            data=("--dataset", "synthetic_context", "--synthetic_size", "40", "--synthetic_train_samples", "20",
+                  "--synthetic_val_samples", "2"),
+            search=("--num_candidates", "2", "--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side",
+                    "32", "32", "--val-crop-size", "32", "--val-resize-side", "32", "--num-segm-epochs", "1", "1",
+                    "--val-every", "1", "1", "--n-task0", "8"),
+            retrain=("--crop_size", "64", "--batch_size", "2", "--epochs", "1", "--synthetic_size", "64",
+                     "--base_lr", "0.01")),
+    }),
+    "autopanoptic": System("autopanoptic", "train_autopanoptic.py", "pq", {
+        "default": Budget(
+            data=PANOPTIC_CONTEXT + ("--synthetic_train_samples", "160", "--synthetic_val_samples", "16"),
+            search=("--held-out", "16", "--max-iter", "480", "--warmup-iters", "48", "--checkpoint-period", "240",
+                    "--bn-recalibration-iters", "5"),
+            retrain=("--max-iter", "240", "--lr-steps", "160", "210", "--warmup-iters", "24",
+                     "--checkpoint-period", "240", "--eval-every", "4")),
+        "toy": Budget(
+            data=("--dataset", "synthetic_panoptic_context", "--synthetic_size", "64", "--synthetic_train_samples",
+                  "12", "--synthetic_val_samples", "2"),
+            search=("--min-size", "64", "--max-size", "64", "--held-out", "4", "--max-iter", "12", "--warmup-iters",
+                    "2", "--checkpoint-period", "12", "--search-cycles", "1", "--bn-recalibration-iters", "1"),
+            retrain=("--min-size", "64", "--max-size", "64", "--max-iter", "4", "--lr-steps", "2", "3",
+                     "--warmup-iters", "1", "--checkpoint-period", "4", "--eval-every", "1")),
+    }),
+}
+
+
+# --- statistics -----------------------------------------------------------------------------------------------
+
+
+def percentile_of(score: float, population: Sequence[float]) -> float:
+    """Where ``score`` stands in ``population``, in percent: the share strictly below it plus half the share equal
+    to it (the 'mean' definition: 50 for a score equal to every member)."""
+    if not population:
+        raise ValueError("an empty population has no percentiles")
+    below = sum(value < score for value in population)
+    equal = sum(value == score for value in population)
+    return 100.0 * (below + 0.5 * equal) / len(population)
+
+
+def kendall_tau(first: Sequence[float], second: Sequence[float]) -> float:
+    """Kendall's tau-b of two paired sequences: (concordant - discordant) pairs over the geometric mean of the
+    pairs untied in each sequence; NaN where a sequence is constant. Counted over all pairs (n is small here)."""
+    if len(first) != len(second):
+        raise ValueError(f"paired sequences of {len(first)} and {len(second)} values")
+    concordant_minus_discordant = untied_first = untied_second = 0
+    for i in range(len(first)):
+        for j in range(i + 1, len(first)):
+            a, b = np.sign(first[i] - first[j]), np.sign(second[i] - second[j])
+            concordant_minus_discordant += a * b
+            untied_first += a != 0
+            untied_second += b != 0
+    if untied_first == 0 or untied_second == 0:
+        return math.nan
+    return float(concordant_minus_discordant / math.sqrt(untied_first * untied_second))
+
+
+def summarise(searched: Sequence[float], random: Sequence[float]) -> dict[str, Any]:
+    """The searched scores beside the random ones' distribution."""
+    mean = float(np.mean(searched))
+    return {"searched_mean": mean, "searched_std": float(np.std(searched)), "searched_min": float(min(searched)),
+            "searched_max": float(max(searched)), "random_min": float(min(random)),
+            "random_median": float(np.median(random)), "random_p75": float(np.percentile(random, 75)),
+            "random_max": float(max(random)), "random_spread": float(max(random) - min(random)),
+            "searched_mean_percentile": percentile_of(mean, random),
+            "searched_percentiles": [percentile_of(score, random) for score in searched]}
+
+
+# --- running the stages -----------------------------------------------------------------------------------------
+
+
+class BenchmarkError(Exception):
+    """A stage failed or the output folder belongs to another benchmark: one line for the user."""
+
+
+class Diverged(BenchmarkError):
+    """A retrain's loss became inf or NaN: deterministic for a seeded run, so a result about that architecture and
+    recipe (it does not train), recorded as a failure, never as a score."""
+
+
+DIVERGED = re.compile(r"loss is (nan|inf|-inf)\b")
+
+
+def child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(script: str, flags: Sequence[str], threads: int, log: Path) -> float:
+    """Run ``script`` with ``flags`` in a fresh process, its output in ``log``; its CPU seconds."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / script), *flags]
+    print("  $ python " + " ".join([script, *flags]), flush=True)
+    before = child_cpu_seconds()
+    with open(log, "w") as output:
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = (log.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1]
+        error = Diverged if DIVERGED.search(tail) else BenchmarkError
+        raise error(f"{script} failed (exit {result.returncode}): {tail}; the whole output is in {log}")
+    return child_cpu_seconds() - before
+
+
+class State:
+    """``benchmark_state.json``: the benchmark's configuration and every finished part's result, rewritten
+    atomically after each part."""
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path, self.config, self.parts = path, config, {}
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise BenchmarkError(f"{path}: not a readable benchmark state ({error}); delete it to start "
+                                     "again") from None
+            if saved.get("format") != STATE_FORMAT or saved.get("config") != config:
+                raise BenchmarkError(f"{path}: holds a benchmark of another setting ({saved.get('config')}); use "
+                                     "another --out-dir or the same flags")
+            self.parts = saved["parts"]
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        return self.parts.get(name)
+
+    def record(self, name: str, result: dict[str, Any]) -> None:
+        self.parts[name] = result
+        with atomic_path(self.path) as temporary:
+            temporary.write_text(json.dumps({"format": STATE_FORMAT, "format_version": STATE_VERSION,
+                                             "config": self.config, "parts": self.parts}, indent=1) + "\n")
+
+
+class Benchmark:
+    """The parts of one benchmark, each run once (``part``) and remembered in the state."""
+
+    def __init__(self, system: System, budget: Budget, out: Path, threads: int, state: State) -> None:
+        self.system, self.budget, self.out, self.threads, self.state = system, budget, out, threads, state
+
+    def part(self, name: str, script: str, flags: Sequence[str], run_dir: Path | None) -> dict[str, Any]:
+        """Run one stage unless the state has it; a run directory left by an unfinished attempt is removed first."""
+        finished = self.state.done(name)
+        if finished is not None:
+            print(f"{name}: done before ({finished['cpu_s']:.0f} CPU s)")
+            return finished
+        print(f"{name}:", flush=True)
+        if run_dir is not None and run_dir.exists():
+            shutil.rmtree(run_dir)
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        cpu = run_stage(script, flags, self.threads, logs / f"{name}.txt")
+        return {"cpu_s": round(cpu, 1), "wall_s": round(time.time() - started, 1)}
+
+    def finish(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        if self.state.done(name) is None:
+            self.state.record(name, result)
+        return self.state.done(name)
+
+    def search(self, seed: int) -> Path:
+        """The search of ``seed`` and its decoded architecture file."""
+        run_dir = self.out / f"search_seed{seed}"
+        name = f"search_seed{seed}"
+        result = self.part(name, self.system.search_script,
+                           [*self.budget.data, *self.budget.search, "--seed", str(seed), "--out-dir", str(run_dir)],
+                           run_dir)
+        self.finish(name, result)
+        name = f"decode_seed{seed}"
+        result = self.part(name, "decode_autodeeplab.py", ["--resume", str(run_dir), *self.budget.decode], None)
+        self.finish(name, result)
+        return RunDir(run_dir).architecture
+
+    def random_architectures(self, count: int, seed: int, space_from: Path) -> list[Path]:
+        """``count`` uniformly drawn architecture files of the space of the search in ``space_from`` (one-shot
+        systems), or of a random decoder search's candidates (nas-segm)."""
+        if self.system.name == "nas-segm":
+            return self._random_decoders(count, seed)
+        files = []
+        for k in range(count):
+            out_dir = self.out / f"random_{k}"
+            name = f"draw_random_{k}"
+            result = self.part(name, "decode_autodeeplab.py",
+                               ["--resume", str(space_from), "--strategy", "random", "--random-candidates", "1",
+                                "--seed", str(seed + k), "--out-dir", str(out_dir)], None)
+            self.finish(name, result)
+            files.append(RunDir(out_dir).architecture)
+        return files
+
+    def _random_decoders(self, count: int, seed: int) -> list[Path]:
+        run_dir = self.out / "random_search"
+        name = f"random_search_{count}"
+        result = self.part(name, self.system.search_script,
+                           [*self.budget.data, *self.budget.search, "--agent", "random", "--num_candidates",
+                            str(count), "--seed", str(seed), "--out-dir", str(run_dir)], run_dir)
+        self.finish(name, result)
+        files = []
+        for record in read_jsonl(RunDir(run_dir).candidates)[:count]:
+            if record["status"] != "ok":
+                raise BenchmarkError(f"random candidate {record['candidate']} failed ({record['failure']}); see "
+                                     f"{RunDir(run_dir).candidates}")
+            space = json.loads((run_dir / "args.json").read_text())["space"]
+            genotype = DecoderGenotype.from_json({"space": space, "config": record["genotype"]}, None, {
+                "strategy": "random", "candidate": record["candidate"], "reward": record["reward"],
+                "checkpoint": str(RunDir(run_dir).checkpoint)}, str(RunDir(run_dir).candidates))
+            out_dir = self.out / f"random_{record['candidate']}"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_architecture(genotype, RunDir(out_dir).architecture)
+            files.append(RunDir(out_dir).architecture)
+        return files
+
+    def retrain(self, label: str, architecture: Path, seed: int) -> float | None:
+        """The retrained score of ``architecture`` with retrain seed ``seed`` (the last validation's metric), or None
+        where the retrain diverged (recorded as such)."""
+        run_dir = self.out / "retrain" / f"{label}_seed{seed}"
+        name = f"retrain_{label}_seed{seed}"
+        finished = self.state.done(name)
+        if finished is None:
+            started = child_cpu_seconds()
+            try:
+                result = self.part(name, "train_new_model.py",
+                                   [*self.budget.data, *self.budget.retrain, "--saved_arch_path", str(architecture),
+                                    "--seed", str(seed), "--out-dir", str(run_dir)], run_dir)
+            except Diverged as error:
+                finished = self.finish(name, {"cpu_s": round(child_cpu_seconds() - started, 1), "failed": str(error)})
+            else:
+                scores = [record[self.system.metric] for record in read_jsonl(RunDir(run_dir).metrics)
+                          if self.system.metric in record]
+                if not scores or not math.isfinite(scores[-1]):
+                    raise BenchmarkError(f"{run_dir}: the retrain recorded no finite {self.system.metric}")
+                finished = self.finish(name, result | {"score": scores[-1]})
+        if "failed" in finished:
+            print(f"  {label}, retrain seed {seed}: FAILED ({finished['failed']})")
+            return None
+        print(f"  {label}, retrain seed {seed}: {self.system.metric} {finished['score']:.4f}")
+        return finished["score"]
+
+
+# --- what the search believed -------------------------------------------------------------------------------
+
+
+def supernet_estimates(system: str, search_dir: Path, architectures: Sequence[Path]) -> list[float]:
+    """The one-shot supernet's estimate of each architecture: Auto-DeepLab's validation mIoU with alpha and beta
+    one-hot, Auto-Panoptic's held-out PQ after BatchNorm recalibration."""
+    from modeling.architecture_file import load_architecture
+    from utils.checkpoint import load_checkpoint
+
+    checkpoint_path = RunDir(search_dir).checkpoint
+    checkpoint = load_checkpoint(checkpoint_path, stage="search")
+    genotypes = [load_architecture(path) for path in architectures]
+    if system == "autodeeplab":
+        from search.autodeeplab import supernet_estimates as autodeeplab_estimates
+
+        return autodeeplab_estimates(checkpoint, checkpoint_path, genotypes)
+    from search.autopanoptic import SupernetScoring
+
+    scoring = SupernetScoring(checkpoint, checkpoint_path)
+    return [float(scoring.evaluator(genotype.path)) for genotype in genotypes]
+
+
+def rewards(architectures: Sequence[Path]) -> list[float]:
+    """The decoder search's estimate of each architecture: the reward recorded with it."""
+    from modeling.architecture_file import load_architecture
+
+    return [load_architecture(path).source["reward"] for path in architectures]
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def plot_result(result: dict[str, Any]) -> Any:
+    """Random architectures' scores as a strip (jittered), the searched ones marked, the random median and 75th
+    percentile as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    random_scores, searched = result["random_scores"], result["searched_scores"]
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(random_scores))
+    ax.scatter(random_scores, jitter, s=36, color="0.55", label=f"random architectures ({len(random_scores)})",
+               zorder=2)
+    ax.scatter(searched, np.zeros(len(searched)), s=140, marker="*", color="tab:red", zorder=3,
+               label=f"searched ({len(searched)} search seeds)")
+    stats = result["summary"]
+    ax.axvline(stats["random_median"], color="0.3", linestyle="--", linewidth=1, label="random median")
+    ax.axvline(stats["random_p75"], color="0.3", linestyle=":", linewidth=1, label="random 75th percentile")
+    ax.set_yticks([])
+    ax.set_ylim(-0.5, 0.5)
+    ax.set_xlabel(f"retrained {result['metric']} ({result['dataset']})")
+    ax.set_title(f"{result['system']}: searched vs random (percentile {stats['searched_mean_percentile']:.0f}, "
+                 f"Kendall tau {result['kendall_tau']:.2f})", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    system = SYSTEMS[args.system]
+    budget = system.budgets[args.budget]
+    out = Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"system": system.name, "budget": args.budget, "data": list(budget.data), "search": list(budget.search),
+              "retrain": list(budget.retrain), "random_seed": args.random_seed}
+    state = State(out / "benchmark_state.json", config)
+    bench = Benchmark(system, budget, out, args.threads, state)
+
+    searched_files = [bench.search(seed) for seed in args.search_seeds]
+    random_files = bench.random_architectures(args.random, args.random_seed, out / f"search_seed{args.search_seeds[0]}")
+    labels = [f"searched_seed{seed}" for seed in args.search_seeds] + [f"random_{k}" for k in range(args.random)]
+    files = searched_files + random_files
+    retrained = {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
+                 for label, path in zip(labels, files)}
+    failures = [f"{label} (retrain seed {seed})" for label in labels
+                for seed, score in zip(args.retrain_seeds, retrained[label]) if score is None]
+    scores = {label: [score for score in retrained[label] if score is not None] for label in labels}
+    # An architecture none of whose retrains trained has no score: it is listed among the failures instead.
+    mean_scores = [float(np.mean(scores[label])) if scores[label] else math.nan for label in labels]
+
+    if system.name == "nas-segm":
+        believed = {"rewards": rewards(files)}
+    else:
+        believed = {}
+        for seed in args.search_seeds:
+            name = f"estimates_supernet{seed}"
+            if state.done(name) is None:
+                print(f"{name}: the supernet of search seed {seed} scores all {len(files)} architectures", flush=True)
+                cpu_before = time.process_time()
+                values = supernet_estimates(system.name, out / f"search_seed{seed}", files)
+                state.record(name, {"values": values, "cpu_s": round(time.process_time() - cpu_before, 1)})
+            believed[f"supernet_seed{seed}"] = state.done(name)["values"]
+    scored = [i for i, score in enumerate(mean_scores) if not math.isnan(score)]
+    taus = {key: kendall_tau([values[i] for i in scored], [mean_scores[i] for i in scored])
+            for key, values in believed.items()}
+
+    searched_scores = [score for score in mean_scores[:len(args.search_seeds)] if not math.isnan(score)]
+    random_scores = [score for label in labels[len(args.search_seeds):] for score in scores[label]]
+    if not searched_scores or not random_scores:
+        raise BenchmarkError(f"no {'searched' if not searched_scores else 'random'} architecture could be "
+                             f"retrained ({', '.join(failures)} diverged); see {out / 'logs'}")
+    cpu = {"search": 0.0, "decode": 0.0, "random_draw": 0.0, "retrain_searched": 0.0, "retrain_random": 0.0,
+           "estimates": 0.0}
+    for name, part in state.parts.items():
+        kind = ("search" if name.startswith("search_") else "decode" if name.startswith("decode_")
+                else "random_draw" if name.startswith(("draw_random", "random_search")) else
+                "retrain_searched" if name.startswith("retrain_searched") else
+                "retrain_random" if name.startswith("retrain_random") else "estimates")
+        cpu[kind] += part["cpu_s"]
+    result = {
+        "format": RESULT_FORMAT, "format_version": RESULT_VERSION, "system": system.name, "metric": system.metric,
+        "dataset": budget.data[budget.data.index("--dataset") + 1], "budget": args.budget,
+        "flags": {"data": list(budget.data), "search": list(budget.search), "retrain": list(budget.retrain)},
+        "search_seeds": list(args.search_seeds), "retrain_seeds": list(args.retrain_seeds),
+        "random_seed": args.random_seed, "searched_scores": searched_scores, "random_scores": random_scores,
+        "failed_retrains": failures,
+        "architectures": [{"label": label, "file": str(path), "scores": scores[label],
+                           **{key: values[i] for key, values in believed.items()}}
+                          for i, (label, path) in enumerate(zip(labels, files))],
+        "summary": summarise(searched_scores, random_scores),
+        "kendall_tau": float(np.nanmean(list(taus.values()))) if not all(map(math.isnan, taus.values()))
+        else math.nan, "kendall_tau_by_estimate": taus,
+        "cpu_seconds": {key: round(value, 1) for key, value in cpu.items()} | {"total": round(sum(cpu.values()), 1)},
+        "commit": git_commit(), "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads per stage",
+    }
+    return result
+
+
+def write_result(result: dict[str, Any], folder: Path, stem: str) -> None:
+    from utils.plots import save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{stem}.json") as temporary:
+        temporary.write_text(json.dumps(result, indent=1) + "\n")
+    save_figure(plot_result(result), folder / f"{stem}.png")
+
+
+def describe(result: dict[str, Any]) -> str:
+    stats, metric = result["summary"], result["metric"]
+    return "\n".join([
+        f"{result['system']} on {result['dataset']} ({result['budget']} budget), {metric}:",
+        f"  searched ({len(result['searched_scores'])} seeds): mean {stats['searched_mean']:.4f} +- "
+        f"{stats['searched_std']:.4f}  ({', '.join(f'{s:.4f}' for s in result['searched_scores'])})",
+        f"  random ({len(result['random_scores'])}): min {stats['random_min']:.4f}, median "
+        f"{stats['random_median']:.4f}, 75th percentile {stats['random_p75']:.4f}, max {stats['random_max']:.4f} "
+        f"(spread {stats['random_spread']:.4f})",
+        f"  the searched mean is at the {stats['searched_mean_percentile']:.1f}th percentile of the random ones",
+        f"  Kendall tau, the search's estimate vs the retrained score: {result['kendall_tau']:.3f} "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in result['kendall_tau_by_estimate'].items())})",
+        f"  retrains that diverged (no score): {', '.join(result['failed_retrains']) or 'none'}",
+        "  CPU seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_seconds"].items())])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    parser.add_argument("--budget", default="default", choices=("default", "toy"),
+                        help="default: the measured setting (about an hour on 2 CPU cores); toy: the plumbing only")
+    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1],
+                        help="one search per seed (default: %(default)s)")
+    parser.add_argument("--random", type=int, default=8, help="random architectures (default: %(default)s)")
+    parser.add_argument("--random-seed", type=int, default=1000,
+                        help="seed of the random architectures, apart from the search seeds (default: %(default)s)")
+    parser.add_argument("--retrain-seeds", type=int, nargs="+", default=[0],
+                        help="every architecture is retrained once per seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="OMP threads of every stage (default: %(default)s)")
+    parser.add_argument("--out-dir", default=None,
+                        help="the runs and the state (default: run/search_vs_random/<system>_<budget>); the same "
+                             "command on the same folder continues an interrupted benchmark")
+    parser.add_argument("--results", default=None,
+                        help="also write search_vs_random_<system>.json and .png into this folder")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    if args.random < 1 or args.threads < 1:
+        parser.error("--random and --threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except BenchmarkError as error:
+        sys.exit(f"search_vs_random.py: {error}")
+    out = Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
+    write_result(result, out, "result")
+    if args.results:
+        write_result(result, Path(args.results), f"search_vs_random_{args.system}")
+    print(json.dumps(result) if args.json else describe(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
