@@ -20,6 +20,7 @@ from search.registry import get_system
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.output_path import check_output_path
 from utils.plots import save_figure
 from utils.run_dir import RunDir
 
@@ -61,12 +62,11 @@ def decode_checkpoint(checkpoint: Path, out_dir: Path, top_k: int = 10, strategy
 def main(argv: list[str] | None = None) -> Genotype:
     args: argparse.Namespace = decode_parser().parse_args(argv)
     checkpoint = Path(args.resume) if args.resume else find_latest_checkpoint(args.dataset)
-    if checkpoint.is_dir():
-        checkpoint = RunDir(checkpoint).checkpoint
     if args.random_candidates is not None and args.strategy != "random":
         raise UserError("--random-candidates: only with --strategy random")
     out_dir = (Path(args.out_dir) if args.out_dir else checkpoint.resolve().parent if args.strategy == "search"
                else checkpoint.resolve().parent / f"random_seed{args.seed}")
+    check_output_path("--out-dir", out_dir)
     genotype = decode_checkpoint(checkpoint, out_dir, args.top_k, args.strategy, args.random_candidates, args.seed)
     print(genotype.describe())
     print(json.dumps({"architecture": str(RunDir(out_dir).architecture),

@@ -30,16 +30,20 @@ from utils.cli import resolve_device, run_cli
 from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.evaluation import evaluate, write_report
+from utils.output_path import check_output_path
 from utils.panoptic_evaluation import evaluate_panoptic
 
 
-def default_report_dir(args: argparse.Namespace) -> Path:
+def report_dir(args: argparse.Namespace) -> Path:
+    """--out-dir, or beside the checkpoint a folder named by the split and the test-time options."""
+    if args.out_dir:
+        return Path(args.out_dir)
     tags = [f"eval_{args.split}"] + (["ms"] if list(args.eval_scales) != [1.0] else []) + (["flip"] if args.flip else [])
     return Path(args.ckpt).resolve().parent / "_".join(tags)
 
 
 def evaluate_panoptic_network(args: argparse.Namespace, model: torch.nn.Module, checkpoint: dict[str, Any],
-                              device: torch.device) -> Path:
+                              device: torch.device, out_dir: Path) -> Path:
     """PQ/SQ/RQ (all, things, stuff, per category) and the semantic mIoU of an Auto-Panoptic network."""
     if list(args.eval_scales) != [1.0] or args.flip or args.resize:
         raise UserError("--eval-scales/--flip/--resize: a panoptic network is evaluated at its own input size, as "
@@ -64,7 +68,6 @@ def evaluate_panoptic_network(args: argparse.Namespace, model: torch.nn.Module, 
                          drop_last=False, collate_fn=collate)
     scores = evaluate_panoptic(model, loader, categories, device, desc=f"evaluating {args.dataset} {args.split}",
                                stuff_area_limit=trained["stuff_area_limit"])
-    out_dir = Path(args.out_dir) if args.out_dir else default_report_dir(args)
     details = {"checkpoint": str(Path(args.ckpt).resolve()), "epoch": checkpoint["epoch"], "dataset": args.dataset,
                "split": args.split, "images": len(source)}
     print(write_panoptic_report(scores, categories, out_dir, details))
@@ -75,11 +78,12 @@ def evaluate_panoptic_network(args: argparse.Namespace, model: torch.nn.Module, 
 def main(argv: list[str] | None = None) -> Path:
     parser = eval_parser()
     args = parser.parse_args(argv)
+    out_dir = check_output_path("--out-dir", report_dir(args))
     device = resolve_device(args.device)
     model, checkpoint = load_trained_model(args.ckpt, device)
     if checkpoint.get("system") == autopanoptic_retrain.SYSTEM:
         inherit_dataset_flags(args, checkpoint["args"], explicit_dests(parser, argv))
-        return evaluate_panoptic_network(args, model, checkpoint, device)
+        return evaluate_panoptic_network(args, model, checkpoint, device, out_dir)
     trained_classes = checkpoint["args"]["num_classes"]
     inherit_dataset_flags(args, checkpoint["args"], explicit_dests(parser, argv))
     args.num_classes = resolve_num_classes(args)
@@ -99,7 +103,6 @@ def main(argv: list[str] | None = None) -> Path:
                                args.workers, DistributedContext())
     summary = evaluate(model, loader, args.num_classes, device, scales=args.eval_scales, flip=args.flip,
                        desc=f"evaluating {args.dataset} {args.split}", resize=args.resize)
-    out_dir = Path(args.out_dir) if args.out_dir else default_report_dir(args)
     details = {"checkpoint": str(Path(args.ckpt).resolve()), "epoch": checkpoint["epoch"], "dataset": args.dataset,
                "split": args.split, "images": len(source), "eval_scales": list(args.eval_scales), "flip": args.flip,
                "resize": args.resize}

@@ -25,6 +25,7 @@ from modeling.registry import checkpoint_classes, checkpoint_model, load_trained
 from utils.atomic import atomic_path
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.output_path import check_output_path
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 MAX_ABS_DIFFERENCE = 1e-4
@@ -101,9 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.opset < MIN_OPSET:
         raise UserError(f"--opset {args.opset}: the exporter writes opset {MIN_OPSET} or newer")
     ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else default_output_path(ckpt)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name")
+    out = check_output_path("--out", args.out or default_output_path(ckpt), folder=False)
     require_onnx_packages()
     model, checkpoint = load_trained_model(ckpt, "cpu")
     input_size = tuple(args.input_size)

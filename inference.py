@@ -30,6 +30,7 @@ from modeling.registry import checkpoint_classes, load_trained_model
 from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
 from utils.evaluation import predict
+from utils.output_path import check_output_path
 from utils.labels import overlay, palette_bytes, panoptic_colours
 from utils.panoptic_evaluation import panoptic_prediction
 from utils.panoptic_quality import id_to_rgb
@@ -94,12 +95,12 @@ def main(argv: list[str] | None = None) -> Path:
     if not 0 <= args.overlay_alpha <= 1:
         raise UserError(f"--overlay-alpha {args.overlay_alpha}: expected a value in 0..1")
     images, base = list_images(Path(args.in_path))
+    out = check_output_path("--out-path", args.out_path)
     device = resolve_device(args.device)
     model, checkpoint = load_trained_model(args.ckpt, device)
     if checkpoint.get("system") == "autopanoptic":
         return segment_panoptic(args, model, checkpoint, images, base, device)
     palette = checkpoint_classes(checkpoint)[1]
-    out = Path(args.out_path)
     for path in tqdm(images, desc="segmenting", unit="image", disable=None):
         image = read_image(path)
         with torch.no_grad():

@@ -22,6 +22,7 @@ from search.registry import run_search
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.run_dir import check_run_output
 from utils.trainer import Hook
 
 SYSTEM = "autodeeplab"
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     """Run the search; under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
     args, resumed = parse_args(argv)
+    check_run_output(args)
     return run_search(SYSTEM, "train_autodeeplab.py", args, resumed, argv, hooks)
 
 

@@ -20,6 +20,7 @@ from dataloaders import require_panoptic_dataset
 from search.registry import run_search
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.run_dir import check_run_output
 from utils.trainer import Hook
 
 SYSTEM = "autopanoptic"
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     """Train the supernet; under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop (before its own), e.g. to interrupt a run in a test."""
     args, resumed = parse_args(argv)
+    check_run_output(args)
     return run_search(SYSTEM, "train_autopanoptic.py", args, resumed, argv, hooks)
 
 

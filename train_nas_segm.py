@@ -21,6 +21,7 @@ from config_utils.recipes import SPACE_DEFAULTS, recipe
 from search.registry import run_search
 from utils.cli import run_cli
 from utils.errors import UserError
+from utils.run_dir import check_run_output
 from utils.trainer import Hook
 
 SYSTEM = "nas-segm"
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     """Run the search; under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join every candidate's training loop (before its own), e.g. to interrupt a run in a test."""
     args, resumed = parse_args(argv)
+    check_run_output(args)
     return run_search(SYSTEM, "train_nas_segm.py", args, resumed, argv, hooks)
 
 

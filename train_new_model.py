@@ -38,7 +38,7 @@ from utils.hooks import fit_stage, resume_point
 from utils.losses import make_criterion
 from utils.lr_schedule import build_scheduler
 from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, open_run
+from utils.run_dir import LOGGER_NAME, RunDir, check_run_output, open_run, resume_checkpoint
 from utils.trainer import Hook, SupervisedStep
 
 RECIPE_SYSTEM = "autodeeplab"  # the baseline trains with the searched networks' recipe, so only the network differs
@@ -91,7 +91,7 @@ def retrains_panoptic(argv: list[str] | None) -> bool:
     that network trains with its own flags and loop (``search.autopanoptic_retrain``)."""
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--saved_arch_path", "--saved-arch-path")
-    probe.add_argument("--resume")
+    probe.add_argument("--resume", type=resume_checkpoint)
     known, _ = probe.parse_known_args(argv)
     if known.resume:
         return load_checkpoint(known.resume, stage="retrain").get("system") == autopanoptic_retrain.SYSTEM
@@ -104,15 +104,16 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
     if retrains_panoptic(argv):
         args, resumed = autopanoptic_retrain.parse_args(argv)
-        run_dir = run_in_process_group(args, lambda context: autopanoptic_retrain.retrain(args, resumed, context,
-                                                                                           argv, hooks))
-        return run_dir.path if run_dir is not None else None
-    args, resumed = parse_args(argv)
-    if args.summary:
-        spec, genotype = network(args, None)
-        print(spec.summary(vars(args), genotype, tuple(args.input_size)))
-        return None
-    run_dir = run_in_process_group(args, lambda context: retrain(args, resumed, context, argv, hooks))
+        stage = autopanoptic_retrain.retrain
+    else:
+        args, resumed = parse_args(argv)
+        if args.summary:
+            spec, genotype = network(args, None)
+            print(spec.summary(vars(args), genotype, tuple(args.input_size)))
+            return None
+        stage = retrain
+    check_run_output(args)
+    run_dir = run_in_process_group(args, lambda context: stage(args, resumed, context, argv, hooks))
     return run_dir.path if run_dir is not None else None
 
 

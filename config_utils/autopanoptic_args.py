@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import add_device_flag
+from config_utils.common import add_device_flag, add_resume_flag
 from dataloaders import add_dataset_arguments
 from utils.errors import UserError
 from utils.flags import Parser, add_flag, non_negative_int, positive_float, positive_int
@@ -39,8 +39,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, checkname: str) -> None:
     add_flag(run, "out-dir", default=None,
              help=f"run directory (default: a new run/<dataset>/{checkname}/experiment_<N>)")
     add_flag(run, "checkname", default=checkname, help="experiment name used in the default run directory")
-    add_flag(run, "resume", default=None, metavar="CHECKPOINT",
-             help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
+    add_resume_flag(run)
     add_device_flag(run)
     add_flag(run, "local_rank", type=int, default=None, help="set by 'python -m torch.distributed.launch'")
     add_flag(run, "amp", action="store_true", help="mixed precision with torch.autocast (the original: float32)")

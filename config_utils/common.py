@@ -14,10 +14,18 @@ from dataloaders import resolve_num_classes
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.flags import add_flag, locked_dests, non_negative_int, positive_int
+from utils.run_dir import resume_checkpoint
 
 
 def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     add_flag(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda[:N]'")
+
+
+def add_resume_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "run") -> None:
+    """--resume: a checkpoint.pth.tar, or the run directory that holds it."""
+    add_flag(parser, "resume", type=resume_checkpoint, default=None, metavar="CHECKPOINT",
+             help=f"continue the {what} that wrote this checkpoint.pth.tar (or its run directory), in its own "
+                  "directory")
 
 
 def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +48,7 @@ def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None
     add_flag(parser, "out-dir", default=None,
              help=f"run directory (default: a new run/<dataset>/{experiment}/experiment_<N>)")
     add_flag(parser, "checkname", default=experiment, help="experiment name used in the default run directory")
-    add_flag(parser, "resume", default=None, metavar="CHECKPOINT",
-             help="continue the run that wrote this checkpoint.pth.tar, in its own directory")
+    add_resume_flag(parser)
     add_device_flag(parser)
     add_flag(parser, "eval_interval", type=positive_int, default=1, help="validate every N epochs")
     scale = parser.add_argument_group("multi-process and mixed precision")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from utils.flags import Parser, add_flag, non_negative_int, positive_int
+from utils.run_dir import resume_checkpoint
 
 
 def decode_parser() -> argparse.ArgumentParser:
@@ -13,7 +14,7 @@ def decode_parser() -> argparse.ArgumentParser:
                                 "Auto-DeepLab the Viterbi network path and cell genotype, for the nas-segm decoder "
                                 "search the best-scored candidate (the ranking is printed).")
     parser.add_config_flag()
-    add_flag(parser, "resume", default=None, metavar="CHECKPOINT",
+    add_flag(parser, "resume", type=resume_checkpoint, default=None, metavar="CHECKPOINT",
              help="search checkpoint, or its run directory (default: the newest "
                   "run/<dataset>/*/experiment_*/checkpoint.pth.tar of a search)")
     add_flag(parser, "dataset", default="synthetic",

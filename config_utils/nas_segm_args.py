@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import add_device_flag
+from config_utils.common import add_device_flag, add_resume_flag
 from dataloaders import add_dataset_arguments
 from utils.flags import Parser, add_flag, non_negative_int, positive_float, positive_int
 
@@ -43,8 +43,7 @@ def nas_segm_parser() -> argparse.ArgumentParser:
     add_flag(run, "out-dir", default=None,
              help="run directory (default: a new run/<dataset>/nas_segm_search/experiment_<N>)")
     add_flag(run, "checkname", default="nas_segm_search", help="experiment name used in the default run directory")
-    add_flag(run, "resume", default=None, metavar="CHECKPOINT",
-             help="continue the search that wrote this checkpoint.pth.tar, in its own directory")
+    add_resume_flag(run, "search")
     add_device_flag(run)
     add_flag(run, "local_rank", type=int, default=None, help="set by 'python -m torch.distributed.launch'")
     add_flag(run, "amp", action="store_true", help="mixed precision with torch.autocast while candidates train")

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.errors import UserError
+from utils.run_dir import release_run_dirs
 
 T = TypeVar("T")
 
@@ -194,7 +195,8 @@ def gather_objects(obj: T, context: DistributedContext) -> list[T]:
 
 
 def run_in_process_group(args: argparse.Namespace, work: Callable[[DistributedContext], T]) -> T:
-    """Join the launcher's process group (if any), run ``work(context)``, and always leave the group."""
+    """Join the launcher's process group (if any), run ``work(context)``, and always leave the group and give back
+    the lock of the run directory that the run opened: once it has ended, this process or another may resume it."""
     context = init_distributed(args)
     completed = False
     try:
@@ -202,6 +204,7 @@ def run_in_process_group(args: argparse.Namespace, work: Callable[[DistributedCo
         completed = True
         return result
     finally:
+        release_run_dirs()
         shutdown(context, completed)
 
 

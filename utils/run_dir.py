@@ -3,25 +3,31 @@
 A run directory holds ``args.json`` (the exact arguments, with the run's system and stage),
 ``versions.json`` (library versions), ``log.txt``, ``metrics.jsonl`` (one JSON line per epoch),
 checkpoints, pictures and the TensorBoard events under ``tensorboard/``. ``RunDir`` is the one place
-that names them.
+that names them. While a process trains in a run directory it holds the directory's lock (``.lock``), so a
+second run or a ``--resume`` of a run still going is refused instead of writing beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
+import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 
+from utils.atomic import remove_stale_temporaries
 from utils.errors import UserError
+from utils.output_path import check_output_path
 
 LOGGER_NAME = "autodeeplab"
 
@@ -42,6 +48,11 @@ class RunDir:
     def checkpoint(self) -> Path:
         """The latest state, for --resume (written every epoch, and on a stop request)."""
         return self.path / "checkpoint.pth.tar"
+
+    @property
+    def lock(self) -> Path:
+        """Locked (``flock``) by the process training in the run, and naming it."""
+        return self.path / ".lock"
 
     @property
     def best(self) -> Path:
@@ -127,13 +138,40 @@ class RunDir:
         return runs[-1] if runs else None
 
 
+def resume_checkpoint(text: str) -> str:
+    """The --resume converter: a run directory stands for its ``checkpoint.pth.tar``."""
+    return str(RunDir(text).checkpoint) if Path(text).is_dir() else text
+
+
+def check_new_run_dir(out_dir: str | None, dataset: str, experiment: str, root: str = "run") -> None:
+    """Refuse, creating nothing, a new run's directory that ``new_run_dir`` could not make: ``out_dir`` must be
+    creatable, or an empty folder; without it, ``root/dataset/experiment`` must be creatable."""
+    if not out_dir:
+        check_output_path("--out-dir (default)", Path(root) / dataset / experiment)
+        return
+    path = check_output_path("--out-dir", out_dir)
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"--out-dir {path}: already exists and is not empty; choose a new directory "
+                        "(or use --resume to continue a run)")
+
+
+def check_run_output(args: argparse.Namespace) -> None:
+    """Refuse, before a training script's work starts, a run directory it could not write: the resumed run's own
+    (``args.resume``), else the new one (``args.out_dir``, ``args.dataset``, ``args.checkname``). Under a launcher
+    only rank 0 checks: it alone writes, and the others would find its directory already filling."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if args.resume:
+        check_output_path("--resume", Path(args.resume).resolve().parent)
+    else:
+        check_new_run_dir(args.out_dir, args.dataset, args.checkname)
+
+
 def new_run_dir(out_dir: str | None, dataset: str, experiment: str, root: str = "run") -> Path:
     """``out_dir`` if given (it must be new or empty), else ``run/<dataset>/<experiment>/experiment_<N>``."""
+    check_new_run_dir(out_dir, dataset, experiment, root)
     if out_dir:
         path = Path(out_dir)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise UserError(f"--out-dir {path}: already exists and is not empty; choose a new directory "
-                            "(or use --resume to continue a run)")
         path.mkdir(parents=True, exist_ok=True)
         return path
     parent = Path(root) / dataset / experiment
@@ -201,15 +239,52 @@ def truncate_jsonl(path: Path, last_epoch: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+_HELD_LOCKS: dict[Path, TextIO] = {}
+
+
+def lock_run_dir(run_dir: RunDir) -> None:
+    """Take ``run_dir``'s lock for this process, or refuse (one UserError naming the directory and the process
+    that holds it). ``flock`` locks die with their process, however it ends, so a killed run never leaves its
+    directory locked. Taking a lock this process already holds is a no-op; ``release_run_dirs`` gives them back."""
+    key = run_dir.path.resolve()
+    if key in _HELD_LOCKS:
+        return
+    handle = open(run_dir.lock, "a+")  # appending: the holder's name stays readable until the lock is ours
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir.path}: in use by {holder}, which is still running in it; wait for it to end "
+                        "or stop it (SIGTERM writes a checkpoint), then --resume") from None
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _HELD_LOCKS[key] = handle
+
+
+def release_run_dirs() -> None:
+    """Give back every run directory lock this process holds (its runs have ended)."""
+    while _HELD_LOCKS:
+        _HELD_LOCKS.popitem()[1].close()
+
+
 def open_run(args: argparse.Namespace, argv: list[str] | None, system: str,
              stage: str) -> tuple[RunDir, logging.Logger]:
-    """The run directory (the resumed checkpoint's, or a new one) with its log and metadata.
+    """The run directory (the resumed checkpoint's, or a new one), locked for this process, rid of the
+    temporaries of writers killed midway, with its log and metadata.
 
     Called once the inputs are known to be valid, so a run that cannot start leaves no directory.
     """
     run_dir = RunDir(Path(args.resume).resolve().parent if args.resume
                      else new_run_dir(args.out_dir, args.dataset, args.checkname))
+    lock_run_dir(run_dir)
+    stale = remove_stale_temporaries(run_dir.path)
     logger = setup_logging(run_dir.path)
+    if stale:
+        logger.info(f"removed {len(stale)} temporary file(s) of writes cut short by a killed process: "
+                    + ", ".join(str(path.relative_to(run_dir.path)) for path in stale))
     write_run_metadata(run_dir.path, vars(args) | {"argv": sys.argv[1:] if argv is None else argv,
                                                   "system": system, "stage": stage})
     return run_dir, logger
