@@ -1,0 +1,109 @@
+"""The search-versus-random benchmark: its statistics against independent computations (percentiles by hand and by
+scipy, Kendall's tau-b by scipy), the committed results consistent with their own scores, and the benchmark end to
+end at toy size, resuming without redoing a finished retrain."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau, percentileofscore
+
+from benchmarks.search_vs_random import kendall_tau, percentile_of, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("system", "metric", "searched_scores", "random_scores", "kendall_tau", "commit", "date")
+
+
+@pytest.mark.parametrize("score, expected", [(2.5, 50.0), (2.0, 37.5), (5.0, 100.0), (0.0, 0.0), (4.0, 87.5)])
+def test_percentile_by_hand(score, expected):
+    assert percentile_of(score, [1.0, 2.0, 3.0, 4.0]) == expected
+
+
+def test_percentile_agrees_with_scipy_on_ties():
+    rng = np.random.default_rng(0)
+    population = rng.integers(0, 5, size=17).astype(float).tolist()
+    for score in (-1.0, 0.0, 2.0, 2.5, 4.0, 9.0):
+        assert percentile_of(score, population) == pytest.approx(percentileofscore(population, score, kind="mean"))
+    with pytest.raises(ValueError, match="empty"):
+        percentile_of(1.0, [])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kendall_tau_b_agrees_with_scipy_with_and_without_ties(seed):
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, 4, size=12).astype(float)  # many ties
+    second = first + rng.normal(0, 1.5, size=12)
+    assert kendall_tau(first.tolist(), second.tolist()) == pytest.approx(kendalltau(first, second).statistic)
+    distinct = rng.normal(size=9)
+    assert kendall_tau(distinct.tolist(), (-distinct).tolist()) == pytest.approx(-1.0)
+
+
+def test_kendall_tau_of_a_constant_sequence_is_undefined():
+    assert math.isnan(kendall_tau([1.0, 1.0, 1.0], [0.1, 0.3, 0.2]))
+    with pytest.raises(ValueError, match="paired"):
+        kendall_tau([1.0], [1.0, 2.0])
+
+
+def test_summary_by_hand():
+    summary = summarise([0.5, 0.7], [0.1, 0.2, 0.6, 0.8])
+    assert summary["searched_mean"] == pytest.approx(0.6) and summary["searched_std"] == pytest.approx(0.1)
+    assert summary["random_median"] == pytest.approx(0.4) and summary["random_spread"] == pytest.approx(0.7)
+    assert summary["random_p75"] == pytest.approx(0.65)  # linear interpolation between 0.6 and 0.8
+    assert summary["searched_mean_percentile"] == pytest.approx(62.5)  # 2 below, 1 equal of 4
+    assert summary["searched_percentiles"] == [50.0, 75.0]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("search_vs_random_*.json")),
+                         ids=lambda path: path.stem)
+def test_committed_results_agree_with_their_own_scores(path):
+    result = json.loads(path.read_text())
+    assert all(key in result for key in REQUIRED)
+    assert path.stem == f"search_vs_random_{result['system']}" and path.with_suffix(".png").is_file()
+    assert len(result["searched_scores"]) <= len(result["search_seeds"])
+    assert summarise(result["searched_scores"], result["random_scores"]) == pytest.approx(result["summary"])
+    architectures = result["architectures"]
+    scored = [a for a in architectures if a["scores"]]
+    for key, tau in result["kendall_tau_by_estimate"].items():
+        expected = kendall_tau([a[key] for a in scored], [float(np.mean(a["scores"])) for a in scored])
+        assert tau == pytest.approx(expected, nan_ok=True), key
+
+
+def benchmark(tmp_path, *flags):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system",
+                             "autodeeplab", "--budget", "toy", "--search-seeds", "0", "--threads", "1", "--out-dir",
+                             str(tmp_path / "bench"), "--json", *flags], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1]), result.stdout
+
+
+@pytest.mark.slow
+def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path):
+    first, _ = benchmark(tmp_path, "--random", "1", "--results", str(tmp_path / "results"))
+    assert all(key in first for key in REQUIRED) and first["system"] == "autodeeplab"
+    assert len(first["searched_scores"]) == 1 and len(first["random_scores"]) == 1
+    assert [a["label"] for a in first["architectures"]] == ["searched_seed0", "random_0"]
+    assert all(0 <= a["supernet_seed0"] <= 1 for a in first["architectures"])
+    assert first["cpu_seconds"]["retrain_random"] > 0 and first["cpu_seconds"]["search"] > 0
+    for name in ("search_vs_random_autodeeplab.json", "search_vs_random_autodeeplab.png"):
+        assert (tmp_path / "results" / name).is_file()
+    assert (tmp_path / "bench" / "result.png").is_file()
+    random_0 = json.loads((tmp_path / "bench" / "random_0" / "architecture.json").read_text())
+    assert random_0["source"]["strategy"] == "random"
+    checkpoints = sorted((tmp_path / "bench" / "retrain").glob("*/checkpoint.pth.tar"))
+    written = {path: path.stat().st_mtime_ns for path in checkpoints}
+
+    second, output = benchmark(tmp_path, "--random", "2")
+    assert output.count("$ python train_new_model.py") == 1 and "random_1_seed0" in output  # only the new one
+    assert "search_seed0: done before" in output and "$ python train_autodeeplab.py" not in output
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in written.items())  # nothing retrained again
+    assert second["random_scores"][0] == first["random_scores"][0] and len(second["random_scores"]) == 2
+    assert second["searched_scores"] == first["searched_scores"]
+
+    changed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system",
+                              "autodeeplab", "--budget", "toy", "--random-seed", "7", "--out-dir",
+                              str(tmp_path / "bench")], capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 1 and "holds a benchmark of another setting" in changed.stderr
