@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from config_utils.common import explicit_dests, resumed_arguments
+from config_utils.common import chosen_dests, explicit_dests, resumed_arguments
 from utils.flags import locked_dests
 from config_utils.recipes import fill_recipe_defaults
 from config_utils.retrain_args import retrain_parser
@@ -27,7 +27,7 @@ from dataloaders.transforms import denormalize, eval_transform, retrain_train_tr
 from modeling.architecture_file import Genotype, architecture_to_json, load_architecture, save_architecture
 from modeling.drop_path import scheduled_probability
 from modeling.heads import ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON
-from modeling.registry import MODELS, ModelSpec, checkpoint_model, get_model, model_for_system
+from modeling.registry import ModelSpec, checkpoint_model, get_model, model_for_system, refuse_unread_flags
 from search import autopanoptic_retrain
 from utils.checkpoint import Checkpointer, load_checkpoint
 from utils.cli import process_setup, run_cli
@@ -52,16 +52,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
         raise UserError(f"--scale_range {args.scale_range[0]} {args.scale_range[1]}: expected 0 < MIN <= MAX")
     if not 0.0 <= args.drop_path_prob < 1.0:
         raise UserError(f"--drop_path_prob {args.drop_path_prob}: expected a probability in [0, 1)")
-    spec = get_model(args.model)
-    for flag, given, supports in (("--summary", args.summary, lambda m: m.summary is not None),
-                                  ("--drop_path_prob", args.drop_path_prob > 0, lambda m: m.drop_path)):
-        if given and not supports(spec):
-            names = " or ".join(f"--model {m.name}" for m in MODELS.values() if supports(m))
-            raise UserError(f"{flag}: applies to {names} (searched cells), not to {args.model}")
     if not 0.0 < args.ohem_thresh <= 1.0:
         raise UserError(f"--ohem_thresh {args.ohem_thresh}: expected a probability in (0, 1]")
-    if args.resume and not args.summary:
-        resumed = load_checkpoint(args.resume, stage="retrain")
+    chosen = chosen_dests(retrain_parser, argv, args)
+    resumed = load_checkpoint(args.resume, stage="retrain") if args.resume and not args.summary else None
+    refuse_unread_flags(network(args, resumed)[0], chosen)
+    if resumed is not None:
         return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
                                  locked_dests(parser)), resumed
     if not args.summary:
@@ -80,8 +76,6 @@ def network(args: argparse.Namespace, resumed: dict | None) -> tuple[ModelSpec, 
         return spec, None
     genotype = load_architecture(args.saved_arch_path)
     spec = model_for_system(genotype.system)
-    if args.drop_path_prob > 0 and not spec.drop_path:
-        raise UserError(f"--drop_path_prob: the {spec.name} network of {args.saved_arch_path} has no drop-path")
     args.model = spec.name
     return spec, genotype
 
@@ -103,6 +97,7 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     """Retrain (or print --summary); under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
     if retrains_panoptic(argv):
+        refuse_unread_flags(model_for_system(autopanoptic_retrain.SYSTEM), explicit_dests(retrain_parser(), argv))
         args, resumed = autopanoptic_retrain.parse_args(argv)
         stage = autopanoptic_retrain.retrain
     else:

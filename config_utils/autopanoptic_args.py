@@ -136,8 +136,9 @@ def autopanoptic_retrain_parser() -> argparse.ArgumentParser:
     parser.add_config_flag()
     add_dataset_arguments(parser)
     parser.set_defaults(dataset="synthetic_panoptic")
-    add_flag(parser, "saved_arch_path", required=True, locked=True,
-             help="the architecture: architecture.json, a run directory holding one, or an original file")
+    add_flag(parser, "saved_arch_path", default=None, locked=True,
+             help="the architecture: architecture.json, a run directory holding one, or an original file (required, "
+                  "except with --resume: the checkpoint holds it)")
     _add_run_flags(parser, "autopanoptic_retrain")
     _add_data_flags(parser)
     _add_size_flags(parser, "the paper's 3.8G network: 72 172 432 864 1728", search=False)

@@ -67,10 +67,22 @@ _UNSET = object()
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """Destinations of the flags actually given on the command line (not filled from defaults)."""
+    """Destinations of the flags actually given on the command line (not filled from defaults). Flags ``parser``
+    does not know are left out, so this also finds which of its flags a command line meant for another parser
+    gives (the Auto-Panoptic retrain's, asked for the flags of the other networks)."""
     namespace = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
-    parser.parse_args(argv, namespace=namespace)
+    parser.parse_known_args(argv, namespace=namespace)
     return {dest for dest, value in vars(namespace).items() if value is not _UNSET}
+
+
+def chosen_dests(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None,
+                 args: argparse.Namespace) -> set[str]:
+    """The flags the user chose: given on the command line, or set by ``--config`` to another value than the
+    default (a replayed args.json lists every flag, so only its changes count). ``args`` is the parse of ``argv``;
+    defaults and the recipe's values never count."""
+    defaults = vars(make_parser().parse_args([]))
+    return explicit_dests(make_parser(), argv) | {dest for dest, value in vars(args).items()
+                                                  if dest in defaults and value != defaults[dest]}
 
 
 def resumed_arguments(checkpoint: str, saved: dict[str, Any], args: argparse.Namespace, explicit: set[str],

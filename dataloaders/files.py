@@ -21,14 +21,27 @@ from utils.labels import IGNORE_INDEX
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_MODES = ("P", "L")  # palette PNGs hold class indices; greyscale PNGs hold them as grey levels
 UNKNOWN_LABEL = -1  # marks label values a lookup table does not map
+UNRANGED_MODES = {"I": "32-bit integer", "F": "32-bit floating-point"}  # Pillow modes with no fixed value range
 
 LabelReader = Callable[[Path], np.ndarray]
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 [H, W, 3] RGB (greyscale and RGBA are converted)."""
+    """An image file as uint8 [H, W, 3] RGB, whatever its mode, for training and inference alike.
+
+    16-bit samples keep their high byte (value >> 8, as Pillow reads 16-bit colour PNGs), greyscale fills the three
+    channels, alpha is dropped, and palette, CMYK and YCbCr images become their colours. Pillow's
+    ``convert("RGB")`` alone would clip 16-bit greyscale at 255, a white picture; pixels with no fixed range
+    (32-bit integers, floats) are refused rather than guessed at.
+    """
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I;16"):
+                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
+            if image.mode in UNRANGED_MODES:
+                raise UserError(f"{path}: cannot read this image: its {UNRANGED_MODES[image.mode]} pixels (mode "
+                                f"{image.mode}) have no fixed range; save it with 8 or 16 bits per channel")
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path}: cannot read this image ({error})") from None
@@ -138,8 +151,14 @@ class FilePairSource:
         return image, self.load_label(index, image.shape[:2])
 
     def check(self, num_classes: int) -> None:
-        """Read every mask (and every image header): sizes, label values, readability."""
+        """Read every mask (and every image header): sizes, label values, readability, and at least one labelled
+        pixel in the split (masks that are all 255 give nothing to learn or score)."""
+        labelled = 0
         for index in tqdm(range(len(self)), desc=f"checking {self.dataset} {self.split}", leave=False,
                           disable=None):
             mask = self.load_label(index, image_size(self.pairs[index][0]))
             check_mask_values(mask, num_classes, self.describe(index))
+            labelled += int(np.count_nonzero(mask != IGNORE_INDEX))
+        if not labelled:
+            raise UserError(f"the {self.split} split of {self.dataset} has no labelled pixel: all {len(self)} masks "
+                            f"hold only {IGNORE_INDEX} (ignore), e.g. {self.pairs[0][1]}")

@@ -126,4 +126,5 @@ register_model(ModelSpec(
     describe=lambda args, genotype: f"DeepLabV3+ {args['backbone']} at output stride {args['output_stride']}",
     export_metadata=lambda args, genotype: {"model": "deeplabv3plus", "backbone": args["backbone"],
                                             "output_stride": str(args["output_stride"])},
+    flags=frozenset({"backbone", "output_stride", "backbone_weights"}),
 ))

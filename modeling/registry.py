@@ -22,6 +22,8 @@ from utils.errors import UserError
 from utils.registry import Registry
 
 ModelArgs = dict[str, Any]  # a retrain run's arguments (args.json / the checkpoint's "args")
+ARCHITECTURE_FLAG = "saved_arch_path"  # the architecture file every searched network is built from
+SUMMARY_FLAGS = frozenset({"summary", "input_size"})  # --summary and the input size of its Multi-Adds
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class ModelSpec:
     ``genotype_system`` names the search system whose architecture files the network is built from (None:
     a hand-designed network). ``build(args, genotype, backbone_weights)`` takes a local weights file for the
     pretrained part, if the network has one (only when training starts; a checkpoint's weights replace it).
+    ``flags`` names the retrain flags (destinations) that shape this network and no other, such as
+    ``filter_multiplier``; with the architecture file of a searched network and ``--summary``'s, they are the
+    flags it ``reads``, and ``refuse_unread_flags`` refuses the other networks' flags instead of ignoring them.
     """
 
     name: str
@@ -38,9 +43,18 @@ class ModelSpec:
     describe: Callable[[ModelArgs, Genotype | None], str]
     export_metadata: Callable[[ModelArgs, Genotype | None], dict[str, str]]
     genotype_system: str | None = None
-    drop_path: bool = False  # supports scheduled drop-path (--drop_path_prob)
     summary: Callable[[ModelArgs, Genotype, tuple[int, int]], str] | None = None  # the --summary table
+    flags: frozenset[str] = frozenset()
 
+    def reads(self) -> frozenset[str]:
+        """Every network flag this network reads: its own ``flags``, the architecture file of a searched one, and
+        ``--summary`` with its ``--input_size`` where it has that table."""
+        return (self.flags | ({ARCHITECTURE_FLAG} if self.genotype_system is not None else set())
+                | (SUMMARY_FLAGS if self.summary is not None else set()))
+
+    def chosen_by(self) -> str:
+        """How a user chooses this network: by an architecture file of its system, or by ``--model``."""
+        return f"{self.genotype_system} architectures" if self.genotype_system is not None else f"--model {self.name}"
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
@@ -59,6 +73,18 @@ def model_for_system(system: str) -> ModelSpec:
         if spec.genotype_system == system:
             return spec
     raise UserError(f"no network is registered for {system} architectures")
+
+
+def refuse_unread_flags(spec: ModelSpec, chosen: set[str]) -> None:
+    """Refuse a flag the user chose (``chosen``: destinations) that shapes some registered network but not ``spec``:
+    ignored, it would train another network than asked for. One line naming the flag, the network's system and the
+    networks that do read it."""
+    network_flags = frozenset().union(*(other.reads() for other in MODELS.values()))
+    unread = sorted((chosen & network_flags) - spec.reads())
+    if unread:
+        flag = unread[0]
+        readers = ", ".join(other.chosen_by() for other in MODELS.values() if flag in other.reads())
+        raise UserError(f"--{flag}: does not apply to {spec.chosen_by()}; it applies to {readers}")
 
 
 def checkpoint_model(checkpoint: dict[str, Any], source: str) -> tuple[ModelSpec, Genotype | None]:

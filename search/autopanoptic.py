@@ -320,7 +320,7 @@ class SupernetScoring:
                                      f"{len(search.fitness)} of {total} candidates; {state_file} holds them: run the "
                                      "same command again to continue", stop.signum)
 
-        with StopRequest() as stop:
+        with StopRequest(state_file, "run the same command again to continue") as stop:
             return search.run(self.evaluator, saved)
 
     def source(self, search: ScoredPathSearch, architecture: Sequence[int], **extra: Any) -> dict[str, Any]:

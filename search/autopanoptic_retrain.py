@@ -59,6 +59,8 @@ def warmup_multistep_factor(iteration: int, milestones: Sequence[int], gamma: fl
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if args.saved_arch_path is None:
+        raise UserError("--saved_arch_path: required (the architecture to retrain), unless --resume continues a run")
     check_group_norm_widths(args)
     if sorted(args.lr_steps) != args.lr_steps or args.lr_steps[-1] >= args.max_iter:
         raise UserError(f"--lr-steps {' '.join(map(str, args.lr_steps))}: expected increasing iterations below "

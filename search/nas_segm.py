@@ -328,7 +328,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 "candidates": records, "next_candidate": next_candidate, "failures_in_a_row": failures_in_a_row,
                 "cache_bytes": stage0.nbytes}
 
-    with StopRequest() as stop:
+    with StopRequest(run_dir.checkpoint if run_dir else None) as stop:
         runner = CandidateRunner(args, recipe, stage0, train_set, meta_train, val_loader, encoder_state, device,
                                  context.rank, stop, hooks)
         while next_candidate < args.num_candidates:

@@ -52,8 +52,9 @@ def test_baseline_trains_evaluates_and_segments(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--drop_path_prob", "0.1"], "--drop_path_prob: applies to --model autodeeplab"),
-    (["--summary"], "--summary: applies to --model autodeeplab"),
+    (["--drop_path_prob", "0.1"], "--drop_path_prob: does not apply to --model deeplabv3plus; it applies to "
+                                  "autodeeplab architectures"),
+    (["--summary"], "--summary: does not apply to --model deeplabv3plus; it applies to autodeeplab architectures"),
 ])
 def test_options_that_only_searched_networks_have(extra, message):
     with pytest.raises(UserError, match=message):

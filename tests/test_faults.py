@@ -1,15 +1,25 @@
 """What the scripts do when things go wrong: an output they cannot write is refused before any work, a run directory
-serves one process at a time, writes cut short by a killed process leave no temporaries behind, and --resume takes
-a run directory."""
+serves one process at a time, writes cut short by a killed process leave no temporaries behind, --resume takes
+a run directory and every printed resume command works as printed, a second Ctrl-C quits at once in one line,
+images of any mode read as their colours, a flag the chosen network does not read is refused, and masks without
+a labelled pixel neither poison the loss nor pass the data check."""
 
 import fcntl
+import json
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
 import decode_autodeeplab
 import evaluate as evaluate_script
@@ -19,12 +29,24 @@ import train_autodeeplab
 import train_autopanoptic
 import train_nas_segm
 import train_new_model
-from tests.conftest import TINY_SEARCH, PreemptBeforeEpoch, Preempted
+from dataloaders.files import FilePairSource, read_image
+from modeling.architecture_file import save_architecture
+from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
+from modeling.autopanoptic.network import segmentation_loss
+from tests.conftest import TINY_DATA, TINY_RETRAIN, TINY_SEARCH, PreemptBeforeEpoch, Preempted, SignalAtStep
 from tests.test_cli import run
+from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
+from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
+from utils.checkpoint import load_checkpoint
+from utils.cli import run_cli
 from utils.errors import UserError
+from utils.evaluation import evaluate
+from utils.interrupt import RunInterrupted
+from utils.labels import IGNORE_INDEX
+from utils.losses import cross_entropy, make_criterion
 from utils.run_dir import RunDir, new_run_dir, read_jsonl
-from utils.trainer import Hook
+from utils.trainer import Hook, NonFiniteLoss, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_EPOCHS = ["--epochs", "2"]  # the last flag wins over the tiny arguments' 3
@@ -182,3 +204,270 @@ def test_the_retrain_resumes_from_its_run_directory(tmp_path, tiny_stage):
 def test_every_resuming_script_reads_a_run_directorys_checkpoint(tmp_path, module):
     with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'checkpoint.pth.tar'))}: checkpoint not found"):
         module.main(["--resume", str(tmp_path)])
+
+
+# ---------------------------------------------------------------- every printed resume command works as printed
+
+NAS_SEGM_FILE = ROOT / "modeling" / "architectures" / "nas_segm_wacv_arch1.json"
+PANOPTIC_RETRAIN = ["--dataset", "synthetic_panoptic", "--synthetic_train_samples", "12", "--synthetic_val_samples",
+                    "2", "--synthetic_size", "64", "--min-size", "64", "--max-size", "64", "--max-iter", "8",
+                    "--lr-steps", "5", "7", "--warmup-iters", "2", "--widths", "8", "16", "32", "64", "128"]
+
+
+def panoptic_architecture(path):
+    """A small Auto-Panoptic architecture file (the first op of every choice layer), as a search would write it."""
+    repeats = (2, 2, 4, 2)
+    save_architecture(PanopticGenotype.from_path([0] * len(layer_choices(repeats)), repeats), path)
+    return path
+
+
+@pytest.mark.parametrize("system", ["autodeeplab", "nas-segm", "autopanoptic"])
+def test_the_resume_command_a_stopped_retrain_prints_works_as_printed(tmp_path, system):
+    args = {"autodeeplab": TINY_RETRAIN,
+            "nas-segm": TINY_DATA + ["--saved_arch_path", str(NAS_SEGM_FILE), "--epochs", "2"],
+            "autopanoptic": PANOPTIC_RETRAIN + ["--saved_arch_path",
+                                                str(panoptic_architecture(tmp_path / "arch.json"))]}
+    with pytest.raises(RunInterrupted) as stopped:
+        train_new_model.main(args[system] + ["--out-dir", str(tmp_path / "run")], hooks=[SignalAtStep(2)])
+    printed = str(stopped.value).split("continue with ")[1].split()
+    assert printed == ["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")]
+    assert train_new_model.main(printed) == tmp_path / "run"
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pth.tar", stage="retrain")
+    assert state["system"] == system and "partial_epoch" not in state
+
+
+# ---------------------------------------------------------------- a second Ctrl-C
+
+# Two Ctrl-C in one step, as a user presses them: the first asks for a clean stop, the second comes before it is done.
+DOUBLE_CTRL_C = """
+import signal, sys
+import train_autodeeplab
+from tests.conftest import SignalAtStep
+from utils.cli import run_cli
+hooks = [SignalAtStep(4, signal.SIGINT), SignalAtStep(4, signal.SIGINT)]
+run_cli(lambda: train_autodeeplab.main(sys.argv[1:], hooks=hooks), "train_autodeeplab.py")
+"""
+
+
+def test_a_second_ctrl_c_quits_at_once_in_one_line_keeping_the_last_checkpoint(tmp_path):
+    run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.pth.tar"
+    result = subprocess.run([sys.executable, "-c", DOUBLE_CTRL_C, *TINY_SEARCH, "--out-dir", str(run_dir)], cwd=ROOT,
+                            env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("Ctrl-C") == 1
+    assert result.stderr.splitlines()[-1] == (f"train_autodeeplab.py: stopped at once by a second Ctrl-C; the last "
+                                              f"checkpoint {checkpoint} is intact: continue with --resume {checkpoint}")
+    state = load_checkpoint(checkpoint)
+    assert state["epoch"] == 0 and "partial_epoch" not in state  # epoch 0's, untouched by the step in hand
+    assert train_autodeeplab.main(["--resume", str(checkpoint)]) == run_dir
+    assert [record["epoch"] for record in read_jsonl(RunDir(run_dir).metrics)] == [0, 1, 2]
+
+
+def test_a_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):
+    def reading_data():
+        raise KeyboardInterrupt  # what Python raises on Ctrl-C where no stop request is listening
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(reading_data, "train_new_model.py")
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "train_new_model.py: interrupted by Ctrl-C\n"
+
+
+# ---------------------------------------------------------------- images of every mode
+
+
+def write_png16(path, samples):
+    """A 16-bit PNG of ``samples`` (uint16 [H, W, C]; C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA), which Pillow
+    cannot write itself."""
+    height, width, channels = samples.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = b"".join(b"\0" + samples[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def image_cases(folder):
+    """Files of every mode a user may hand in, each with the RGB colours it must read as."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    grey, alpha = rgb[..., 0], rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    as_rgb = lambda channel: np.repeat(channel[..., None], 3, axis=2)  # noqa: E731
+    indices = rng.integers(0, 4, (6, 5), dtype=np.uint8)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    paletted = Image.fromarray(indices, mode="P")
+    paletted.putpalette(palette.tobytes())
+    cmyk = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    cases = {
+        "rgb16.png": (lambda path: write_png16(path, rgb.astype(np.uint16) * 257), rgb),
+        "rgba16.png": (lambda path: write_png16(path, np.dstack([rgb, alpha]).astype(np.uint16) * 257), rgb),
+        "grey16.png": (lambda path: write_png16(path, grey[..., None].astype(np.uint16) * 257), as_rgb(grey)),
+        "greyalpha16.png": (lambda path: write_png16(path, np.dstack([grey, alpha]).astype(np.uint16) * 257),
+                            as_rgb(grey)),
+        "grey.png": (lambda path: Image.fromarray(grey, mode="L").save(path), as_rgb(grey)),
+        "greyalpha.png": (lambda path: Image.fromarray(np.dstack([grey, alpha]), mode="LA").save(path), as_rgb(grey)),
+        "rgba.png": (lambda path: Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(path), rgb),
+        "palette.png": (lambda path: paletted.save(path), palette[indices]),
+        "cmyk.tif": (lambda path: Image.fromarray(cmyk, mode="CMYK").save(path),
+                     np.rint((255 - cmyk[..., :3].astype(float)) * (255 - cmyk[..., 3:].astype(float)) / 255)),
+        "one_pixel.png": (lambda path: Image.fromarray(rgb[:1, :1]).save(path), rgb[:1, :1]),
+    }
+    for name, (write, _) in cases.items():
+        write(folder / name)
+    return {name: expected.astype(np.uint8) for name, (_, expected) in cases.items()}
+
+
+def test_every_image_mode_reads_as_its_8_bit_colours_for_inference_and_datasets_alike(tmp_path):
+    for name, expected in image_cases(tmp_path).items():
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.shape == expected.shape, name
+        np.testing.assert_array_equal(image, expected, err_msg=name)
+    Image.fromarray(np.zeros((6, 5), dtype=np.uint8)).save(tmp_path / "mask.png")
+    source = FilePairSource("folder", "train", [(tmp_path / "grey16.png", tmp_path / "mask.png")], CLASS_NAMES)
+    np.testing.assert_array_equal(source.load(0)[0], read_image(tmp_path / "grey.png"))
+
+
+@pytest.mark.parametrize("pixels, kind", [(np.zeros((4, 4), dtype=np.float32), "32-bit floating-point"),
+                                          (np.zeros((4, 4), dtype=np.int32), "32-bit integer")])
+def test_an_image_without_a_fixed_range_is_refused_in_one_line_naming_it(tmp_path, pixels, kind):
+    Image.fromarray(pixels).save(tmp_path / "depth.tif")
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'depth.tif'))}: cannot read this image: its "
+                                        f"{kind} pixels .* save it with 8 or 16 bits per channel$"):
+        read_image(tmp_path / "depth.tif")
+
+
+class RedChannelClasses(nn.Module):
+    """Class 0 where the red channel is above the mean colour, class 1 below it: a prediction that follows the
+    pixels, so that reading an image wrongly (16-bit saturated to white) changes it."""
+
+    def forward(self, x):
+        return torch.cat([x[:, :1], -x[:, :1], torch.zeros_like(x[:, :1])], dim=1)
+
+
+def test_a_16_bit_images_prediction_equals_its_8_bit_versions(tmp_path, monkeypatch):
+    checkpoint = {"classes": {"names": CLASS_NAMES, "palette": PALETTE}}
+    monkeypatch.setattr(inference_script, "load_trained_model", lambda path, device: (RedChannelClasses(), checkpoint))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image_cases(photos)
+    Image.fromarray(np.full((6, 5, 3), 255, dtype=np.uint8)).save(photos / "white.png")
+    Image.fromarray(read_image(photos / "rgba.png")).save(photos / "rgb.png")
+    out = inference_script.main(["--ckpt", "unused.pth.tar", "--in-path", str(photos), "--out-path",
+                                 str(tmp_path / "out")])
+    mask = lambda name: np.asarray(Image.open(out / "masks" / f"{name}.png"))  # noqa: E731
+    for sixteen, eight in (("rgb16", "rgb"), ("rgba16", "rgb"), ("grey16", "grey"), ("greyalpha16", "grey")):
+        np.testing.assert_array_equal(mask(sixteen), mask(eight), err_msg=sixteen)
+    assert not np.array_equal(mask("rgb"), mask("white")) and not np.array_equal(mask("grey"), mask("white"))
+
+
+def test_a_one_pixel_image_is_segmented_by_a_real_network(tmp_path):
+    tiny_checkpoint(tmp_path / "model.pth.tar")
+    Image.fromarray(np.full((1, 1, 3), 200, dtype=np.uint8)).save(tmp_path / "dot.png")
+    out = inference_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), "--in-path", str(tmp_path / "dot.png"),
+                                 "--out-path", str(tmp_path / "out")])
+    assert Image.open(out / "masks" / "dot.png").size == (1, 1)
+    assert Image.open(out / "overlays" / "dot.jpg").size == (1, 1)
+
+
+# ---------------------------------------------------------------- flags the chosen network does not read
+
+AUTODEEPLAB = "autodeeplab architectures"
+
+
+@pytest.mark.parametrize("extra, flag, system, readers", [
+    (["--saved_arch_path", str(NAS_SEGM_FILE), "--filter_multiplier", "48"], "filter_multiplier", "nas-segm "
+     "architectures", AUTODEEPLAB),
+    (["--saved_arch_path", str(NAS_SEGM_FILE), "--filter_multiplier", "20"], "filter_multiplier", "nas-segm "
+     "architectures", AUTODEEPLAB),  # the default value, but given: the user expects it to matter
+    (["--saved_arch_path", str(NAS_SEGM_FILE), "--drop_path_prob", "0.1"], "drop_path_prob", "nas-segm architectures",
+     AUTODEEPLAB),
+    (["--backbone", "resnet50"], "backbone", AUTODEEPLAB, "--model deeplabv3plus"),
+    (["--model", "deeplabv3plus", "--filter_multiplier", "48"], "filter_multiplier", "--model deeplabv3plus",
+     AUTODEEPLAB),
+    (["--model", "deeplabv3plus", "--summary"], "summary", "--model deeplabv3plus",
+     f"{AUTODEEPLAB}, nas-segm architectures"),
+    (["--saved_arch_path", str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--filter_multiplier", "48"],
+     "filter_multiplier", "autopanoptic architectures", AUTODEEPLAB),
+], ids=["F-nas-segm", "default-F-nas-segm", "drop-path-nas-segm", "backbone-autodeeplab", "F-deeplabv3plus",
+        "summary-deeplabv3plus", "F-autopanoptic"])
+def test_a_flag_the_chosen_network_does_not_read_is_refused_naming_its_system(tmp_path, monkeypatch, extra, flag,
+                                                                                system, readers):
+    monkeypatch.setattr(train_new_model, "run_in_process_group", not_reached)
+    with pytest.raises(UserError, match=f"^--{flag}: does not apply to {re.escape(system)}; it applies to "
+                                        f"{re.escape(readers)}"):
+        train_new_model.main(extra + ["--out-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_from_a_replayed_run_count_only_where_they_change_a_default(tmp_path):
+    replay = {"saved_arch_path": str(NAS_SEGM_FILE), "filter_multiplier": 20, "drop_path_prob": 0.0, "epochs": 1}
+    (tmp_path / "args.json").write_text(json.dumps(replay))
+    args, _ = train_new_model.parse_args(["--config", str(tmp_path / "args.json")])
+    assert args.model == "nas-segm" and args.filter_multiplier == 20
+    (tmp_path / "args.json").write_text(json.dumps(replay | {"filter_multiplier": 48}))
+    with pytest.raises(UserError, match="^--filter_multiplier: does not apply to nas-segm architectures"):
+        train_new_model.parse_args(["--config", str(tmp_path / "args.json")])
+
+
+# ---------------------------------------------------------------- masks without a labelled pixel
+
+
+def all_ignored(logits):
+    return torch.full((logits.shape[0], *logits.shape[2:]), IGNORE_INDEX, dtype=torch.long)
+
+
+@pytest.mark.parametrize("loss", [
+    cross_entropy,
+    make_criterion("ohem", 0.7, 100_000),  # fewer labelled pixels than min_kept
+    make_criterion("ohem", 0.7, 1),
+    lambda logits, target: segmentation_loss(logits, [tuple(logits.shape[-2:])] * len(logits),
+                                             [{"semantic": labels} for labels in target]),  # Auto-Panoptic's
+], ids=["cross-entropy", "ohem-all-kept", "ohem-hardest", "panoptic-semantic"])
+def test_a_batch_without_a_labelled_pixel_gives_loss_0_and_zero_gradients(loss):
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 3, padding=1)
+    logits = model(torch.randn(2, 3, 8, 8))
+    value = loss(logits, all_ignored(logits))
+    value.backward()
+    assert value.item() == 0.0
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    labelled = all_ignored(logits)
+    labelled[0, 0, 0] = 1
+    assert loss(model(torch.randn(2, 3, 8, 8)), labelled).item() > 0  # one labelled pixel is scored
+
+
+def test_a_validation_image_without_a_labelled_pixel_leaves_the_loss_finite():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 3, 1)
+    image, labelled = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+    alone = evaluate(model, [(image, labelled)], 3, torch.device("cpu"))["loss"]
+    with_empty = evaluate(model, [(image, labelled), (image, all_ignored(image))], 3, torch.device("cpu"))["loss"]
+    assert with_empty == alone > 0
+
+
+def test_data_whose_masks_are_all_ignore_is_refused_by_the_data_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_new_model, "open_run", not_reached)
+    make_folder_dataset(tmp_path / "data")
+    for mask in (tmp_path / "data" / "masks" / "train").iterdir():
+        shape = np.asarray(Image.open(mask)).shape
+        Image.fromarray(np.full(shape, IGNORE_INDEX, dtype=np.uint8), mode="L").save(mask)
+    with pytest.raises(UserError, match=r"^the train split of folder has no labelled pixel: all 2 masks hold only 255 "
+                                        r"\(ignore\)"):
+        train_new_model.main(["--dataset", "folder", "--data_root", str(tmp_path / "data"), "--epochs", "1",
+                              "--batch_size", "2", "--crop_size", "16", "--out-dir", str(tmp_path / "run")])
+
+
+def test_a_non_finite_loss_names_a_checkpoint_only_once_it_exists(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth.tar"
+    with pytest.raises(NonFiniteLoss, match=r"\(no checkpoint holds this run\)") as stopped:
+        Trainer(ToyStep(explode_at=1), toy_loader(), epochs=1, last_checkpoint=checkpoint).fit()
+    assert str(checkpoint) not in str(stopped.value)
+    checkpoint.write_bytes(b"a checkpoint")
+    with pytest.raises(NonFiniteLoss, match=f"the last good checkpoint is {re.escape(str(checkpoint))}"):
+        Trainer(ToyStep(explode_at=1), toy_loader(), epochs=1, last_checkpoint=checkpoint).fit()

@@ -75,9 +75,10 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     for images, masks in tqdm(loader, desc=desc, leave=False, disable=None if context.is_main else True):
         images, masks = images.to(device), masks.to(device)
         probabilities = predict(model, images, scales, flip, resize)
-        log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
-        total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
-        batches += 1
+        if (masks != IGNORE_INDEX).any():  # no labelled pixel, no loss (the mean over none is NaN)
+            log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
+            total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
+            batches += 1
         prediction = probabilities.argmax(dim=1).cpu()
         matrix.update(prediction, masks.cpu())
         for image, mask, predicted in zip(images.cpu(), masks.cpu(), prediction):

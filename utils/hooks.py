@@ -165,7 +165,7 @@ def fit_stage(step: TrainStep, loader: DataLoader, *, epochs: int | None = None,
     if run_dir is not None:
         hooks += [*system_hooks(tensorboard), MetricsLog(run_dir.metrics, tensorboard)]
     start_epoch, partial, best = resume
-    with StopRequest() as stop:
+    with StopRequest(run_dir.checkpoint if run_dir else None) as stop:
         checkpoint = Checkpoint(checkpointer, run_dir, context, best_metric, best, stop, checkpoint_period)
         hooks.append(checkpoint)
         if run_dir is not None:

@@ -3,6 +3,8 @@
 OHEM (as in PSPNet and mmsegmentation) averages the cross-entropy over the hard pixels only: those
 whose probability for their true class is at most ``threshold``, and never fewer than ``min_kept``
 (the ``min_kept`` hardest), so easy background pixels stop dominating the gradient.
+
+A batch whose pixels are all ignored (label 255) contributes a loss of 0 and zero gradients to both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over the labelled pixels; 0 (with zero gradients) for a batch without any, where
+    PyTorch's mean over no pixel is NaN and would stop the run as a diverged one."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7,

@@ -122,7 +122,8 @@ class Trainer:
     """Runs ``step`` over ``loader`` for ``epochs`` epochs, or for ``max_iters`` steps in all.
 
     ``loader`` must use a sampler with ``set_epoch(epoch, skip)`` (``dataloaders.SeededSampler``).
-    ``last_checkpoint`` (rank 0's checkpoint path, if any) is only quoted when a loss turns non-finite.
+    ``last_checkpoint`` (rank 0's checkpoint path, if any) is only quoted when a loss turns non-finite, and only
+    once that file exists.
     """
 
     def __init__(self, step: TrainStep, loader: DataLoader, *, epochs: int | None = None,
@@ -192,11 +193,8 @@ class Trainer:
                 try:
                     values = self.step(batch, self.global_step)
                 except NonFiniteLoss as error:
-                    kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                            else "rank 0 keeps the last good checkpoint" if self.context.enabled
-                            else "no checkpoint holds this run")
                     raise NonFiniteLoss(error.what, error.value, f" at epoch {epoch}, step {progress.steps}; stopping "
-                                        f"without saving it ({kept}). Try a lower learning rate.") from None
+                                        f"without saving it ({self._kept()}). Try a lower learning rate.") from None
                 for name, value in values.items():
                     progress.values.setdefault(name, []).append(value)
                 progress.steps += 1
@@ -211,6 +209,14 @@ class Trainer:
         self.notes = []
         for hook in self.hooks:
             hook.after_epoch(self)
+
+    def _kept(self) -> str:
+        """What a run stopped by a non-finite loss keeps: a checkpoint is named only once it exists on disk."""
+        if self.last_checkpoint is not None and self.last_checkpoint.is_file():
+            return f"the last good checkpoint is {self.last_checkpoint}"
+        if self.context.enabled and not self.context.is_main:
+            return "rank 0 keeps the last good checkpoint, if one was written"
+        return "no checkpoint holds this run"
 
     def _epoch_record(self, epoch: int, seconds: float) -> dict[str, Any]:
         """``{"epoch", first scalar, "lr", "epoch_seconds", other scalars}``, each averaged over processes."""

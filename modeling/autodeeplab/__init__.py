@@ -24,6 +24,6 @@ register_model(ModelSpec(
     export_metadata=lambda args, arch: {"model": "autodeeplab", "architecture": json.dumps(architecture_to_json(arch)),
                                         "filter_multiplier": str(args["filter_multiplier"])},
     genotype_system=Architecture.system,
-    drop_path=True,
     summary=lambda args, arch, size: summary(AutoDeepLab(arch, args["num_classes"], args["filter_multiplier"]), size),
+    flags=frozenset({"filter_multiplier", "drop_path_prob"}),
 ))

@@ -289,4 +289,5 @@ register_model(ModelSpec(
                                      f"{list(args['widths'])}"),
     export_metadata=_no_export,
     genotype_system=PanopticGenotype.system,
+    flags=frozenset({"backbone_weights"}),
 ))

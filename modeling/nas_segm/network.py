@@ -69,4 +69,5 @@ register_model(ModelSpec(
                                             "architecture": json.dumps(architecture_to_json(genotype))},
     genotype_system=DecoderGenotype.system,
     summary=lambda args, genotype, size: summary(DecoderSearchNetwork(genotype, args["num_classes"])),
+    flags=frozenset({"backbone_weights"}),
 ))
