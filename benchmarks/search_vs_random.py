@@ -17,8 +17,11 @@ Every stage runs as a user runs it, in a fresh process (one at a time: two torch
 other down many times), and the CPU seconds of each are taken from the kernel's accounting of the child. Each part's
 result is written to ``benchmark_state.json`` in the output folder as soon as it is done, so a rerun of the same
 command continues where the last one stopped and never redoes a finished search or retrain; a run that had started
-and not finished is started again from scratch (every run is seeded, so the result is the same). A stage that
-fails stops the benchmark with its error: a crashed run is never recorded as a score.
+and not finished is started again from scratch (every run is seeded, so the result is the same). Each part is keyed
+by its command and what its inputs hold (a retrain by the architecture it trains), so more random architectures, more
+seeds or another search recipe redo only the parts they change. A stage that fails stops the benchmark with its
+error: a crashed run is never recorded as a score; a retrain whose loss diverges is recorded as a failure (that
+architecture does not train with the recipe) and left out of the statistics, listed by name.
 
     python benchmarks/search_vs_random.py --system nas-segm
     python benchmarks/search_vs_random.py --system autodeeplab --search-seeds 0 1 2 --random 12
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -211,42 +215,62 @@ def run_stage(script: str, flags: Sequence[str], threads: int, log: Path) -> flo
     return child_cpu_seconds() - before
 
 
-class State:
-    """``benchmark_state.json``: the benchmark's configuration and every finished part's result, rewritten
-    atomically after each part."""
+def genotype_digest(path: Path) -> str:
+    """What an architecture file describes, apart from where it came from: two files of the same architecture
+    (a random draw repeated, a search that decodes to the same result) share it."""
+    data = json.loads(path.read_text())
+    described = {key: data.get(key) for key in ("system", "genotype", "search_space")}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
-    def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        self.path, self.config, self.parts = path, config, {}
+
+def part_key(script: str, flags: Sequence[str], inputs: Sequence[str]) -> str:
+    """A part's identity: its command and what its inputs hold. A part is reused only under the same key."""
+    return hashlib.sha256(json.dumps([script, list(flags), list(inputs)]).encode()).hexdigest()[:16]
+
+
+class State:
+    """``benchmark_state.json``: every finished part's key and result, rewritten atomically after each part. A
+    part whose key changed (other flags, another architecture) is run again; the others are kept, so a benchmark
+    given more random architectures, or another search recipe, redoes only what that changes."""
+
+    def __init__(self, path: Path, system: str) -> None:
+        self.path, self.system, self.parts = path, system, {}
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as error:
                 raise BenchmarkError(f"{path}: not a readable benchmark state ({error}); delete it to start "
                                      "again") from None
-            if saved.get("format") != STATE_FORMAT or saved.get("config") != config:
-                raise BenchmarkError(f"{path}: holds a benchmark of another setting ({saved.get('config')}); use "
-                                     "another --out-dir or the same flags")
+            if saved.get("format") != STATE_FORMAT or saved.get("system") != system:
+                raise BenchmarkError(f"{path}: holds a benchmark of system {saved.get('system')!r}, not {system!r}; "
+                                     "use another --out-dir")
             self.parts = saved["parts"]
 
-    def done(self, name: str) -> dict[str, Any] | None:
-        return self.parts.get(name)
+    def done(self, name: str, key: str | None = None) -> dict[str, Any] | None:
+        """The result of part ``name`` if it finished (under ``key``, when given)."""
+        part = self.parts.get(name)
+        return part if part is not None and (key is None or part["key"] == key) else None
 
-    def record(self, name: str, result: dict[str, Any]) -> None:
+    def record(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         self.parts[name] = result
         with atomic_path(self.path) as temporary:
             temporary.write_text(json.dumps({"format": STATE_FORMAT, "format_version": STATE_VERSION,
-                                             "config": self.config, "parts": self.parts}, indent=1) + "\n")
+                                             "system": self.system, "parts": self.parts}, indent=1) + "\n")
+        return result
 
 
 class Benchmark:
-    """The parts of one benchmark, each run once (``part``) and remembered in the state."""
+    """The parts of one benchmark, each run once per key (``part``) and remembered in the state."""
 
     def __init__(self, system: System, budget: Budget, out: Path, threads: int, state: State) -> None:
         self.system, self.budget, self.out, self.threads, self.state = system, budget, out, threads, state
 
-    def part(self, name: str, script: str, flags: Sequence[str], run_dir: Path | None) -> dict[str, Any]:
-        """Run one stage unless the state has it; a run directory left by an unfinished attempt is removed first."""
-        finished = self.state.done(name)
+    def part(self, name: str, script: str, flags: Sequence[str], run_dir: Path | None,
+             inputs: Sequence[str] = ()) -> dict[str, Any]:
+        """Run one stage unless the state has it under the same key; a run directory left by an unfinished or
+        outdated attempt is removed first. A retrain that diverges is recorded as failed."""
+        key = part_key(script, flags, inputs)
+        finished = self.state.done(name, key)
         if finished is not None:
             print(f"{name}: done before ({finished['cpu_s']:.0f} CPU s)")
             return finished
@@ -255,29 +279,34 @@ class Benchmark:
             shutil.rmtree(run_dir)
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        cpu = run_stage(script, flags, self.threads, logs / f"{name}.txt")
-        return {"cpu_s": round(cpu, 1), "wall_s": round(time.time() - started, 1)}
+        started, cpu_before = time.time(), child_cpu_seconds()
+        result: dict[str, Any] = {"key": key}
+        try:
+            run_stage(script, flags, self.threads, logs / f"{name}.txt")
+        except Diverged as error:
+            if script != "train_new_model.py":
+                raise
+            result["failed"] = str(error)
+        result |= {"cpu_s": round(child_cpu_seconds() - cpu_before, 1), "wall_s": round(time.time() - started, 1)}
+        if "failed" not in result and script == "train_new_model.py":
+            scores = [record[self.system.metric] for record in read_jsonl(RunDir(run_dir).metrics)
+                      if self.system.metric in record]
+            if not scores or not math.isfinite(scores[-1]):
+                raise BenchmarkError(f"{run_dir}: the retrain recorded no finite {self.system.metric}")
+            result["score"] = scores[-1]
+        return self.state.record(name, result)
 
-    def finish(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
-        if self.state.done(name) is None:
-            self.state.record(name, result)
-        return self.state.done(name)
-
-    def search(self, seed: int) -> Path:
-        """The search of ``seed`` and its decoded architecture file."""
+    def search(self, seed: int) -> tuple[Path, str]:
+        """The search of ``seed`` and its decoded architecture file, with the search part's key."""
         run_dir = self.out / f"search_seed{seed}"
-        name = f"search_seed{seed}"
-        result = self.part(name, self.system.search_script,
-                           [*self.budget.data, *self.budget.search, "--seed", str(seed), "--out-dir", str(run_dir)],
-                           run_dir)
-        self.finish(name, result)
-        name = f"decode_seed{seed}"
-        result = self.part(name, "decode_autodeeplab.py", ["--resume", str(run_dir), *self.budget.decode], None)
-        self.finish(name, result)
-        return RunDir(run_dir).architecture
+        searched = self.part(f"search_seed{seed}", self.system.search_script,
+                             [*self.budget.data, *self.budget.search, "--seed", str(seed), "--out-dir", str(run_dir)],
+                             run_dir)
+        self.part(f"decode_seed{seed}", "decode_autodeeplab.py", ["--resume", str(run_dir), *self.budget.decode],
+                  None, [searched["key"]])
+        return RunDir(run_dir).architecture, searched["key"]
 
-    def random_architectures(self, count: int, seed: int, space_from: Path) -> list[Path]:
+    def random_architectures(self, count: int, seed: int, space_from: Path, space_key: str) -> list[Path]:
         """``count`` uniformly drawn architecture files of the space of the search in ``space_from`` (one-shot
         systems), or of a random decoder search's candidates (nas-segm)."""
         if self.system.name == "nas-segm":
@@ -285,27 +314,23 @@ class Benchmark:
         files = []
         for k in range(count):
             out_dir = self.out / f"random_{k}"
-            name = f"draw_random_{k}"
-            result = self.part(name, "decode_autodeeplab.py",
-                               ["--resume", str(space_from), "--strategy", "random", "--random-candidates", "1",
-                                "--seed", str(seed + k), "--out-dir", str(out_dir)], None)
-            self.finish(name, result)
+            self.part(f"draw_random_{k}", "decode_autodeeplab.py",
+                      ["--resume", str(space_from), "--strategy", "random", "--random-candidates", "1", "--seed",
+                       str(seed + k), "--out-dir", str(out_dir)], None, [space_key])
             files.append(RunDir(out_dir).architecture)
         return files
 
     def _random_decoders(self, count: int, seed: int) -> list[Path]:
         run_dir = self.out / "random_search"
-        name = f"random_search_{count}"
-        result = self.part(name, self.system.search_script,
-                           [*self.budget.data, *self.budget.search, "--agent", "random", "--num_candidates",
-                            str(count), "--seed", str(seed), "--out-dir", str(run_dir)], run_dir)
-        self.finish(name, result)
+        self.part("random_search", self.system.search_script,
+                  [*self.budget.data, *self.budget.search, "--agent", "random", "--num_candidates", str(count),
+                   "--seed", str(seed), "--out-dir", str(run_dir)], run_dir)
+        space = json.loads((run_dir / "args.json").read_text())["space"]
         files = []
         for record in read_jsonl(RunDir(run_dir).candidates)[:count]:
             if record["status"] != "ok":
                 raise BenchmarkError(f"random candidate {record['candidate']} failed ({record['failure']}); see "
                                      f"{RunDir(run_dir).candidates}")
-            space = json.loads((run_dir / "args.json").read_text())["space"]
             genotype = DecoderGenotype.from_json({"space": space, "config": record["genotype"]}, None, {
                 "strategy": "random", "candidate": record["candidate"], "reward": record["reward"],
                 "checkpoint": str(RunDir(run_dir).checkpoint)}, str(RunDir(run_dir).candidates))
@@ -319,22 +344,10 @@ class Benchmark:
         """The retrained score of ``architecture`` with retrain seed ``seed`` (the last validation's metric), or None
         where the retrain diverged (recorded as such)."""
         run_dir = self.out / "retrain" / f"{label}_seed{seed}"
-        name = f"retrain_{label}_seed{seed}"
-        finished = self.state.done(name)
-        if finished is None:
-            started = child_cpu_seconds()
-            try:
-                result = self.part(name, "train_new_model.py",
-                                   [*self.budget.data, *self.budget.retrain, "--saved_arch_path", str(architecture),
-                                    "--seed", str(seed), "--out-dir", str(run_dir)], run_dir)
-            except Diverged as error:
-                finished = self.finish(name, {"cpu_s": round(child_cpu_seconds() - started, 1), "failed": str(error)})
-            else:
-                scores = [record[self.system.metric] for record in read_jsonl(RunDir(run_dir).metrics)
-                          if self.system.metric in record]
-                if not scores or not math.isfinite(scores[-1]):
-                    raise BenchmarkError(f"{run_dir}: the retrain recorded no finite {self.system.metric}")
-                finished = self.finish(name, result | {"score": scores[-1]})
+        finished = self.part(f"retrain_{label}_seed{seed}", "train_new_model.py",
+                             [*self.budget.data, *self.budget.retrain, "--saved_arch_path", str(architecture),
+                              "--seed", str(seed), "--out-dir", str(run_dir)], run_dir,
+                             [genotype_digest(architecture)])
         if "failed" in finished:
             print(f"  {label}, retrain seed {seed}: FAILED ({finished['failed']})")
             return None
@@ -419,13 +432,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = system.budgets[args.budget]
     out = Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"system": system.name, "budget": args.budget, "data": list(budget.data), "search": list(budget.search),
-              "retrain": list(budget.retrain), "random_seed": args.random_seed}
-    state = State(out / "benchmark_state.json", config)
+    state = State(out / "benchmark_state.json", system.name)
     bench = Benchmark(system, budget, out, args.threads, state)
 
-    searched_files = [bench.search(seed) for seed in args.search_seeds]
-    random_files = bench.random_architectures(args.random, args.random_seed, out / f"search_seed{args.search_seeds[0]}")
+    searches = {seed: bench.search(seed) for seed in args.search_seeds}
+    searched_files = [searches[seed][0] for seed in args.search_seeds]
+    first = args.search_seeds[0]
+    random_files = bench.random_architectures(args.random, args.random_seed, out / f"search_seed{first}",
+                                              searches[first][1])
     labels = [f"searched_seed{seed}" for seed in args.search_seeds] + [f"random_{k}" for k in range(args.random)]
     files = searched_files + random_files
     retrained = {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
@@ -442,14 +456,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         believed = {}
         for seed in args.search_seeds:
             names = [f"estimate_supernet{seed}_{label}" for label in labels]
-            missing = [i for i, name in enumerate(names) if state.done(name) is None]
+            keys = [part_key("estimate", [], [searches[seed][1], genotype_digest(path)]) for path in files]
+            missing = [i for i, (name, key) in enumerate(zip(names, keys)) if state.done(name, key) is None]
             if missing:
                 print(f"estimates: the supernet of search seed {seed} scores {len(missing)} architectures", flush=True)
                 cpu_before = time.process_time()
                 values = supernet_estimates(system.name, out / f"search_seed{seed}", [files[i] for i in missing])
                 cpu = (time.process_time() - cpu_before) / len(missing)
                 for i, value in zip(missing, values):
-                    state.record(names[i], {"value": value, "cpu_s": round(cpu, 1)})
+                    state.record(names[i], {"key": keys[i], "value": value, "cpu_s": round(cpu, 1)})
             believed[f"supernet_seed{seed}"] = [state.done(name)["value"] for name in names]
     scored = [i for i, score in enumerate(mean_scores) if not math.isnan(score)]
     taus = {key: kendall_tau([values[i] for i in scored], [mean_scores[i] for i in scored])
@@ -462,7 +477,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              f"retrained ({', '.join(failures)} diverged); see {out / 'logs'}")
     cpu = {"search": 0.0, "decode": 0.0, "random_draw": 0.0, "retrain_searched": 0.0, "retrain_random": 0.0,
            "estimates": 0.0}
+    used = ({f"search_seed{seed}" for seed in args.search_seeds} | {f"decode_seed{seed}" for seed in args.search_seeds}
+            | {f"draw_random_{k}" for k in range(args.random)} | {"random_search"}
+            | {f"retrain_{label}_seed{seed}" for label in labels for seed in args.retrain_seeds}
+            | ({f"estimate_supernet{seed}_{label}" for seed in args.search_seeds for label in labels}
+               if system.name != "nas-segm" else set()))
     for name, part in state.parts.items():
+        if name not in used:
+            continue
         kind = ("search" if name.startswith("search_") else "decode" if name.startswith("decode_")
                 else "random_draw" if name.startswith(("draw_random", "random_search")) else
                 "retrain_searched" if name.startswith("retrain_searched") else

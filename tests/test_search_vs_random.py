@@ -103,7 +103,14 @@ def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path):
     assert second["random_scores"][0] == first["random_scores"][0] and len(second["random_scores"]) == 2
     assert second["searched_scores"] == first["searched_scores"]
 
-    changed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system",
-                              "autodeeplab", "--budget", "toy", "--random-seed", "7", "--out-dir",
-                              str(tmp_path / "bench")], capture_output=True, text=True, timeout=600)
-    assert changed.returncode == 1 and "holds a benchmark of another setting" in changed.stderr
+    reseeded, output = benchmark(tmp_path, "--random", "1", "--random-seed", "7")
+    assert output.count("$ python train_new_model.py") == 1 and "retrain_random_0_seed0:\n" in output
+    assert "retrain_searched_seed0_seed0: done before" in output  # only the random architecture changed
+    assert reseeded["searched_scores"] == first["searched_scores"]
+    drawn = json.loads((tmp_path / "bench" / "random_0" / "architecture.json").read_text())
+    assert drawn["genotype"] != random_0["genotype"]
+
+    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system", "nas-segm",
+                            "--budget", "toy", "--out-dir", str(tmp_path / "bench")], capture_output=True, text=True,
+                           timeout=600)
+    assert other.returncode == 1 and "holds a benchmark of system 'autodeeplab', not 'nas-segm'" in other.stderr
