@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
         stage = autopanoptic_retrain.retrain
     else:
         args, resumed = parse_args(argv)
-        if args.summary:
-            spec, genotype = network(args, None)
-            print(spec.summary(vars(args), genotype, tuple(args.input_size)))
-            return None
         stage = retrain
+    if args.summary:
+        spec, genotype = network(args, None)
+        print(spec.summary(vars(args), genotype, tuple(args.input_size)))
+        return None
     check_run_output(args)
     run_dir = run_in_process_group(args, lambda context: stage(args, resumed, context, argv, hooks))
     return run_dir.path if run_dir is not None else None

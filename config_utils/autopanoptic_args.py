@@ -139,6 +139,11 @@ def autopanoptic_retrain_parser() -> argparse.ArgumentParser:
     add_flag(parser, "saved_arch_path", default=None, locked=True,
              help="the architecture: architecture.json, a run directory holding one, or an original file (required, "
                   "except with --resume: the checkpoint holds it)")
+    add_flag(parser, "summary", action="store_true",
+             help="print parameters and Multi-Adds per component and exit (no data needed): the network on COCO "
+                  "panoptic (80 thing, 53 stuff categories), with the paper's sizes where no size flag is given")
+    add_flag(parser, "input_size", type=positive_int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+             help="input size for the --summary Multi-Adds (default: 800 1333, the paper's test size)")
     _add_run_flags(parser, "autopanoptic_retrain")
     _add_data_flags(parser)
     _add_size_flags(parser, "the paper's 3.8G network: 72 172 432 864 1728", search=False)

@@ -28,9 +28,10 @@ def add_resume_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, w
                   "directory")
 
 
-def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
-    """--ckpt: the trained network that evaluation, inference and export read."""
-    add_flag(parser, "ckpt", required=True, metavar="FILE",
+def add_checkpoint_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--ckpt: the trained network that evaluation, inference and export read (evaluation may score prediction
+    files instead, so it checks the flag itself)."""
+    add_flag(parser, "ckpt", required=required, metavar="FILE", default=None,
              help="a retrain checkpoint (model_best.pth.tar or checkpoint.pth.tar)")
 
 

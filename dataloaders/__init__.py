@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, coco_panoptic, folder,  # noqa: F401 - register
                                   pascal, synthetic, synthetic_context, synthetic_panoptic)
 from dataloaders.loaders import (SeededSampler, SegmentationDataset, TrainingSources, check_recorded_split,
-                                 check_split, keep_data_split, make_loader, require_panoptic_dataset, split_indices,
-                                 training_sources, validation_loader)
+                                 check_split, keep_data_split, make_loader, panoptic_split_source,
+                                 require_panoptic_dataset, split_dataset, split_indices, training_sources,
+                                 validation_loader)
 from dataloaders.panoptic import PanopticDataset, PanopticSource, PanopticTransform, trainable_indices
 from dataloaders.registry import (DATASETS, IGNORE_INDEX, DatasetInfo, SegmentationSource, add_dataset_arguments,
                                   check_mask_values, dataset_root, get_dataset_info, register_dataset,
@@ -20,5 +21,6 @@ from dataloaders.registry import (DATASETS, IGNORE_INDEX, DatasetInfo, Segmentat
 __all__ = ["DATASETS", "IGNORE_INDEX", "DatasetInfo", "PanopticDataset", "PanopticSource", "PanopticTransform",
            "SeededSampler", "SegmentationDataset", "SegmentationSource", "TrainingSources", "add_dataset_arguments",
            "check_mask_values", "check_recorded_split", "check_split", "dataset_root", "get_dataset_info",
-           "keep_data_split", "make_loader", "require_panoptic_dataset", "register_dataset", "resolve_num_classes", "source_palette",
-           "split_indices", "trainable_indices", "training_sources", "validation_loader", "voc_palette"]
+           "keep_data_split", "make_loader", "panoptic_split_source", "require_panoptic_dataset", "register_dataset",
+           "resolve_num_classes", "source_palette", "split_dataset", "split_indices", "trainable_indices",
+           "training_sources", "validation_loader", "voc_palette"]

@@ -131,6 +131,9 @@ class FilePairSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def image_path(self, index: int) -> Path:
+        return self.pairs[index][0]
+
     def describe(self, index: int) -> str:
         image, label = self.pairs[index]
         return f"{label} (mask of {image.name})"

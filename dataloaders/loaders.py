@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dataloaders.registry import DATASETS, SegmentationSource, check_mask_values, get_dataset_info, source_palette
+from dataloaders.panoptic import PanopticSource
+from dataloaders.registry import (DATASETS, DatasetInfo, SegmentationSource, check_mask_values, get_dataset_info,
+                                  source_palette)
 from dataloaders.transforms import seeded_rng
 from utils.atomic import atomic_path
 from utils.distributed import DistributedContext
@@ -213,6 +215,33 @@ def check_recorded_split(recorded: dict[str, list[str]] | None, current: dict[st
     changed = moved or sorted(set(recorded["train"] + recorded["val"]) ^ set(current["train"] + current["val"]))
     raise UserError(f"{origin}: the folder's images changed since the run split them into train and val "
                     f"({len(changed)} image(s), e.g. {changed[0]!r}); restore them, or start a new run")
+
+
+def split_dataset(args: argparse.Namespace) -> DatasetInfo:
+    """The registry entry of ``--dataset``, with ``--split`` checked to be one of its splits."""
+    info = get_dataset_info(args.dataset)
+    if args.split not in info.splits:
+        raise UserError(f"--split {args.split}: dataset {args.dataset} has the splits {', '.join(info.splits)}")
+    return info
+
+
+def panoptic_split_source(args: argparse.Namespace, categories: Sequence[dict[str, Any]],
+                          checkpoint: str) -> PanopticSource:
+    """The ``--split`` of ``--dataset`` for a panoptic network trained on ``categories``: the labels must be
+    panoptic, and the categories the same ids, things and stuff alike, in the same order (the network's outputs
+    name them by position)."""
+    info = get_dataset_info(args.dataset)
+    if "panoptic" not in info.tasks:
+        raise UserError(f"--dataset {args.dataset}: its labels serve {', '.join(info.tasks)}, and {checkpoint} is a "
+                        "panoptic network")
+    source = split_dataset(args).make_source(args.split, args)
+
+    def kinds(listed: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+        return [(category["id"], bool(category["isthing"])) for category in listed]
+
+    if kinds(source.categories) != kinds(categories):
+        raise UserError(f"--dataset {args.dataset}: its categories differ from those {checkpoint} was trained on")
+    return source
 
 
 def require_panoptic_dataset(name: str) -> None:

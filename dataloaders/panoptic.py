@@ -10,12 +10,16 @@ what the semantic branch and Mask R-CNN train on (shared/reference/autopanoptic.
   list gives them, 255 = VOID. A crowd region is a thing region and gets 0, as the usual panoptic-to-semantic
   conversion (detectron2's ``prepare_panoptic_fpn.py``) labels it: it is surely "some thing", just not one
   outlined instance.
-- instances: the non-crowd thing segments only (Auto-Panoptic drops crowd annotations from its training
-  targets), labelled 1..T in the categories' order (0 is torchvision's background).
+- instances: the objects of an instances file where the source has one (COCO's ``instances_{split}2017.json``,
+  which the original trains its detector on: whole masks, overlapping where the objects do, and the file's
+  boxes), else the non-crowd thing segments of the panoptic map (which never overlap). Either way crowds are
+  left out (Auto-Panoptic drops crowd annotations from its training targets) and the labels are 1..T in the
+  categories' order (0 is torchvision's background).
 
 ``PanopticDataset`` resizes (short side ``min_size``, long side at most ``max_size``, as maskrcnn-benchmark
 does) and, for training, flips with probability 0.5, seeded per sample by ``SeededSampler``'s seed. Targets are
-computed from the transformed id map, so boxes, masks and the semantic map agree with the image by construction.
+computed from the transformed id map and instances, so boxes, masks and the semantic map agree with the image
+by construction.
 
 Input normalisation is left to the model. Images come out as RGB floats in 0..1, what torchvision's detection
 models take; Auto-Panoptic's input (BGR 0..255 minus ``PIXEL_MEAN`` = [102.9801, 115.9465, 122.7717], std 1,
@@ -28,10 +32,10 @@ and even given the same ``min_size``/``max_size`` it can move a side by a pixel 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,9 +55,11 @@ class PanopticSource(Protocol):
     """One split of a panoptic dataset: raw arrays, no tensors, no augmentation.
 
     ``load(i)`` gives (image uint8 [H, W, 3] RGB, segment ids int32 [H, W] with 0 = VOID, segment records);
-    ``segments(i)`` gives the records alone, without reading pixels (for selecting training images);
-    ``check(num_classes)`` validates the whole split (``num_classes``: the semantic classes, 1 + stuff count,
-    or None); ``class_names`` are the semantic classes' names ("things", then each stuff category).
+    ``ground_truth(i)`` the ids and records without the image (for scoring prediction files); ``segments(i)``
+    the records alone, without reading pixels (for selecting training images); ``image_id(i)`` and
+    ``png_name(i)`` the image's id and the name of its panoptic PNG, which a COCO-panoptic prediction of it
+    carries; ``check(num_classes)`` validates the whole split (``num_classes``: the semantic classes, 1 + stuff
+    count, or None); ``class_names`` are the semantic classes' names ("things", then each stuff category).
     """
 
     categories: Sequence[Mapping[str, Any]]
@@ -63,13 +69,39 @@ class PanopticSource(Protocol):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]: ...
 
+    def ground_truth(self, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]: ...
+
     def segments(self, index: int) -> list[dict[str, Any]]: ...
 
     def describe(self, index: int) -> str: ...
 
     def image_id(self, index: int) -> int: ...
 
+    def png_name(self, index: int) -> str: ...
+
     def check(self, num_classes: int | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class AnnotatedInstances:
+    """One image's non-crowd objects as an instances file annotates them: ``boxes`` float32 [N, 4] x1, y1, x2, y2
+    (x2 = x + w, one past the last column), ``category_ids`` int64 [N] and ``masks`` uint8 [N, H, W], which
+    overlap where the objects do."""
+
+    boxes: np.ndarray
+    category_ids: np.ndarray
+    masks: np.ndarray
+
+
+@runtime_checkable
+class InstanceAnnotatedSource(PanopticSource, Protocol):
+    """A panoptic source whose boxes and masks come from an instances file: ``instance_records(i)`` are the
+    image's object records (``category_id``, ``iscrowd``, ``bbox``, ``segmentation``), read without decoding any
+    mask (for selecting training images); ``instances(i)`` decodes them (``annotated_instances``)."""
+
+    def instance_records(self, index: int) -> list[dict[str, Any]]: ...
+
+    def instances(self, index: int) -> AnnotatedInstances: ...
 
 
 def check_categories(categories: Any, where: str) -> list[dict[str, Any]]:
@@ -169,6 +201,42 @@ def instance_targets(ids: np.ndarray, segments: Sequence[Mapping[str, Any]],
             "masks": masks.astype(np.uint8)}
 
 
+def annotated_instances(records: Sequence[Mapping[str, Any]], height: int, width: int,
+                        decode: Callable[[Any, int, int], np.ndarray]) -> AnnotatedInstances:
+    """The non-crowd objects of an instances file's ``records`` for one image, as the original's ``COCODataset``
+    keeps them: boxes from the ``bbox`` [x, y, w, h] clipped to the image, an object kept only if both sides of
+    its clipped box exceed one pixel (maskrcnn-benchmark's ``clip_to_image(remove_empty=True)`` with its
+    x2 = x + w - 1), and each mask decoded whole by ``decode(segmentation, height, width)`` (bool [H, W])."""
+    kept, boxes = [], []
+    for record in records:
+        if _is_crowd(record):
+            continue
+        x, y, w, h = (float(value) for value in record["bbox"])
+        box = [min(max(x, 0.0), width), min(max(y, 0.0), height), min(max(x + w, 0.0), width),
+               min(max(y + h, 0.0), height)]
+        if box[2] - box[0] > MIN_BOX_SIDE and box[3] - box[1] > MIN_BOX_SIDE:
+            kept.append(record)
+            boxes.append(box)
+    masks = [decode(record["segmentation"], height, width) for record in kept]
+    return AnnotatedInstances(np.array(boxes, dtype=np.float32).reshape(-1, 4),
+                              np.array([record["category_id"] for record in kept], dtype=np.int64),
+                              np.stack(masks).astype(np.uint8) if masks else np.zeros((0, height, width), np.uint8))
+
+
+def annotated_instance_targets(instances: AnnotatedInstances,
+                               categories: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Mask R-CNN's targets from an instances file's objects (``instance_targets``' keys): the file's boxes and
+    whole masks, labelled 1..T in the categories' order. An object whose category is not a thing is a
+    ValueError: sources check their files first, so reaching it here is a bug."""
+    things = {category_id: label for label, category_id in enumerate(thing_category_ids(categories), start=1)}
+    unknown = sorted(set(instances.category_ids.tolist()) - set(things))
+    if unknown:
+        raise ValueError(f"instance category ids {unknown} are not thing categories")
+    return {"boxes": instances.boxes.astype(np.float32).reshape(-1, 4),
+            "labels": np.array([things[category] for category in instances.category_ids.tolist()], dtype=np.int64),
+            "masks": instances.masks.astype(np.uint8)}
+
+
 def segments_info(ids: np.ndarray, labels: Mapping[int, tuple[int, int]]) -> list[dict[str, Any]]:
     """COCO ``segments_info`` records of the ids present in ``ids`` (ascending): ``labels`` maps each id to
     (category_id, iscrowd); ``bbox`` is [x, y, width, height] of the pixels and ``area`` their count, as
@@ -194,9 +262,11 @@ def has_trainable_instance(segments: Sequence[Mapping[str, Any]], categories: Se
 
 
 def trainable_indices(source: PanopticSource) -> list[int]:
-    """The indices of ``source`` worth training on (``has_trainable_instance``), read from the segment records
-    without any pixels. For the training split only: evaluation keeps every image."""
-    return [index for index in range(len(source)) if has_trainable_instance(source.segments(index), source.categories)]
+    """The indices of ``source`` worth training on (``has_trainable_instance``), read without any pixels from the
+    records its boxes come from: the instances file's where it has one (the original selects by those), else
+    the panoptic segments. For the training split only: evaluation keeps every image."""
+    records = source.instance_records if isinstance(source, InstanceAnnotatedSource) else source.segments
+    return [index for index in range(len(source)) if has_trainable_instance(records(index), source.categories)]
 
 
 def read_panoptic_png(path: Path) -> np.ndarray:
@@ -244,7 +314,8 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
 
 @dataclass(frozen=True)
 class PanopticTransform:
-    """Resize (image bilinear, ids nearest at pixel centres) and, when ``train``, flip with p = 0.5.
+    """Resize (image bilinear; ids and instance masks nearest at pixel centres; boxes scaled) and, when ``train``,
+    flip with p = 0.5.
 
     Works on numpy arrays so the ids stay exact integers; the flip is drawn from ``generator`` only.
     """
@@ -253,8 +324,9 @@ class PanopticTransform:
     max_size: int
     train: bool
 
-    def __call__(self, image: np.ndarray, ids: np.ndarray,
-                 generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, ids: np.ndarray, generator: torch.Generator,
+                 instances: AnnotatedInstances | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, AnnotatedInstances | None]:
         height, width = ids.shape
         out_height, out_width = resized_shape(height, width, self.min_size, self.max_size)
         if (out_height, out_width) != (height, width):
@@ -262,9 +334,18 @@ class PanopticTransform:
             rows = ((np.arange(out_height) + 0.5) * height / out_height).astype(np.int64)
             cols = ((np.arange(out_width) + 0.5) * width / out_width).astype(np.int64)
             ids = ids[rows[:, None], cols[None, :]]
+            if instances is not None:
+                scale = np.array([out_width / width, out_height / height] * 2, dtype=np.float32)
+                instances = replace(instances, boxes=instances.boxes * scale,
+                                    masks=instances.masks[:, rows[:, None], cols[None, :]])
         if self.train and float(torch.rand((), generator=generator)) < TRAIN_FLIP_PROBABILITY:
             image, ids = image[:, ::-1], ids[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(ids)
+            if instances is not None:
+                mirrored = instances.boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [out_width, 0, out_width, 0]
+                instances = replace(instances, boxes=mirrored.astype(np.float32), masks=instances.masks[:, :, ::-1])
+        if instances is not None:
+            instances = replace(instances, masks=np.ascontiguousarray(instances.masks))
+        return np.ascontiguousarray(image), np.ascontiguousarray(ids), instances
 
 
 class PanopticDataset(Dataset):
@@ -273,9 +354,10 @@ class PanopticDataset(Dataset):
     is never touched).
 
     A sample is (image float32 [3, H, W] RGB in 0..1, target) with target ``boxes``, ``labels``, ``masks``
-    (``instance_targets``), ``semantic`` int64 [H, W] (255 = VOID), all at the transformed size; ``panoptic``
+    (``annotated_instance_targets`` of a source with an instances file, else ``instance_targets``), ``semantic``
+    int64 [H, W] (255 = VOID), all at the transformed size; ``panoptic``
     int64 [H0, W0] and ``segments``: the untransformed ground truth, which PQ scores (predictions are brought
-    back to ``orig_size`` = (H0, W0) as Auto-Panoptic does); and ``image_id``.
+    back to ``orig_size`` = (H0, W0) as Auto-Panoptic does); ``image_id`` and ``file_name`` (``png_name``).
     """
 
     def __init__(self, source: PanopticSource, transform: PanopticTransform) -> None:
@@ -290,14 +372,17 @@ class PanopticDataset(Dataset):
         index = int(index)
         image, ids, segments = self.source.load(index)
         generator = torch.Generator().manual_seed(int(seed))
-        resized_image, resized_ids = self.transform(image, ids, generator)
+        annotated = self.source.instances(index) if isinstance(self.source, InstanceAnnotatedSource) else None
+        resized_image, resized_ids, annotated = self.transform(image, ids, generator, annotated)
         categories = self.source.categories
-        instances = instance_targets(resized_ids, segments, categories)
+        instances = (instance_targets(resized_ids, segments, categories) if annotated is None
+                     else annotated_instance_targets(annotated, categories))
         target = {name: torch.from_numpy(array) for name, array in instances.items()}
         target["semantic"] = torch.from_numpy(semantic_target(resized_ids, segments, categories).astype(np.int64))
         target["panoptic"] = torch.from_numpy(ids.astype(np.int64))
         target["segments"] = [dict(segment) for segment in segments]
         target["image_id"] = self.source.image_id(index)
+        target["file_name"] = self.source.png_name(index)
         target["orig_size"] = ids.shape
         return torch.from_numpy(np.ascontiguousarray(resized_image.transpose(2, 0, 1), dtype=np.float32) / 255), target
 

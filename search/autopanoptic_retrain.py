@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from config_utils.autopanoptic_args import (RETRAIN_RECIPE_FLAGS, autopanoptic_retrain_parser,
                                             check_group_norm_widths)
 from config_utils.common import parse_stage_args
+from config_utils.recipes import recipe
 from dataloaders import SeededSampler, make_loader, require_panoptic_dataset, training_sources
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
 from modeling.architecture_file import (architecture_from_json, architecture_to_json, load_architecture,
@@ -44,6 +45,8 @@ from utils.trainer import Hook
 
 SYSTEM = "autopanoptic"
 WARMUP_FACTOR = 0.1
+SUMMARY_DATASET = "coco_panoptic"  # --summary describes the network on COCO panoptic, at the paper's sizes
+COCO_THING_CLASSES, COCO_STUFF_CLASSES = 80, 53
 VALIDATION_KEYS = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")
 
 
@@ -69,9 +72,29 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any] | None]:
-    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
+    """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags); for --summary, the
+    network's arguments alone."""
+    if autopanoptic_retrain_parser().parse_args(argv).summary:
+        return summary_args(argv), None
     return parse_stage_args(autopanoptic_retrain_parser(), argv, SYSTEM, "retrain", RETRAIN_RECIPE_FLAGS,
                             prepare=lambda args: require_panoptic_dataset(args.dataset), check=check_args)
+
+
+def summary_args(argv: list[str] | None) -> argparse.Namespace:
+    """--summary's network: the architecture file's, with COCO panoptic's categories and, for every size flag not
+    given, the paper's retrain value (so the table needs no data and describes the paper's network)."""
+    args = autopanoptic_retrain_parser().parse_args(argv)
+    if args.saved_arch_path is None:
+        raise UserError("--saved_arch_path: required (the architecture to summarise)")
+    genotype = load_architecture(args.saved_arch_path, expected=PanopticGenotype)
+    for flag, value in recipe(SYSTEM, "retrain", SUMMARY_DATASET).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    check_group_norm_widths(args)
+    args.thing_classes, args.stuff_classes = COCO_THING_CLASSES, COCO_STUFF_CLASSES
+    args.stage_repeats = list(genotype.stage_repeats)
+    args.model = SYSTEM
+    return args
 
 
 class PanopticValidation:
@@ -106,12 +129,15 @@ def report_table(summary: dict[str, Any], names: dict[int, str]) -> str:
 
 def write_report(scores: dict[str, Any], categories: list[dict[str, Any]], out_dir: Path,
                  details: dict[str, Any]) -> str:
-    """``metrics.json`` (PQ per group and per category, semantic mIoU) in ``out_dir``; returns the table."""
+    """``metrics.json`` (PQ per group and per category, and the semantic mIoU where ``scores`` has one: a network's,
+    not a prediction folder's) in ``out_dir``; returns the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {**details, "categories": categories, **{key: scores[key] for key in VALIDATION_KEYS},
+    record = {**details, "categories": categories, **{key: scores[key] for key in VALIDATION_KEYS if key in scores},
               "panoptic": scores["panoptic"]}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     table = report_table(scores["panoptic"], {category["id"]: category["name"] for category in categories})
+    if "semantic_miou" not in scores:
+        return table
     return f"{table}\n\nsemantic mIoU (things merged, stuff) {100 * scores['semantic_miou']:.2f}"
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from modeling.autopanoptic.backbone import RETRAIN_WIDTHS
 from modeling.autopanoptic.genotype import HEAD_OPS, PanopticGenotype, layer_choices, released
-from modeling.autopanoptic.network import (PIXEL_MEAN_BGR, SEGMENTATION_WEIGHT, AutoPanoptic, PanopticSizes, build,
-                                           segmentation_loss, upsample_to)
+from modeling.autopanoptic.network import (PIXEL_MEAN_BGR, SEGMENTATION_WEIGHT, AutoPanoptic, BatchTopProposals,
+                                           PanopticSizes, build, segmentation_loss, upsample_to)
 from utils.errors import UserError
 
 REPEATS = (2, 2, 4, 2)
@@ -99,6 +99,32 @@ def test_the_attention_reads_p3_to_p6_and_the_detector_sees_the_modulated_pyrami
         assert gain.shape == (2, 64, 1, 1) and torch.allclose(modulated, level + gain * level)
 
 
+def test_training_keeps_the_best_proposals_of_the_whole_batch_and_testing_those_of_each_image(supernet):
+    """The original's FPN_POST_NMS_PER_BATCH: 4 proposals for the batch of 2 in training, not 4 per image."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+
+    assert isinstance(supernet.rpn, BatchTopProposals)
+    settings = dict(fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+                    pre_nms_top_n={"training": 10, "testing": 10}, post_nms_top_n={"training": 4, "testing": 4},
+                    nms_thresh=0.7)
+    ours = BatchTopProposals(AnchorGenerator(((32,),), ((1.0,),)), RPNHead(8, 1), **settings)
+    torchvision_rpn = RegionProposalNetwork(AnchorGenerator(((32,),), ((1.0,),)), RPNHead(8, 1), **settings)
+    boxes = torch.tensor([[20.0 * k, 0, 20 * k + 10, 10] for k in range(5)])  # disjoint: NMS keeps every one
+    logits = torch.tensor([[5.0, 1, 4, -2, 3], [2.0, -1, 0.5, -3, -4]])
+    call = (boxes.expand(2, 5, 4), logits.reshape(-1, 1), [(100, 100)] * 2, [5])
+
+    ours.train()
+    kept, scores = ours.filter_proposals(*call)
+    assert torch.equal(kept[0], boxes[[0, 2, 4]]) and torch.equal(kept[1], boxes[[0]])  # logits 5, 4, 3 and 2
+    assert torch.allclose(torch.cat(scores), torch.tensor([5.0, 4, 3, 2]).sigmoid())
+    torchvision_rpn.train()
+    assert [len(image) for image in torchvision_rpn.filter_proposals(*call)[0]] == [4, 4]
+    ours.eval()
+    kept, _ = ours.filter_proposals(*call)
+    assert torch.equal(kept[0], boxes[[0, 2, 4, 1]]) and torch.equal(kept[1], boxes[[0, 2, 1, 3]])
+
+
 def copy_path_weights(supernet, network, path):
     """The supernet's weights of the ops on ``path``, under the searched network's names."""
     choices, state, layer = {}, {}, 0
@@ -168,3 +194,28 @@ def test_backbone_weights_load_from_a_local_file_with_every_key_checked(tmp_path
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="broken.pth: not a readable weights file"):
         build(args, genotype, str(tmp_path / "broken.pth"))
+
+
+def test_summary_counts_the_released_coco_network_per_component(capsys):
+    """train_new_model.py --summary of COCO_3.8G: parameters as the built network has them, the box head's
+    Multi-Adds by hand at 1,000 proposals, and the backbone at 224×224 what the paper's "3.8G" counts once the
+    ImageNet classifier's 1×1 conv to 1728 (on 7×7) and 1000-way FC are added (3.72 G by an independent count)."""
+    import train_new_model
+    from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES
+
+    architecture = str(RELEASED / RELEASED_FILES["COCO_3.8G"])
+    train_new_model.main(["--saved_arch_path", architecture, "--summary"])
+    rows = {line[:33].strip(): line[33:].split() for line in capsys.readouterr().out.splitlines()[1:9]}
+    with torch.device("meta"):
+        network = AutoPanoptic(80, 53, released("COCO_3.8G"), PanopticSizes(widths=RETRAIN_WIDTHS))
+    assert int(rows["total"][0].replace(",", "")) == sum(p.numel() for p in network.parameters())
+    assert int(rows["backbone"][0].replace(",", "")) == sum(p.numel() for p in network.backbone.parameters())
+    box = 1000 * (256 * 49 * 1024 + 1024 * 1024 + 1024 * 81 + 1024 * 4 * 81) / 1e9
+    assert float(rows["box head (1000 proposals)"][1]) == pytest.approx(box, abs=0.01)
+    assert sum(float(row[1]) for name, row in rows.items() if name != "total") == pytest.approx(
+        float(rows["total"][1]), abs=0.05)
+
+    train_new_model.main(["--saved_arch_path", architecture, "--summary", "--input_size", "224", "224"])
+    backbone = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("backbone"))
+    classifier = (1728 * 1728 * 7 * 7 + 1728 * 1000) / 1e9
+    assert float(backbone.split()[-1]) + classifier == pytest.approx(3.72, abs=0.05)

@@ -267,3 +267,193 @@ def test_inference_bad_input(tmp_path):
     (tmp_path / "broken" / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(UserError, match="bad.png: cannot read this image"):
         inference_script.main(base + ["--in-path", str(tmp_path / "broken")])
+
+
+# ---------------------------------------------------------------- prediction files: evaluate.py --pred-dir
+
+
+def test_index_png_predictions_score_as_the_checkpoint_does_in_process(tmp_path, capsys):
+    make_folder_dataset(tmp_path / "data")
+    tiny_checkpoint(tmp_path / "model.pth.tar", tmp_path / "data")
+    in_process = evaluate_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), "--out-dir", str(tmp_path / "a")])
+    inference_script.main(["--ckpt", str(tmp_path / "model.pth.tar"), "--in-path",
+                           str(tmp_path / "data" / "images" / "val"), "--out-path", str(tmp_path / "out")])
+    scored = evaluate_script.main(["--dataset", "folder", "--data_root", str(tmp_path / "data"), "--pred-dir",
+                                   str(tmp_path / "out" / "masks")])
+    assert scored == tmp_path / "out" / "eval_val"
+    expected, metrics = (json.loads((folder / "metrics.json").read_text()) for folder in (in_process, scored))
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"] and metrics["miou"] == expected["miou"]
+    assert metrics["class_names"] == CLASS_NAMES and (scored / "per_class.csv").is_file()
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_bad_index_png_predictions_are_one_line_naming_the_file(tmp_path):
+    make_folder_dataset(tmp_path / "data")
+    masks = tmp_path / "pred"
+    masks.mkdir()
+    for index, (height, width) in enumerate(((20, 28), (24, 16))):
+        Image.fromarray(np.zeros((height, width), dtype=np.uint8), mode="L").save(masks / f"{index}.png")
+    score = ["--dataset", "folder", "--data_root", str(tmp_path / "data"), "--pred-dir", str(masks)]
+    evaluate_script.main(score)
+    Image.fromarray(np.full((24, 16), 3, dtype=np.uint8), mode="L").save(masks / "1.png")
+    with pytest.raises(UserError, match=r"pred/1\.png: values 3 are not classes of folder \(0\.\.2\)"):
+        evaluate_script.main(score)
+    Image.fromarray(np.zeros((24, 17), dtype=np.uint8), mode="L").save(masks / "1.png")
+    with pytest.raises(UserError, match=r"pred/1\.png: prediction is 24x17 but the labels of 1\.png are 24x16"):
+        evaluate_script.main(score)
+    (masks / "1.png").unlink()
+    with pytest.raises(UserError, match=r"--pred-dir .*pred: no prediction 1\.png for .*images/val/1\.png"):
+        evaluate_script.main(score)
+    with pytest.raises(UserError, match="--ckpt: required"):
+        evaluate_script.main(["--dataset", "folder", "--data_root", str(tmp_path / "data")])
+
+
+PANOPTIC_CATEGORIES = [{"id": 1, "name": "person", "isthing": 1}, {"id": 40, "name": "sky", "isthing": 0},
+                       {"id": 50, "name": "grass", "isthing": 0}]
+
+
+def make_coco_panoptic(root, count=2, height=40, width=56):
+    """A COCO-panoptic dataset (official layout, both splits): mostly sky, over a strip of grass, with a person;
+    ids needing two colour channels, image ids that are not positions."""
+    from dataloaders.panoptic import segments_info
+    from utils.panoptic_quality import id_to_rgb
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "annotations" / f"panoptic_{split}2017").mkdir(parents=True, exist_ok=True)
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            image_id = 139 + 1000 * index
+            ids = np.full((height, width), 300 + index, dtype=np.int32)  # sky
+            ids[height - 6:] = 70_000  # grass
+            ids[5:15, 10 + index:20] = 2 + index  # a person
+            ids[0, :] = 0  # void
+            labels = {300 + index: (40, 0), 70_000: (50, 0), 2 + index: (1, 0)}
+            name = f"{image_id:012d}"
+            Image.fromarray(id_to_rgb(ids)).save(root / "annotations" / f"panoptic_{split}2017" / f"{name}.png")
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+                root / f"{split}2017" / f"{name}.jpg")
+            images.append({"id": image_id, "file_name": f"{name}.jpg", "height": height, "width": width})
+            annotations.append({"image_id": image_id, "file_name": f"{name}.png",
+                                "segments_info": segments_info(ids, labels)})
+        (root / "annotations" / f"panoptic_{split}2017.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": PANOPTIC_CATEGORIES}))
+
+
+def panoptic_checkpoint(path, data_root):
+    """A small retrained Auto-Panoptic network whose semantic branch says 'sky' everywhere, as train_new_model.py
+    saves it."""
+    from modeling.architecture_file import architecture_to_json
+    from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
+    from modeling.autopanoptic.network import build
+
+    repeats = (2, 2, 4, 2)
+    genotype = PanopticGenotype.from_path([choice - 1 for choice in layer_choices(repeats)], repeats)
+    args = {"model": "autopanoptic", "dataset": "coco_panoptic", "data_root": str(data_root), "num_classes": None,
+            "thing_classes": 1, "stuff_classes": 2, "widths": [16, 32, 64, 128, 256], "stage_repeats": list(repeats),
+            "fpn_channels": 32, "subnet_channels": 32, "rpn_pre_nms_train": 50, "rpn_post_nms_train": 50,
+            "rpn_pre_nms_test": 50, "rpn_post_nms_test": 50, "rois_per_image": 32, "detections_per_image": 10,
+            "min_size": 32, "max_size": 64, "stuff_area_limit": 16}
+    torch.manual_seed(0)
+    model = build(args, genotype, None)
+    with torch.no_grad():
+        model.semantic_score.bias.copy_(torch.tensor([0.0, 50.0, 0.0]))  # label 1: sky
+    save_checkpoint({"system": "autopanoptic", "stage": "retrain", "args": args, "categories": PANOPTIC_CATEGORIES,
+                     "architecture": architecture_to_json(genotype), "model": model.state_dict(), "epoch": 1},
+                    path)
+
+
+@pytest.fixture(scope="module")
+def panoptic_predictions(tmp_path_factory):
+    """A COCO-panoptic dataset, a checkpoint, its in-process evaluation and its predictions of the val split."""
+    root = tmp_path_factory.mktemp("panoptic")
+    make_coco_panoptic(root / "coco")
+    panoptic_checkpoint(root / "run" / "model_best.pth.tar", root / "coco")
+    in_process = evaluate_script.main(["--ckpt", str(root / "run" / "model_best.pth.tar")])
+    out = inference_script.main(["--ckpt", str(root / "run" / "model_best.pth.tar"), "--split", "val",
+                                 "--out-path", str(root / "predicted")])
+    return root, json.loads((in_process / "metrics.json").read_text()), out
+
+
+def test_inference_on_a_split_names_each_prediction_as_the_ground_truth_does(panoptic_predictions):
+    root, _, out = panoptic_predictions
+    ground_truth = json.loads((root / "coco" / "annotations" / "panoptic_val2017.json").read_text())
+    written = json.loads((out / "panoptic.json").read_text())
+    assert [(a["image_id"], a["file_name"]) for a in written["annotations"]] == [
+        (a["image_id"], a["file_name"]) for a in ground_truth["annotations"]] == [
+        (139, "000000000139.png"), (1139, "000000001139.png")]
+    for annotation in written["annotations"]:
+        ids = np.asarray(Image.open(out / "panoptic" / annotation["file_name"]))
+        assert ids.shape == (40, 56, 3) and (out / "overlays" / annotation["file_name"]).with_suffix(".jpg").is_file()
+    photos = inference_script.main(["--ckpt", str(root / "run" / "model_best.pth.tar"), "--in-path",
+                                    str(root / "coco" / "val2017"), "--out-path", str(root / "photos")])
+    from_photos = json.loads((photos / "panoptic.json").read_text())["annotations"]
+    assert [(a["image_id"], a["file_name"]) for a in from_photos] == [("000000000139", "000000000139.png"),
+                                                                       ("000000001139", "000000001139.png")]
+    for ours, theirs in zip(written["annotations"], from_photos):  # the same pixels either way
+        assert ours["segments_info"] == theirs["segments_info"]
+        assert np.array_equal(np.asarray(Image.open(out / "panoptic" / ours["file_name"])),
+                              np.asarray(Image.open(photos / "panoptic" / theirs["file_name"])))
+
+
+def test_panoptic_predictions_score_exactly_as_the_checkpoint_scores_in_process(panoptic_predictions, capsys):
+    root, in_process, out = panoptic_predictions
+    scored = evaluate_script.main(["--dataset", "coco_panoptic", "--data_root", str(root / "coco"), "--pred-json",
+                                   str(out / "panoptic.json"), "--pred-dir", str(out / "panoptic")])
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert in_process["pq"] > 0 and in_process["panoptic"]["per_class"]["40"]["tp"] == 2  # the sky is found
+    for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "panoptic"):
+        assert metrics[key] == in_process[key], key
+    printed = capsys.readouterr().out
+    assert "sky" in printed and "PQ" in printed and "semantic mIoU" not in printed
+    assert evaluate_script.main(["--dataset", "coco_panoptic", "--data_root", str(root / "coco"), "--pred-dir",
+                                 str(out / "panoptic"), "--out-dir", str(root / "again")])  # <pred-dir>.json
+
+
+def test_a_ground_truth_area_other_than_its_png_is_used_and_said(panoptic_predictions, tmp_path, capsys):
+    import shutil
+
+    root, in_process, out = panoptic_predictions
+    shutil.copytree(root / "coco", tmp_path / "coco")
+    path = tmp_path / "coco" / "annotations" / "panoptic_val2017.json"
+    content = json.loads(path.read_text())
+    sky = next(s for s in content["annotations"][0]["segments_info"] if s["category_id"] == 40)
+    pixels, sky["area"] = sky["area"], sky["area"] + 400  # a bigger union: a smaller IoU for the sky
+    path.write_text(json.dumps(content))
+    scored = evaluate_script.main(["--dataset", "coco_panoptic", "--data_root", str(tmp_path / "coco"),
+                                   "--pred-dir", str(out / "panoptic"), "--out-dir", str(tmp_path / "report")])
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["gt_area_mismatches"] == 1 and metrics["panoptic"]["per_class"]["40"]["pq"] < \
+        in_process["panoptic"]["per_class"]["40"]["pq"]
+    assert (f"segment {sky['id']}: JSON {pixels + 400}, PNG {pixels}); PQ used the JSON area in the IoU's union, "
+            "as panopticapi's pq_compute does") in capsys.readouterr().out
+
+
+def test_bad_panoptic_predictions_are_one_line_naming_the_file(panoptic_predictions, tmp_path):
+    import shutil
+
+    root, _, out = panoptic_predictions
+    shutil.copytree(out, tmp_path / "out")
+    pred_json, pred_dir = tmp_path / "out" / "panoptic.json", tmp_path / "out" / "panoptic"
+    score = ["--dataset", "coco_panoptic", "--data_root", str(root / "coco"), "--pred-json", str(pred_json),
+             "--pred-dir", str(pred_dir)]
+    content = json.loads(pred_json.read_text())
+    first = content["annotations"][0]
+    pred_json.write_text(json.dumps({**content, "annotations": content["annotations"][1:]}))
+    with pytest.raises(UserError, match=r"panoptic\.json: no prediction for the image with id 139 \("):
+        evaluate_script.main(score)
+    listed = {**first, "segments_info": first["segments_info"][1:]}
+    pred_json.write_text(json.dumps({**content, "annotations": [listed] + content["annotations"][1:]}))
+    with pytest.raises(UserError, match=rf"000000000139\.png \(image id 139\): prediction segment ids "
+                                        rf"\[{first['segments_info'][0]['id']}\] are in the id map but not in the "
+                                        "segment list"):
+        evaluate_script.main(score)
+    pred_json.write_text(json.dumps(content))
+    Image.fromarray(np.zeros((40, 57, 3), dtype=np.uint8)).save(pred_dir / "000000001139.png")
+    with pytest.raises(UserError, match=r"000000001139\.png \(image id 1139\): the ground truth is \(40, 56\) but the "
+                                        r"prediction is \(40, 57\)"):
+        evaluate_script.main(score)
+    (pred_dir / "000000001139.png").unlink()
+    with pytest.raises(UserError, match=r"000000001139\.png: panoptic PNG missing"):
+        evaluate_script.main(score)

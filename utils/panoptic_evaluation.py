@@ -1,10 +1,13 @@
 """Panoptic evaluation: a panoptic network's outputs turned into a panoptic map and scored.
 
-Per image, as the original's evaluation (shared/reference/autopanoptic.md §1.4, §1.5, §7): instance masks
-pasted at the original image size and thresholded at 0.5, the semantic argmax resized to it with nearest
-neighbours, the two merged by the original's heuristic, and the result scored by PQ/SQ/RQ against the
-ground truth at its own size; the semantic branch is also scored by mIoU over its 1 + S labels at the
-network's input size. Every rank scores its shard and the counts are summed, so the scores are exact.
+Per image, as the original's evaluation does (maskrcnn-benchmark's ``Masker`` in
+``coco_eval.py:prepare_for_coco_segmentation``, ``seg_branch.py``, panopticapi's ``combine`` and
+``pq_compute``): the boxes are scaled to the original image size and each instance's mask (the mask head's
+M×M probabilities) is pasted into its box there and thresholded at 0.5; the semantic argmax is resized to
+that size with PIL's nearest neighbour; the two are merged by the original's heuristic, and the result is
+scored by PQ/SQ/RQ against the ground truth at its own size. The semantic branch is also scored by mIoU over
+its 1 + S labels at the network's input size. Every rank scores its shard and the counts are summed, so the
+scores are exact.
 """
 
 from __future__ import annotations
@@ -14,36 +17,62 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
+from utils.detection_ops import install as install_detection_ops
 from utils.distributed import DistributedContext, all_reduce_sum
 from utils.labels import IGNORE_INDEX
 from utils.metrics import ConfusionMatrix
 from utils.panoptic_merge import STUFF_AREA_LIMIT, merge_panoptic
 from utils.panoptic_quality import PanopticQuality
+from utils.torchvision_compat import import_torchvision
+
+import_torchvision()
+install_detection_ops()
+from torchvision.models.detection.roi_heads import paste_masks_in_image  # noqa: E402
 
 MASK_THRESHOLD = 0.5  # the original's Masker threshold
+MASK_PADDING = 1  # the original's Masker padding: the M×M mask is padded by a pixel and its box widened to match
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label map [h, w] resized to ``size`` (H, W) with PIL's nearest neighbour, as the original resizes its
+    semantic argmax. torch's ``nearest`` takes other source pixels (it drops the half-pixel offset), and even
+    ``nearest-exact`` picks another one where a pixel centre falls on a source boundary and the two round the
+    position differently (392 of 4,800 pixels from 64×96 to 60×80)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    resized = Image.fromarray(labels.astype(np.int32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized).astype(labels.dtype)
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, input_size: tuple[int, int],
+                size: tuple[int, int]) -> np.ndarray:
+    """Boolean instance masks [N, H, W] at the original image size ``size``: the boxes (x1, y1, x2, y2 at the
+    network's ``input_size``) scaled to it, and each M×M mask probability map [N, 1, M, M] pasted into its box
+    there and thresholded at 0.5, as the original's ``Masker`` does. Pasting at the input size and resizing the
+    result would blur the masks twice and misplace their edges by up to a resize step."""
+    if not len(masks):
+        return np.zeros((0, *size), dtype=bool)
+    scale = boxes.new_tensor([size[1] / input_size[1], size[0] / input_size[0]] * 2)
+    pasted = paste_masks_in_image(masks.float(), boxes.float() * scale, size, padding=MASK_PADDING)
+    return (pasted[:, 0] > MASK_THRESHOLD).cpu().numpy()
 
 
 def panoptic_prediction(output: dict[str, torch.Tensor], thing_ids: Sequence[int], stuff_ids: Sequence[int],
                         size: tuple[int, int], stuff_area_limit: int = STUFF_AREA_LIMIT
                         ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The panoptic map [H, W] (``size``) and its segments from one image's network output (``boxes``,
-    ``labels`` 1..T, ``scores``, ``masks`` [N, 1, h, w] probabilities and ``semantic`` logits [1 + S, h, w]
-    at the input size); detection label k is category ``thing_ids[k - 1]``, semantic label k stuff category
-    ``stuff_ids[k - 1]``. A stuff segment smaller than ``stuff_area_limit`` pixels is left void (the original's
-    4096 suits COCO's images of about 640×480; smaller images need a proportionally smaller limit)."""
-    masks = output["masks"]
-    if masks is not None and len(masks) and tuple(masks.shape[-2:]) != tuple(size):
-        masks = F.interpolate(masks.float(), size=size, mode="bilinear", align_corners=False)
-    masks = (masks[:, 0] > MASK_THRESHOLD).cpu().numpy() if masks is not None and len(masks) else np.zeros(
-        (0, *size), dtype=bool)
-    semantic = output["semantic"].argmax(0)
-    if tuple(semantic.shape) != tuple(size):
-        semantic = F.interpolate(semantic[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    """The panoptic map [H, W] (``size``, the original image's) and its segments from one image's network
+    output at the input size: ``boxes``, ``labels`` 1..T, ``scores``, ``masks`` [N, 1, M, M] probabilities in
+    box coordinates (what the mask head gives) and ``semantic`` logits [1 + S, h, w]. Detection label k is
+    category ``thing_ids[k - 1]``, semantic label k stuff category ``stuff_ids[k - 1]``. A stuff segment smaller
+    than ``stuff_area_limit`` pixels is left void (the original's 4096 suits COCO's images of about 640×480;
+    smaller images need a proportionally smaller limit)."""
+    semantic = output["semantic"].argmax(0).cpu().numpy()
+    masks = paste_masks(output["masks"], output["boxes"], semantic.shape, size)
     categories = [thing_ids[int(label) - 1] for label in output["labels"].tolist()]
-    return merge_panoptic(masks, output["scores"].cpu().numpy(), categories, semantic.cpu().numpy(),
+    return merge_panoptic(masks, output["scores"].cpu().numpy(), categories, resize_labels(semantic, size),
                           {label: category for label, category in enumerate(stuff_ids, start=1)},
                           stuff_area_limit=stuff_area_limit)
 
@@ -56,8 +85,10 @@ def evaluate_panoptic(model: torch.nn.Module, loader: torch.utils.data.DataLoade
                       stuff_area_limit: int = STUFF_AREA_LIMIT, keep_predictions: bool = False) -> dict[str, Any]:
     """PQ/SQ/RQ (all, things, stuff, per category) and the semantic mIoU of ``model`` on ``loader`` (batches
     of images and targets from ``dataloaders.panoptic``). ``forward(model, images)`` runs the network (a
-    supernet on its path, say); by default ``model(images)``. With ``keep_predictions``, this rank's
-    panoptic maps and segments per image id (``predictions``). Leaves the model in eval mode."""
+    supernet on its path, say); by default ``model(images)``. ``gt_area_mismatches``: this rank's ground-truth
+    segments whose JSON area differs from their pixels (``PanopticQuality.area_mismatches``). With
+    ``keep_predictions``, this rank's panoptic maps and segments per image id (``predictions``). Leaves the model
+    in eval mode."""
     model.eval()
     context = context or DistributedContext()
     things = [c["id"] for c in categories if c["isthing"]]
@@ -79,7 +110,8 @@ def evaluate_panoptic(model: torch.nn.Module, loader: torch.utils.data.DataLoade
     semantic = ConfusionMatrix.from_counts(all_reduce_sum(matrix.matrix.cpu(), context)).summary()
     result: dict[str, Any] = {"pq": summary["All"]["pq"], "sq": summary["All"]["sq"], "rq": summary["All"]["rq"],
                               "pq_things": summary["Things"]["pq"], "pq_stuff": summary["Stuff"]["pq"],
-                              "panoptic": summary, "semantic_miou": semantic["miou"]}
+                              "panoptic": summary, "semantic_miou": semantic["miou"],
+                              "gt_area_mismatches": quality.area_mismatches}
     if keep_predictions:
         result["predictions"] = predictions
     return result

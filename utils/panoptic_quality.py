@@ -6,6 +6,11 @@ needs IoU strictly above 0.5, crowd regions are never false negatives and excuse
 them, and the class means skip classes that never occur. This module reimplements those rules on id maps,
 keeps integer-exact per-category counts that several processes can add up, and checks its inputs as
 ``panopticapi`` does, with one readable error per mistake.
+
+One rule is easy to miss: ``pq_compute_single_core`` takes a ground-truth segment's area for the union from the
+JSON record's ``area``, while intersections and predicted areas are PNG pixels. COCO's areas are pixel counts, so
+the two agree there; where a record's ``area`` differs from its PNG, the JSON's is used here too (a record
+without one takes the PNG's) and every such segment is counted (``area_mismatches``), so a report can say so.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class PanopticQuality:
                 raise UserError(f"category id {category['id']} is listed twice")
             self._row[category["id"]] = row
         self._counts = np.zeros((len(self.categories), len(STATE_COLUMNS)), dtype=np.float64)
+        self.area_mismatches: list[tuple[str | int, int, int, int]] = []  # (image, segment id, JSON area, pixels)
 
     @classmethod
     def from_state(cls, categories: Sequence[Mapping[str, Any]], state: np.ndarray) -> PanopticQuality:
@@ -93,8 +99,9 @@ class PanopticQuality:
         """Count one image: id maps [H, W] (0 = VOID) and their segment records (``id``, ``category_id``;
         ``iscrowd`` in the ground truth, 0 when absent). ``image`` names the image in error messages.
 
-        Ground-truth areas are pixel counts of ``gt_ids`` (what COCO's JSON areas hold). Ground-truth ids
-        missing from ``gt_segments`` are neither segments nor VOID, as in ``panopticapi``.
+        A ground-truth segment's area in the union is its record's ``area``, as ``panopticapi`` takes it (the
+        pixel count of ``gt_ids`` where the record has none; a difference is noted in ``area_mismatches``).
+        Ground-truth ids missing from ``gt_segments`` are neither segments nor VOID, as in ``panopticapi``.
         """
         gt_ids = _id_map(gt_ids, "ground truth", image)
         pred_ids = _id_map(pred_ids, "prediction", image)
@@ -113,6 +120,11 @@ class PanopticQuality:
             gt_area[gt_id] = gt_area.get(gt_id, 0) + pixels
             pred_area[pred_id] = pred_area.get(pred_id, 0) + pixels
         _check_prediction_ids(set(pred_area) - {VOID}, set(pred_by_id), image)
+        for gt_id, gt_segment in gt_by_id.items():
+            pixels = gt_area.get(gt_id, 0)
+            if "area" in gt_segment and int(gt_segment["area"]) != pixels:
+                self.area_mismatches.append((image, gt_id, int(gt_segment["area"]), pixels))
+            gt_area[gt_id] = int(gt_segment.get("area", pixels))
 
         gt_matched, pred_matched = set(), set()
         for (gt_id, pred_id), intersection in intersections.items():
@@ -196,6 +208,16 @@ class PanopticQuality:
                                 f"{segment['category_id']}")
             by_id[segment_id] = segment
         return by_id
+
+
+def area_note(mismatches: Sequence[tuple[str | int, int, int, int]]) -> str | None:
+    """One line saying which area PQ used where ground-truth JSON areas differ from their PNGs (None if none do)."""
+    if not mismatches:
+        return None
+    image, segment_id, listed, pixels = mismatches[0]
+    return (f"ground truth: {len(mismatches)} segment(s) have a JSON 'area' other than their PNG pixel count (first: "
+            f"image {image}, segment {segment_id}: JSON {listed}, PNG {pixels}); PQ used the JSON area in the IoU's "
+            "union, as panopticapi's pq_compute does (intersections are PNG pixels)")
 
 
 def _id_map(segment_ids: np.ndarray, what: str, image: str | int) -> np.ndarray:

@@ -216,12 +216,19 @@ class SyntheticPanoptic(GeneratedSplit):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
         return generate(np.random.default_rng(self.seed_sequence(index)), self.image_size, self.look)
 
+    def ground_truth(self, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The sample's ids and records (the image is generated with them)."""
+        return self.load(index)[1:]
+
     def segments(self, index: int) -> list[dict[str, Any]]:
         """The records need the painted map (occlusion decides areas and boxes), so the sample is generated."""
         return self.load(index)[2]
 
     def image_id(self, index: int) -> int:
         return index
+
+    def png_name(self, index: int) -> str:
+        return f"{index:012d}.png"  # COCO's naming of a panoptic PNG by image id
 
     def check(self, num_classes: int | None = None) -> None:
         """Generated samples are valid by construction; only the class count can be wrong."""

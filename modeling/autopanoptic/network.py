@@ -7,10 +7,10 @@ stuff-to-things attention from those features → P_i ← P_i + a_i·P_i → RPN
 with our GroupNorm box head and searched mask head) → the semantic features gain s_i·f_i, are
 concatenated, classified and upsampled ×4. Both attentions read un-modulated features.
 
-Detection runs on torchvision's ``RegionProposalNetwork`` and ``RoIHeads``; this module batches and
-normalises the images itself (BGR 0-255 minus the original's pixel mean, padded to a multiple of 32) so that
-the semantic targets stay aligned pixel for pixel. A supernet (``genotype`` None) takes the path of every
-forward; a searched network is built from its genotype.
+Detection runs on torchvision's ``RegionProposalNetwork`` (keeping the training proposals per batch, as the
+original does) and ``RoIHeads``; this module batches and normalises the images itself (BGR 0-255 minus the
+original's pixel mean, padded to a multiple of 32) so that the semantic targets stay aligned pixel for pixel. A
+supernet (``genotype`` None) takes the path of every forward; a searched network is built from its genotype.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from modeling.autopanoptic.backbone import (RETRAIN_BN_MOMENTUM, RETRAIN_WIDTHS,
 from modeling.autopanoptic.genotype import (MASK_LAYERS, PAPER_STAGE_REPEATS, STUFF_TO_THINGS, SUBNET_LAYERS,
                                             THINGS_TO_STUFF, PanopticGenotype)
 from modeling.autopanoptic.ops import GROUP_NORM_GROUPS, attention_layer, head_layer
-from modeling.registry import ModelSpec, register_model
 from utils.checkpoint import load_model_state
 from utils.errors import UserError
 from utils.detection_ops import install as install_detection_ops
@@ -44,7 +43,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor  # noqa: E402
-from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image  # noqa: E402
+from torchvision.models.detection.roi_heads import RoIHeads  # noqa: E402
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead  # noqa: E402
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign  # noqa: E402
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool  # noqa: E402
@@ -109,6 +108,35 @@ class SearchedMaskHead(nn.Module):
         return x
 
 
+class BatchTopProposals(RegionProposalNetwork):
+    """torchvision's RPN, except that training keeps the ``post_nms_top_n`` proposals of highest objectness over
+    the whole batch rather than per image: the original's ``FPN_POST_NMS_PER_BATCH`` (maskrcnn-benchmark's
+    ``RPNPostProcessor.select_over_all_levels``). Per image, torchvision would keep up to ``post_nms_top_n`` of
+    each of the process's images. Testing keeps them per image, as both do."""
+
+    def filter_proposals(self, proposals: torch.Tensor, objectness: torch.Tensor,
+                         image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        boxes, scores = super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        if not self.training:
+            return boxes, scores
+        return top_over_batch(boxes, scores, self.post_nms_top_n())
+
+
+def top_over_batch(boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                   count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each image's boxes and scores restricted to the ``count`` highest scores of the whole batch, in their
+    order within the image (each image's own ``count`` best hold them all)."""
+    flat = torch.cat(list(scores))
+    if flat.numel() <= count:
+        return list(boxes), list(scores)
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[flat.topk(count).indices] = True
+    kept = chosen.split([len(image_scores) for image_scores in scores])
+    return ([image_boxes[keep] for image_boxes, keep in zip(boxes, kept)],
+            [image_scores[keep] for image_scores, keep in zip(scores, kept)])
+
+
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear with ``align_corners=True``, as the original resizes every feature it fuses."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
@@ -119,8 +147,11 @@ class AutoPanoptic(nn.Module):
 
     ``forward(images, targets=None, path=None)`` takes a list of float RGB images in 0..1 ([3, H, W], any
     sizes). In training it returns the loss dict (RPN and RoI losses plus ``loss_segmentation``, already
-    weighted by 0.3); in eval, per image, the detections (``boxes``, ``labels`` 1..things, ``scores``,
-    ``masks`` [N, 1, H, W] probabilities) and ``semantic`` logits [1 + stuff, H, W] (label 0: any thing).
+    weighted by 0.3); in eval, per image, the detections (``boxes`` at the input size, ``labels`` 1..things,
+    ``scores``, ``masks`` [N, 1, 28, 28] probabilities in box coordinates, as the mask head gives them) and
+    ``semantic`` logits [1 + stuff, H, W] (label 0: any thing). The masks are left for the caller to paste at
+    whatever size it brings the image back to (``utils.panoptic_evaluation.paste_masks``), as the original
+    pastes them at the original image size.
     """
 
     def __init__(self, thing_classes: int, stuff_classes: int, genotype: PanopticGenotype | None = None,
@@ -153,7 +184,7 @@ class AutoPanoptic(nn.Module):
         self.semantic_score = nn.Conv2d(4 * subnet, 1 + stuff_classes, 1)
 
         anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
-        self.rpn = RegionProposalNetwork(
+        self.rpn = BatchTopProposals(
             anchors, RPNHead(fpn, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
             positive_fraction=0.5, pre_nms_top_n={"training": sizes.rpn_pre_nms_train,
                                                   "testing": sizes.rpn_pre_nms_test},
@@ -190,20 +221,10 @@ class AutoPanoptic(nn.Module):
             raise ValueError("training needs targets")
         choice = self._split_path(path)
         batch = self.batch_images(images)
-        body = self.backbone(batch.tensors, choice["backbone"])
-        pyramid = OrderedDict(zip(LEVELS, self.fpn(OrderedDict(zip(LEVELS, body))).values()))
+        pyramid = self.pyramid(batch.tensors, choice["backbone"])
         levels = list(pyramid.values())
-        top = levels[0].shape[-2:]
-
-        coarse = torch.cat([upsample_to(level, top) for level in levels[1:]], 1)  # P3..P6: the original skips P2
-        gains_for_stuff = [layer(coarse, c) for layer, c in zip(self.things_to_stuff, choice["things_to_stuff"])]
-        semantic = []
-        for level in levels[:4]:
-            x = level
-            for layer, c in zip(self.subnet, choice["subnet"]):
-                x = layer(x, c)
-            semantic.append(x if x.shape[-2:] == top else upsample_to(x, top))
-        gains_for_things = [layer(semantic, c) for layer, c in zip(self.stuff_to_things, choice["stuff_to_things"])]
+        features = self.semantic_features(levels, choice["subnet"])
+        gains_for_stuff, gains_for_things = self.attention_gains(levels, features, choice)
         modulated = OrderedDict((name, level + gain * level)
                                 for (name, level), gain in zip(pyramid.items(), gains_for_things))
 
@@ -212,16 +233,43 @@ class AutoPanoptic(nn.Module):
         proposals, rpn_losses = self.rpn(batch, modulated, detection_targets)
         self.roi_heads.mask_head.path = choice["mask_head"]
         detections, roi_losses = self.roi_heads(modulated, proposals, batch.image_sizes, detection_targets)
-        fused = torch.cat([f + gain * f for f, gain in zip(semantic, gains_for_stuff)], 1)
-        logits = F.interpolate(self.semantic_score(fused), scale_factor=4, mode="bilinear", align_corners=True)
+        logits = self.semantic_logits(features, gains_for_stuff)
         if self.training:
             return rpn_losses | roi_losses | {
                 "loss_segmentation": SEGMENTATION_WEIGHT * segmentation_loss(logits, batch.image_sizes, targets)}
-        outputs = []
-        for index, ((height, width), found) in enumerate(zip(batch.image_sizes, detections)):
-            masks = paste_masks_in_image(found["masks"], found["boxes"], (height, width)) if "masks" in found else None
-            outputs.append({**found, "masks": masks, "semantic": logits[index, :, :height, :width]})
-        return outputs
+        return [{**found, "semantic": logits[index, :, :height, :width]}
+                for index, ((height, width), found) in enumerate(zip(batch.image_sizes, detections))]
+
+    def pyramid(self, tensors: torch.Tensor, backbone_path: Sequence[int] | None) -> OrderedDict[str, torch.Tensor]:
+        """FPN levels P2..P6 of the batched images (before the attention modulates them)."""
+        body = self.backbone(tensors, backbone_path)
+        return OrderedDict(zip(LEVELS, self.fpn(OrderedDict(zip(LEVELS, body))).values()))
+
+    def semantic_features(self, levels: Sequence[torch.Tensor], ops: Sequence[int | None]) -> list[torch.Tensor]:
+        """The shared subnet on P2..P5, each result upsampled to P2's size."""
+        top = levels[0].shape[-2:]
+        features = []
+        for level in levels[:4]:
+            x = level
+            for layer, op in zip(self.subnet, ops):
+                x = layer(x, op)
+            features.append(x if x.shape[-2:] == top else upsample_to(x, top))
+        return features
+
+    def attention_gains(self, levels: Sequence[torch.Tensor], features: Sequence[torch.Tensor],
+                        choice: dict[str, Sequence[int | None]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(things-to-stuff gains for the 4 semantic features, stuff-to-things gains for P2..P6), both read from
+        un-modulated inputs: P3..P6 (the original skips P2) and the semantic features."""
+        top = levels[0].shape[-2:]
+        coarse = torch.cat([upsample_to(level, top) for level in levels[1:]], 1)
+        for_stuff = [layer(coarse, op) for layer, op in zip(self.things_to_stuff, choice["things_to_stuff"])]
+        for_things = [layer(features, op) for layer, op in zip(self.stuff_to_things, choice["stuff_to_things"])]
+        return for_stuff, for_things
+
+    def semantic_logits(self, features: Sequence[torch.Tensor], gains: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The modulated features concatenated, classified and upsampled ×4 to the padded input size."""
+        fused = torch.cat([f + gain * f for f, gain in zip(features, gains)], 1)
+        return F.interpolate(self.semantic_score(fused), scale_factor=4, mode="bilinear", align_corners=True)
 
     def _split_path(self, path: Sequence[int] | None) -> dict[str, Sequence[int | None]]:
         """The path's ops per part; a searched network takes no path (None everywhere)."""
@@ -275,19 +323,3 @@ def build(args: dict[str, Any], genotype: PanopticGenotype | None, backbone_weig
     if backbone_weights:
         load_backbone_weights(model, backbone_weights)
     return model
-
-
-def _no_export(args: dict[str, Any], genotype: PanopticGenotype | None) -> dict[str, str]:
-    raise UserError("export: an Auto-Panoptic network (Mask R-CNN with a semantic branch) has no ONNX export; "
-                    "use inference.py for its panoptic PNGs")
-
-
-register_model(ModelSpec(
-    name="autopanoptic",
-    build=build,
-    describe=lambda args, genotype: (f"Auto-Panoptic network, {sum(genotype.stage_repeats)} backbone blocks at widths "
-                                     f"{list(args['widths'])}"),
-    export_metadata=_no_export,
-    genotype_system=PanopticGenotype.system,
-    flags=frozenset({"backbone_weights"}),
-))
