@@ -249,7 +249,7 @@ class State:
     def done(self, name: str, key: str | None = None) -> dict[str, Any] | None:
         """The result of part ``name`` if it finished (under ``key``, when given)."""
         part = self.parts.get(name)
-        return part if part is not None and (key is None or part["key"] == key) else None
+        return part if part is not None and (key is None or part.get("key") == key) else None
 
     def record(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         self.parts[name] = result
