@@ -39,7 +39,9 @@ RECIPES: dict[tuple[str, str, str], dict[str, Any]] = {
 
 
 # The decoder search (Nekrasov et al.): the CVPR 2019 search on PASCAL VOC (the original's defaults) and the
-# WACV 2020 one on Cityscapes (its search_wacv.sh); shared/reference/nas-segm.md §5.4.
+# WACV 2020 one on Cityscapes (its examples/search/search_wacv.sh). That script asks for 321-pixel crops: the
+# original's RandomCrop rounds an odd size down when it is built, which gives the cached stage-0 images 320, but
+# set_config later hands stage 1 the 321 unrounded.
 _NAS_SEGM_CVPR = {"space": "cvpr", "num_candidates": 20000, "n_task0": 4000, "batch_size": [64, 32],
                   "crop_size": [256, 350], "resize_side": [300, 400], "resize_longer_side": False,
                   "val_resize_side": 400, "val_crop_size": 400, "val_batch_size": 64, "val_omit_classes": [0],
@@ -47,7 +49,7 @@ _NAS_SEGM_CVPR = {"space": "cvpr", "num_candidates": 20000, "n_task0": 4000, "ba
                   "enc_lr": [1e-3, 1e-3], "dec_lr": [3e-3, 3e-3], "enc_mom": [0.9, 0.9], "dec_mom": [0.9, 0.9],
                   "enc_wd": [1e-5, 1e-5], "dec_wd": [1e-5, 1e-5], "dec_aux_weight": 0.15, "aux_cell": True}
 _NAS_SEGM_WACV = {"space": "wacv", "num_candidates": 20000, "n_task0": 1000, "batch_size": [32, 32],
-                  "crop_size": [320, 320], "resize_side": [1024, 1024], "resize_longer_side": True,
+                  "crop_size": [320, 321], "resize_side": [1024, 1024], "resize_longer_side": True,
                   "val_resize_side": 1024, "val_crop_size": 512, "val_batch_size": 10, "val_omit_classes": [],
                   "num_segm_epochs": [5, 5], "val_every": [5, 1], "enc_optim": "adam", "dec_optim": "adam",
                   "enc_lr": [1e-3, 5e-4], "dec_lr": [7e-3, 2e-3], "enc_mom": [0.9, 0.9], "dec_mom": [0.9, 0.9],
@@ -67,9 +69,9 @@ RECIPES.update({
         "resize_longer_side": False, "val_resize_side": 64, "val_crop_size": 64, "val_batch_size": 8,
         "num_segm_epochs": [4, 2], "val_every": [4, 1]},
 })
-# Auto-Panoptic's supernet and greedy search: the paper's on COCO panoptic (shared/reference/autopanoptic.md §3,
-# §4); a scale-down on the embedded data that keeps the algorithm (§9): fewer blocks and channels, 96-pixel
-# images, fewer proposals and iterations, 2 search cycles.
+# Auto-Panoptic's supernet and greedy search: the paper's on COCO panoptic (the original's
+# scripts/architecture_search.sh and its config); a scale-down on the embedded data that keeps the algorithm:
+# fewer blocks and channels, 96-pixel images, fewer proposals and iterations, 2 search cycles.
 _AUTOPANOPTIC_PAPER = {
     "batch_size": 16, "min_size": 800, "max_size": 1333, "held_out": 5000, "stuff_area_limit": 4096,
     "widths": [48, 96, 240, 480, 960], "stage_repeats": [8, 8, 16, 8], "fpn_channels": 256, "subnet_channels": 128,

@@ -1,12 +1,12 @@
-"""Auto-Panoptic's head and attention ops as the reference constructs them (shared/reference/autopanoptic.md
-§2.2, §2.3, §10 items 4 and 7)."""
+"""Auto-Panoptic's head and attention ops as the original constructs them (its ``modeling/search_space.py``),
+and the attention widths of its released network."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.autopanoptic.genotype import HEAD_OPS, INTER_REDUCTIONS
+from modeling.autopanoptic.genotype import HEAD_OPS, INTER_OPS, INTER_REDUCTIONS, released
 from modeling.autopanoptic.ops import (Attention, ModulatedDeformConv, SeparableConv, attention_layer, head_layer,
                                        head_op)
 
@@ -79,3 +79,17 @@ def test_a_supernet_layer_holds_every_op_and_runs_the_chosen_one():
         layer(x)
     fixed = head_layer(32, 32, op=4)
     assert len(fixed.ops) == 1 and isinstance(fixed.ops[0][0], nn.Conv2d) and fixed(x, 0).shape == x.shape
+
+
+def test_the_released_coco_network_builds_the_originals_attention_widths():
+    # The original parses the reduction from the op's name, int("Inter-r16"[-1]) == 6: the op the paper calls
+    # r16 has hidden width out // 6, which COCO_3.8G uses on P2's semantic features and on P5.
+    from modeling.autopanoptic.backbone import RETRAIN_WIDTHS
+    from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
+
+    assert (INTER_OPS, INTER_REDUCTIONS) == (("se_r4", "se_r8", "se_r6"), (4, 8, 6))
+    with torch.device("meta"):  # shapes only: the paper's widths (FPN 256, semantic subnet 128), nothing allocated
+        network = AutoPanoptic(80, 53, released("COCO_3.8G"), PanopticSizes(widths=RETRAIN_WIDTHS))
+    hidden = [[layer.ops[0].squeeze.out_features for layer in part]
+              for part in (network.things_to_stuff, network.stuff_to_things)]
+    assert hidden == [[128 // 6, 32, 32, 32], [32, 32, 32, 256 // 6, 64]] == [[21, 32, 32, 32], [32, 32, 32, 42, 64]]

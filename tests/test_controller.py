@@ -1,5 +1,6 @@
-"""The decoder search's LSTM controller: decisions and head sizes per space, exact re-evaluation, the
-published maximum entropies, and samples that are valid genotypes (shared/reference/nas-segm.md §2, §8)."""
+"""The decoder search's LSTM controller (the original's ``src/rl/micro_controllers.py``): decisions and layer
+sizes per space, the layers shared as the original shares them, exact re-evaluation, the maximum entropies, and
+samples that are valid genotypes."""
 
 import math
 
@@ -23,11 +24,50 @@ def test_decisions_and_head_sizes_per_space():
         decision_sizes("darts")
 
 
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("space, parameters", [
+    # the original's HEAD MicroController has 169,365: less its unused Embedding(11, 100) (1,100), plus 606 for
+    # the CVPR-era position layers (2, 2, 5, 5, 8, 8 choices against 1, 1, 4, 4, 7, 7)
+    ("cvpr", 169_365 - 1_100 + 606),
+    # the original's TemplateController has 171,188, less its unused Embedding(6, 100)
+    ("wacv", 171_188 - 600),
+])
+def test_the_controller_has_the_originals_parameters_less_its_unused_embedding(space, parameters):
+    assert count(DecoderController(space)) == parameters
+
+
+@pytest.mark.parametrize("space, shared", [
+    ("cvpr", {"op": [6, 9, 10, 13, 14, 17, 18]}),
+    ("wacv", {"op": [0, 1, 3, 4, 6, 7], "aggregation": [2, 5, 8], "template": [11 + 5 * j for j in range(7)],
+              "repeats": [12 + 5 * j for j in range(7)], "stride": [13, 18, 23], "fixed_stride": [28, 33, 38, 43]}),
+])
+def test_decisions_of_one_kind_share_one_layer(space, shared):
+    controller = DecoderController(space)
+    for name, decisions in shared.items():
+        assert [d for d, layer in enumerate(controller.decisions) if layer == name] == decisions
+    # every other decision (connections, positions, locations) has a layer of its own
+    others = [layer for layer in controller.decisions if layer not in shared]
+    assert len(set(others)) == len(others) == len(controller.heads) - len(shared)
+    # one layer object serves all op decisions: moving its bias moves every op decision's logits alike
+    before = controller.logits()
+    with torch.no_grad():
+        controller.heads["op"].bias[0] += 1.0
+    after = controller.logits()
+    for d in range(len(controller.sizes)):
+        shift = torch.zeros_like(before[d])
+        if d in shared["op"]:
+            shift[0] = 1.0
+        assert torch.allclose(after[d] - before[d], shift, atol=1e-6)
+
+
 @pytest.mark.parametrize("space, nats", [("wacv", 53.51), ("cvpr", 35.12)])
 def test_uniform_logits_give_the_published_maximum_entropy(space, nats):
     controller = DecoderController(space)
     with torch.no_grad():
-        for head in controller.heads:
+        for head in controller.heads.values():
             head.weight.zero_()
             head.bias.zero_()
     _, entropy = controller.evaluate([0] * len(controller.sizes))

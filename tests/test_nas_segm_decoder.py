@@ -1,11 +1,14 @@
-"""The WACV 2020 decoder and its ops, built as the original builds them: the released architectures' exact
-parameter counts, per block and in total (shared/reference/nas-segm.md §3.3, §4, §8)."""
+"""The decoders of the decoder search and their ops, built as the original builds them (its
+``src/nn/micro_decoders.py`` and ``src/nn/layer_factory.py``): the released architectures' exact parameter
+counts, per block and in total, output strides, and the classifier's input as the original's ``collect_all``
+assembles it."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from modeling.nas_segm.encoder import WACV_TAPS, MobileNetV2Encoder
-from modeling.nas_segm.ops import OPS, ConcatReduce, ParamSum, SepConv
+from modeling.nas_segm.ops import OPS, ConcatReduce, ParamSum, SepConv, concat_step_by_step
 from modeling.nas_segm.template_decoder import TemplateDecoder
 
 # [templates [op1, op2, aggregation], blocks [input1, input2, template, repeats - 1, log2 stride]], as released
@@ -50,6 +53,47 @@ def test_output_stride_and_collected_blocks():
             assert decoder(encoder(torch.randn(1, 3, 128, 256))).shape == (1, 19, 32, 64)  # stride 4
 
 
+# a sampled candidate whose blocks never read the stride-4 feature (input 0)
+WACV_FEATURE_0_UNREAD = [[[2, 5, 0], [1, 2, 0], [2, 5, 0]],
+                         [[1, 1, 0, 0, 1], [1, 1, 1, 3, 1], [1, 1, 0, 1, 1], [1, 3, 0, 3, 0], [5, 1, 1, 0, 0],
+                          [1, 3, 2, 3, 0], [2, 2, 1, 3, 0]]]
+
+
+def test_an_encoder_feature_no_block_reads_is_not_classified():
+    # The original collects block outputs only (TemplateDecoder._collect_inds starts empty): 257,395 parameters,
+    # a 256-channel head input and stride 8, where classifying the unread stride-4 feature too gives 258,931,
+    # 280 channels and stride 4.
+    decoder = TemplateDecoder(WACV_FEATURE_0_UNREAD, [24, 32], num_classes=19).eval()
+    assert decoder.collected == [4, 6, 7, 8] and decoder.pre_clf[0].in_channels == 256
+    assert count(MobileNetV2Encoder(WACV_TAPS)) + count(decoder) == 257_395
+    with torch.no_grad():
+        assert decoder(MobileNetV2Encoder(WACV_TAPS).eval()(torch.randn(1, 3, 128, 256))).shape == (1, 19, 16, 32)
+
+
+def collect_all(features):
+    """The original's ``collect_all``, step by step: the running stack or the next feature, whichever is shorter,
+    goes to the other's size before they are concatenated."""
+    out = features[0]
+    for feature in features[1:]:
+        if out.shape[2] > feature.shape[2]:
+            feature = F.interpolate(feature, size=out.shape[2:], mode="bilinear", align_corners=False)
+        elif feature.shape[2] > out.shape[2]:
+            out = F.interpolate(out, size=feature.shape[2:], mode="bilinear", align_corners=False)
+        out = torch.cat([out, feature], 1)
+    return out
+
+
+def test_the_head_concatenates_step_by_step_as_the_originals_collect_all():
+    torch.manual_seed(0)
+    strides_32_16_4 = [torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 24, 32)]
+    stacked = concat_step_by_step(strides_32_16_4)
+    assert torch.equal(stacked, collect_all(strides_32_16_4))
+    straight = F.interpolate(strides_32_16_4[0], size=(24, 32), mode="bilinear", align_corners=False)
+    assert (stacked[:, :2] - straight).abs().max() > 0.1  # 32 -> 16 -> 4 is not 32 -> 4
+    tallest_first = [strides_32_16_4[2], strides_32_16_4[0]]
+    assert torch.equal(concat_step_by_step(tallest_first), collect_all(tallest_first))
+
+
 def test_op_formulas_by_hand():
     # SepConv(Ci->Co, k, rep) = (Ci k^2 + Ci Co + 2 Co) + (rep - 1)(Co k^2 + Co^2 + 2 Co)
     assert count(SepConv(32, 64, 3, 2, 1, 2)) == (32 * 9 + 32 * 64 + 128) + (64 * 9 + 64 * 64 + 128)
@@ -82,7 +126,13 @@ def test_the_released_cvpr_arch0_has_the_published_counts_and_output_stride():
     assert count(encoder) + count(decoder) == 2_629_909  # without the search's auxiliary classifiers
     assert decoder.collected == [4, 5, 6] and decoder.cells[0].cells[0].loose_ends == [1, 4, 7, 10]
     with torch.no_grad():
-        assert decoder(encoder(torch.randn(1, 3, 375, 500))).shape == (1, 21, 94, 125)  # stride 4, as released
+        features = encoder(torch.randn(1, 3, 375, 500))
+        assert decoder(features).shape == (1, 21, 94, 125)  # stride 4, as released
+        # The classifier reads cells 4, 5, 6 at strides 32, 16, 4: the first goes 32 -> 16 -> 4, as the original's.
+        # (Features of unit scale: an untrained encoder's vanish, and so would the difference.)
+        features = [torch.randn_like(feature) for feature in features]
+        cells = [decoder._outputs(features)[i] for i in decoder.collected]
+        assert torch.equal(decoder(features), decoder.conv_clf(decoder.pre_clf(F.relu(collect_all(cells)))))
 
 
 @pytest.mark.parametrize("genotype, total", [

@@ -187,6 +187,14 @@ def test_ranking_keeps_each_decoder_once_at_its_best_score():
     assert [(r["candidate"], r["times_sampled"]) for r in ranked] == [(2, 2), (3, 1), (4, 1)]
 
 
+def test_the_wacv_recipe_crops_stage_1_at_321_as_the_original_script():
+    # search_wacv.sh asks for 321: the original's RandomCrop rounds it to 320 when built (the cached stage-0
+    # images), and set_config hands stage 1 the 321 unrounded
+    from config_utils.recipes import recipe
+
+    assert recipe("nas-segm", "search", "cityscapes")["crop_size"] == [320, 321]
+
+
 def run(script, *args):
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
@@ -208,8 +216,10 @@ def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupte
 
     retrain = tmp_path / "retrain"
     # 64 px, not 32: at 32 px the stride-32 features are 1x1 and batch norm over 2 values gives gradients of 1e4,
-    # which the retrain's learning rate of 0.05 turns into a nan within a few steps.
-    result = run("train_new_model.py", *DATA[:-1], "64", "--batch_size", "2", "--crop_size", "64", "--epochs", "1",
+    # which the retrain's learning rate of 0.05 turns into a nan within a few steps. Batch 4, not 2: a decoder whose
+    # head reads only its strided blocks' outputs (as the original's) has 1x1 maps at 64 px, and batch norm over 2
+    # values went nan within two steps.
+    result = run("train_new_model.py", *DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64", "--epochs", "1",
                  "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain / "checkpoint.pth.tar", stage="retrain")

@@ -8,7 +8,7 @@ P2..P6). ``stage_repeats`` says how the backbone's blocks fall into its 4 stages
 (40 blocks) or a scaled-down supernet's.
 
 The original's own files (``COCO_3.8G``, ``ADE_3.8G``: a one-element JSON list holding the three lists, the
-paper's 40 blocks) are read as well (shared/reference/autopanoptic.md §5).
+paper's 40 blocks, as its ``architecture/`` folder holds them) are read as well.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from utils.errors import UserError
 
 BACKBONE_OPS = ("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3")
 HEAD_OPS = ("dw_conv_3x3", "dw_conv_5x5", "deform_conv_3x3", "deform_conv_5x5", "atrous_conv_3x3", "atrous_conv_5x5")
-INTER_OPS = ("se_r4", "se_r8", "se_r16")
-INTER_REDUCTIONS = (4, 8, 16)
+# The paper names the third attention op "r16", but the original's code builds it with reduction 6: its
+# search_space.py make_inter_layer reads the reduction as the last character of the name, "Inter-r16"[-1] == "6".
+# The released networks were trained (and found) with 6, so 6 it is, under a name that says so.
+INTER_OPS = ("se_r4", "se_r8", "se_r6")
+INTER_REDUCTIONS = (4, 8, 6)
+PAPER_INTER_NAMES = {"se_r6": "r16"}  # what the paper calls an op whose name here differs
 MASK_LAYERS, SUBNET_LAYERS = 4, 3
 THINGS_TO_STUFF, STUFF_TO_THINGS = 4, 5  # attention for the semantic features P2..P5 / the FPN levels P2..P6
 PAPER_STAGE_REPEATS = (8, 8, 16, 8)
@@ -88,7 +92,8 @@ class PanopticGenotype:
                 "head": f"{MASK_LAYERS} mask-head layers, then {SUBNET_LAYERS} layers of the semantic subnet shared "
                         "by P2..P5; each op is followed by GroupNorm(32) and ReLU",
                 "inter": f"{THINGS_TO_STUFF} things-to-stuff attention layers (semantic features at P2..P5), then "
-                         f"{STUFF_TO_THINGS} stuff-to-things layers (FPN levels P2..P6); SE reduction 4, 8 or 16"}
+                         f"{STUFF_TO_THINGS} stuff-to-things layers (FPN levels P2..P6); SE reduction 4, 8 or 6 "
+                         "(se_r6 is the paper's r16: the original's code builds it with reduction 6)"}
 
     def describe(self) -> str:
         lines = ["autopanoptic network"]
@@ -99,8 +104,8 @@ class PanopticGenotype:
             start += repeats
         lines.append("  mask head: " + ", ".join(HEAD_OPS[op] for op in self.mask_head))
         lines.append("  semantic subnet: " + ", ".join(HEAD_OPS[op] for op in self.subnet))
-        lines.append("  things-to-stuff attention (P2..P5): " + ", ".join(INTER_OPS[op] for op in self.things_to_stuff))
-        lines.append("  stuff-to-things attention (P2..P6): " + ", ".join(INTER_OPS[op] for op in self.stuff_to_things))
+        lines.append("  things-to-stuff attention (P2..P5): " + ", ".join(map(_inter_name, self.things_to_stuff)))
+        lines.append("  stuff-to-things attention (P2..P6): " + ", ".join(map(_inter_name, self.stuff_to_things)))
         return "\n".join(lines)
 
     @classmethod
@@ -140,6 +145,12 @@ class PanopticGenotype:
         """The original's file format (what its ``train_net.py --build-model`` reads)."""
         return (f'[{{"backbone": [{",".join(map(str, self.backbone))}], "head": [{",".join(map(str, self.head))}], '
                 f'"inter":[{",".join(map(str, self.inter))}]}}]')
+
+
+def _inter_name(op: int) -> str:
+    """The attention op's name, with the paper's where it differs."""
+    name = INTER_OPS[op]
+    return f"{name} (the paper's {PAPER_INTER_NAMES[name]})" if name in PAPER_INTER_NAMES else name
 
 
 def _short_backbone(op: int) -> str:

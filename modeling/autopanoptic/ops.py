@@ -1,7 +1,8 @@
-"""The ops Auto-Panoptic's heads and inter-modular attention choose among (shared/reference/autopanoptic.md
-§2.2, §2.3): depthwise-separable, deformable (DCNv2) and atrous convolutions for the mask-head and
-semantic-subnet layers, each followed by GroupNorm(32) and ReLU; squeeze-and-excitation attention with
-reduction 4, 8 or 16 between the thing and stuff branches.
+"""The ops Auto-Panoptic's heads and inter-modular attention choose among (the original's
+``modeling/search_space.py``): depthwise-separable, deformable (DCNv2) and atrous convolutions for the mask-head
+and semantic-subnet layers, each followed by GroupNorm(32) and ReLU; squeeze-and-excitation attention with
+reduction 4, 8 or 6 (the paper's "r16", which the original's code builds with 6) between the thing and stuff
+branches.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ PART_COLOURS = {"backbone": ("#4c72b0", "#55a868", "#c44e52", "#8172b2"),
                 "inter": ("#ccb974", "#dd8452", "#c44e52")}
 SHORT_NAMES = {"shufflenet_3x3": "S3", "shufflenet_5x5": "S5", "shufflenet_7x7": "S7", "xception_3x3": "X3",
                "dw_conv_3x3": "DW3", "dw_conv_5x5": "DW5", "deform_conv_3x3": "DF3", "deform_conv_5x5": "DF5",
-               "atrous_conv_3x3": "AT3", "atrous_conv_5x5": "AT5", "se_r4": "r4", "se_r8": "r8", "se_r16": "r16"}
+               "atrous_conv_3x3": "AT3", "atrous_conv_5x5": "AT5", "se_r4": "r4", "se_r8": "r8", "se_r6": "r6"}
 
 
 def architecture_rows(genotype: PanopticGenotype) -> list[tuple[str, str, list[str]]]:
@@ -50,7 +50,7 @@ def plot_architecture(genotype: PanopticGenotype) -> Figure:
     for spine in axes.spines.values():
         spine.set_visible(False)
     axes.set_title("Auto-Panoptic architecture (S: ShuffleNetV2 k×k, X3: Xception; DW/DF/AT: separable, deformable, "
-                   "atrous k×k; r: SE reduction)", fontsize=8)
+                   "atrous k×k; r: SE reduction, r6 being the paper's r16)", fontsize=8)
     figure.tight_layout()
     return figure
 

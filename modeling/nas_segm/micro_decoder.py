@@ -4,7 +4,7 @@ features of the encoder or of earlier cells, then a classifier on the cells nobo
 A genotype is ``[cell, connections]``: ``cell = [op0, [pos_a, pos_b, op_a, op_b] x 3]`` (ops index
 ``CVPR_OPS``; layer k reads positions 0..3k-2 of the cell's features) and ``connections = [[in1, in2] x 3]``,
 where inputs 0..3 are the encoder's features at strides 4..32 and 4 + b is cell b's output
-(shared/reference/nas-segm.md §3.2).
+(the original's ``MicroDecoder`` in ``src/nn/micro_decoders.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.nas_segm.ops import CVPR_OPS, OPS, concat_at_tallest, conv_bn_relu, resize_to
+from modeling.nas_segm.ops import CVPR_OPS, OPS, concat_step_by_step, conv_bn_relu, resize_to, unread_outputs
 
 NUM_LAYERS = 4  # layer 0 is one op on the input; layers 1..3 each add two ops and their sum
 OUTPUTS = (1, 4, 7, 10)  # the features a layer ends in; those no later layer reads are summed
@@ -74,11 +74,8 @@ class MicroDecoder(nn.Module):
         self.adapt = nn.ModuleList([conv_bn_relu(channels, agg_size) for channels in in_channels])
         self.cells = nn.ModuleList([MergeCell(cell, agg_size, sep_repeats) for _ in connections])
         self.connections = [tuple(pair) for pair in connections]
-        collected: list[int] = []
-        for b, pair in enumerate(self.connections):
-            collected = [i for i in collected if i not in pair] + [len(in_channels) + b]
-        self.collected = collected
-        self.pre_clf = conv_bn_relu(agg_size * len(collected), agg_size)
+        self.collected = unread_outputs(len(in_channels), self.connections)
+        self.pre_clf = conv_bn_relu(agg_size * len(self.collected), agg_size)
         self.conv_clf = nn.Conv2d(agg_size, num_classes, 3, padding=1, bias=True)
         self.aux_heads = nn.ModuleList(
             nn.Sequential(*([ContextualCell(cell, agg_size, sep_repeats)] if aux_cell else []),
@@ -92,7 +89,7 @@ class MicroDecoder(nn.Module):
         return outputs
 
     def _classify(self, outputs: list[torch.Tensor]) -> torch.Tensor:
-        return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))
+        return self.conv_clf(self.pre_clf(F.relu(concat_step_by_step([outputs[i] for i in self.collected]))))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._classify(self._outputs(features))

@@ -1,5 +1,5 @@
-"""The candidate ops of the decoder search and its two aggregation ops, built as the original builds them
-(its ``src/nn/layer_factory.py``; shared/reference/nas-segm.md §3.1).
+"""The candidate ops of the decoder search, its two aggregation ops and what its classifiers read, built as the
+original builds them (its ``src/nn/layer_factory.py`` and ``src/nn/micro_decoders.py``).
 
 Every op is ``OPS[name](c_in, c_out, stride, repeats)``. Convolutions have no bias, BatchNorm is affine,
 ReLUs are not in place. Two construction details of the original are kept because the released
@@ -9,7 +9,7 @@ one of its ``repeats``, and ``skip_connect`` and the global pooling op ignore th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +22,29 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
                                                                       align_corners=False)
 
 
-def concat_at_tallest(features: list[torch.Tensor]) -> torch.Tensor:
-    """The features concatenated along the channels at the size of the tallest one (the first of that height),
-    as the original's ``collect_all`` does (it compares heights only)."""
-    height = max(t.shape[2] for t in features)
-    size = next(t.shape[-2:] for t in features if t.shape[2] == height)
-    return torch.cat([resize_to(t, size) for t in features], dim=1)
+def unread_outputs(num_inputs: int, pairs: Sequence[Sequence[int]]) -> list[int]:
+    """The outputs a decoder's classifier concatenates, in the original's order: each block or cell output that
+    no later one reads (``pairs`` are their inputs; outputs number on from ``num_inputs``). Encoder features
+    are never among them, in both spaces, as in the original."""
+    collected: list[int] = []
+    for index, pair in enumerate(pairs):
+        collected = [i for i in collected if i not in pair] + [num_inputs + index]
+    return collected
+
+
+def concat_step_by_step(features: list[torch.Tensor]) -> torch.Tensor:
+    """The features concatenated along the channels in their order, as the original's ``collect_all``
+    (``src/nn/micro_decoders.py``) does: a running stack takes each next feature, the shorter of the two (by
+    height only) first resized to the other's size. A feature collected before taller ones is thus resized
+    once per step (stride 32 -> 16 -> 4, not 32 -> 4), which changes the logits of the released networks."""
+    stack = features[0]
+    for feature in features[1:]:
+        if feature.shape[2] > stack.shape[2]:
+            stack = resize_to(stack, feature.shape[-2:])
+        else:
+            feature = resize_to(feature, stack.shape[-2:])
+        stack = torch.cat([stack, feature], dim=1)
+    return stack
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, dilation: int = 1) -> nn.Sequential:

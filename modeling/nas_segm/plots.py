@@ -26,7 +26,7 @@ from matplotlib.textpath import TextPath
 from modeling.nas_segm.encoder import CVPR_TAPS, STAGES, WACV_TAPS
 from modeling.nas_segm.genotype import AGGREGATION_NAMES, DecoderGenotype
 from modeling.nas_segm.micro_decoder import OUTPUTS
-from modeling.nas_segm.ops import CVPR_OPS, WACV_OPS
+from modeling.nas_segm.ops import CVPR_OPS, WACV_OPS, unread_outputs
 
 # sizes in inches (the panels' data unit) and points
 NODE_FONTSIZE, OP_FONTSIZE, TITLE_FONTSIZE, PANEL_FONTSIZE, NOTE_FONTSIZE = 9, 8, 12, 10, 9
@@ -83,15 +83,6 @@ def plot_decoder(genotype: DecoderGenotype) -> Figure:
     raise ValueError(f"unknown nas-segm space {genotype.space!r}")
 
 
-def collected_outputs(num_inputs: int, pairs: Sequence[Sequence[int]], inputs_collected: bool) -> list[int]:
-    """The outputs the classifier concatenates, by the decoders' rule: every block or cell output (and, in the
-    WACV decoder, every encoder feature) that no later block or cell reads."""
-    collected = list(range(num_inputs)) if inputs_collected else []
-    for b, pair in enumerate(pairs):
-        collected = [i for i in collected if i not in pair] + [num_inputs + b]
-    return collected
-
-
 def encoder_labels(taps: Sequence[int]) -> list[str]:
     """``enc s4 (24 ch)`` and so on: the MobileNetV2 stages ``taps`` (as ``MobileNetV2Encoder`` counts them)."""
     labels, stride = [], 2  # after the stem
@@ -120,7 +111,7 @@ def _plot_wacv(genotype: DecoderGenotype) -> Figure:
     templates, structure = genotype.templates, genotype.structure
     names = encoder_labels(WACV_TAPS) + [wacv_block_label(j, block) for j, block in enumerate(structure)]
     pairs = [block[:2] for block in structure]
-    collected = collected_outputs(len(WACV_TAPS), pairs, inputs_collected=True)
+    collected = unread_outputs(len(WACV_TAPS), pairs)
     network = _NetworkLayout(names, pairs, collected, len(WACV_TAPS), "network: 7 template blocks")
     notes: list[tuple[str, str | None]] = [("templates (op1 reads input 1, op2 reads input 2):", None)]
     notes += [(template_label(t, template), None) for t, template in enumerate(templates)]
@@ -144,7 +135,7 @@ def _plot_wacv(genotype: DecoderGenotype) -> Figure:
 def _plot_cvpr(genotype: DecoderGenotype) -> Figure:
     cell, connections = genotype.config
     names = encoder_labels(CVPR_TAPS) + [f"cell {b}" for b in range(len(connections))]
-    collected = collected_outputs(len(CVPR_TAPS), connections, inputs_collected=False)
+    collected = unread_outputs(len(CVPR_TAPS), connections)
     notes: list[tuple[str, str | None]] = [("input of a merge cell", SUM_EDGE_COLOR),
                                            ("read by the classifier (concatenated)", COLLECTED_COLOR)]
     network = _NetworkLayout(names, connections, collected, len(CVPR_TAPS), "network: 3 merge cells")

@@ -3,7 +3,8 @@ repeated, over the encoder's stride-4 and stride-8 features, then a classifier o
 
 A genotype is ``[templates, structure]``: 3 templates ``[op1, op2, aggregation]`` (indices into ``WACV_OPS``
 and ``AGGREGATIONS``) and 7 blocks ``[input1, input2, template, repeats - 1, log2(stride)]``, where inputs
-0 and 1 are the encoder features and 2 + j is block j's output (shared/reference/nas-segm.md §3.3).
+0 and 1 are the encoder features and 2 + j is block j's output (the original's ``TemplateDecoder`` in
+``src/nn/micro_decoders.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.nas_segm.ops import AGGREGATIONS, OPS, WACV_OPS, concat_at_tallest, conv_bn_relu
+from modeling.nas_segm.ops import AGGREGATIONS, OPS, WACV_OPS, concat_step_by_step, conv_bn_relu, unread_outputs
 
 NUM_BLOCKS = 7
 RELEASED_AGG_SIZE, RELEASED_REPEATS = 64, 2  # the released networks' settings (the search used 48 and 1)
@@ -54,7 +55,6 @@ class TemplateDecoder(nn.Module):
         super().__init__()
         templates, structure = genotype
         channels = list(in_channels)
-        collected = list(range(len(in_channels)))
         self.blocks = nn.ModuleList()
         self.inputs: list[tuple[int, int]] = []
         for j, (first, second, template, repeats, log_stride) in enumerate(structure):
@@ -63,16 +63,15 @@ class TemplateDecoder(nn.Module):
             self.blocks.append(block)
             self.inputs.append((first, second))
             channels.append(block.out_channels)
-            collected = [i for i in collected if i not in (first, second)] + [len(channels) - 1]
-        self.collected = collected
-        self.pre_clf = conv_bn_relu(sum(channels[i] for i in collected), agg_size)
+        self.collected = unread_outputs(len(in_channels), self.inputs)
+        self.pre_clf = conv_bn_relu(sum(channels[i] for i in self.collected), agg_size)
         self.conv_clf = nn.Conv2d(agg_size, num_classes, 3, padding=1, bias=True)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         outputs = list(features)
         for block, (first, second) in zip(self.blocks, self.inputs):
             outputs.append(block(outputs[first], outputs[second]))
-        return self.conv_clf(self.pre_clf(F.relu(concat_at_tallest([outputs[i] for i in self.collected]))))
+        return self.conv_clf(self.pre_clf(F.relu(concat_step_by_step([outputs[i] for i in self.collected]))))
 
     def forward_with_aux(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The logits, and no auxiliary logits (the WACV decoder has no auxiliary heads)."""
