@@ -342,8 +342,8 @@ def make_coco_panoptic(root, count=2, height=40, width=56):
 
 
 def panoptic_checkpoint(path, data_root):
-    """A small retrained Auto-Panoptic network whose semantic branch says 'sky' everywhere, as train_new_model.py
-    saves it."""
+    """A small retrained Auto-Panoptic network whose semantic branch says 'sky' everywhere and whose box head detects
+    nothing (so no random detection covers the sky, whatever the initial weights), as train_new_model.py saves it."""
     from modeling.architecture_file import architecture_to_json
     from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
     from modeling.autopanoptic.network import build
@@ -359,6 +359,7 @@ def panoptic_checkpoint(path, data_root):
     model = build(args, genotype, None)
     with torch.no_grad():
         model.semantic_score.bias.copy_(torch.tensor([0.0, 50.0, 0.0]))  # label 1: sky
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([50.0, 0.0]))  # no thing detected
     save_checkpoint({"system": "autopanoptic", "stage": "retrain", "args": args, "categories": PANOPTIC_CATEGORIES,
                      "architecture": architecture_to_json(genotype), "model": model.state_dict(), "epoch": 1},
                     path)

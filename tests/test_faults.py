@@ -391,7 +391,7 @@ AUTODEEPLAB = "autodeeplab architectures"
     (["--model", "deeplabv3plus", "--filter_multiplier", "48"], "filter_multiplier", "--model deeplabv3plus",
      AUTODEEPLAB),
     (["--model", "deeplabv3plus", "--summary"], "summary", "--model deeplabv3plus",
-     f"{AUTODEEPLAB}, nas-segm architectures"),
+     f"{AUTODEEPLAB}, autopanoptic architectures, nas-segm architectures"),
     (["--saved_arch_path", str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--filter_multiplier", "48"],
      "filter_multiplier", "autopanoptic architectures", AUTODEEPLAB),
 ], ids=["F-nas-segm", "default-F-nas-segm", "drop-path-nas-segm", "backbone-autodeeplab", "F-deeplabv3plus",
