@@ -86,7 +86,7 @@ RECIPES |= {
         "rpn_pre_nms_train": 300, "rpn_post_nms_train": 300, "rpn_pre_nms_test": 300, "rpn_post_nms_test": 300,
         "rois_per_image": 128, "detections_per_image": 50, "max_iter": 240, "warmup_iters": 24,
         "checkpoint_period": 120, "search_cycles": 2, "bn_recalibration_iters": 10},
-    # The retrain (§6.2): the 3.8G widths, 90k iterations with drops at 60k and 80k, warm-up over 500.
+    # The retrain (the original's config of the searched COCO model): the 3.8G widths, 90k iterations with drops at 60k and 80k, warm-up over 500.
     ("autopanoptic", "retrain", "coco_panoptic"): {
         key: _AUTOPANOPTIC_PAPER[key] for key in ("batch_size", "min_size", "max_size", "stuff_area_limit",
                                                   "fpn_channels", "subnet_channels", "rpn_pre_nms_train",

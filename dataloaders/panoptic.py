@@ -4,7 +4,7 @@ two heads.
 A *panoptic source* yields one image with its COCO-panoptic ground truth: an id map (0 = VOID) and one record
 per segment (``id``, ``category_id``, ``iscrowd``, ``bbox`` [x, y, w, h], ``area``), with the dataset's
 ``categories`` (``id``, ``name``, ``isthing``). From these, ``semantic_target`` and ``instance_targets`` build
-what the semantic branch and Mask R-CNN train on (shared/reference/autopanoptic.md §1.3 and §3):
+what the semantic branch and Mask R-CNN train on (Auto-Panoptic, Wu et al., NeurIPS 2020, Sec. 3; the original's maskrcnn_benchmark COCO panoptic dataset):
 
 - semantic labels: 0 = every thing category merged, 1..S = the stuff categories in the order the categories
   list gives them, 255 = VOID. A crowd region is a thing region and gets 0, as the usual panoptic-to-semantic

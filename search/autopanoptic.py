@@ -1,5 +1,5 @@
 """Auto-Panoptic (NeurIPS 2020) as a search system: the one-shot supernet trained with fair path sampling, then
-the path-priority greedy search that decodes it (shared/reference/autopanoptic.md §3, §4).
+the path-priority greedy search that decodes it (Wu et al., NeurIPS 2020, Sec. 3; the original's engine/trainer.py and engine/architecture_search.py).
 
 Supernet training: iteration ``it`` (from 1) runs the ``FairPathSampler``'s path on every process; gradients
 are summed over each window of 12 iterations and the optimiser steps at its end, with the original's

@@ -1,4 +1,4 @@
-"""The retrain stage of Auto-Panoptic (shared/reference/autopanoptic.md §6.2): the searched network trained
+"""The retrain stage of Auto-Panoptic (Wu et al., NeurIPS 2020, Sec. 4; the original's configs for the searched COCO model): the searched network trained
 from scratch (or from a local backbone file) with the original's multi-step schedule, validated by PQ, and
 reported per category. ``train_new_model.py`` runs it for an Auto-Panoptic architecture.
 

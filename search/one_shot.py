@@ -1,4 +1,4 @@
-"""Auto-Panoptic's one-shot search without the model (shared/reference/autopanoptic.md §3, §4): the fair path
+"""Auto-Panoptic's one-shot search without the model (Wu et al., NeurIPS 2020, Sec. 3; the original's engine/trainer.py, solver/build.py and engine/architecture_search.py): the fair path
 sampler and its gradient-accumulation windows, the per-group learning rates and the warm-up cosine schedule of
 supernet training, and the bookkeeping of the path-priority greedy search.
 
@@ -23,7 +23,7 @@ OpPath = tuple[int, ...]
 # the random search's candidates.
 TRAINING_STREAM, SEARCH_STREAM, RANDOM_STREAM = 0, 1, 2
 
-# The original's supernet recipe (§3.1, §3.2).
+# The original's supernet recipe (its supernet config and solver/build.py).
 BASE_LR, BIAS_LR_FACTOR, WEIGHT_DECAY, BIAS_WEIGHT_DECAY = 0.02, 2.0, 1e-4, 0.0
 MAX_ITER, WARMUP_ITERS, WARMUP_FACTOR = 90000, 3000, 0.1
 ORIGINAL_TOPK = 5  # PathPrioritySearch's default; cfg.NAS.TOPK is never read
@@ -47,10 +47,9 @@ class FairPathSampler:
 
     The one-iteration offset is reproduced (code-exact), not fixed: optimizer steps come after iterations L, 2L,
     ... (``ends_accumulation``), so each step sums rows 1..L-1 of window k and row 0 of window k+1, and the op
-    counts per step are balanced only in expectation. Why: the reference asks for it ("A faithful port should
-    reproduce this offset", §3.1), its acceptance list requires "Iterations 1..11 use rows 1..11 of the first
-    matrix" (§10.1), and its scale-down keeps "the fair sampler and accumulation schedule, including the offset
-    quirk" (§9). Fairness per window, the paper's claim, holds either way.
+    counts per step are balanced only in expectation. Why: it is what the original's ``do_train`` computes, so its
+    paths and steps are reproduced exactly (iterations 1..L-1 use rows 1..L-1 of the first window), the scale-down
+    keeps it too, and fairness per window, the paper's claim, holds either way.
 
     Where the original draws each window from NumPy's global state on rank 0 and broadcasts it (and draws a
     fresh one when a run resumes), window k here is drawn from (seed, stream, k) alone: every rank computes the
@@ -106,7 +105,7 @@ def optimizer_steps(max_iter: int, length: int) -> int:
 
 
 # Parameter groups of supernet training and their LR divisors L/n, n the ops a parameter's layer chooses among
-# (1 for shared parameters), L = 12 (§3.1, solver/build.py:make_optimizer).
+# (1 for shared parameters), L = 12 (the original's solver/build.py:make_optimizer).
 SUPERNET_LR_DIVISORS: dict[str, float] = {
     "backbone_choice": 12 / 4,  # backbone choice blocks, their BN included
     "stem": 12,  # the backbone's first conv, used by every path
@@ -142,8 +141,8 @@ def lr_param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], group_
     gradient summed over an accumulation window becomes an average over the paths that used it. A single-model
     retrain (``group_of=None``): no division. Either way every parameter with ``bias`` anywhere in its name
     (conv, BN and GN biases alike) takes ``base_lr * bias_lr_factor`` (0.04), undivided, and
-    ``bias_weight_decay`` (0): the code does this after the division, and the reference keeps it ("Every *bias
-    param gets 0.04 with wd 0", §10.3; "Bias LR is undivided (x2 base)", Appendix). Frozen parameters are left
+    ``bias_weight_decay`` (0): the original's code does this after the division, so every bias takes 0.04 with weight decay 0, its LR
+    undivided. Frozen parameters are left
     out. Each group carries a ``name``: a group of ``divisors``, ``bias``, or ``weights`` for a retrain.
     """
     groups: dict[str, dict[str, Any]] = {}
@@ -281,7 +280,7 @@ class GreedyPathSearch(ScoredPathSearch):
 
     ``state_dict`` holds every cycle's candidates and the fitness of every evaluated candidate, keyed by path (a
     path met twice is evaluated once); the scoreboard is never stored but recomputed from every cycle whose
-    candidates all have a fitness. That is the deliberate fix of the original's resume (§4): it scored no cached
+    candidates all have a fitness. That is the deliberate fix of the original's resume (``PathPrioritySearch.load_checkpoint``): it scored no cached
     cycle when only some were cached, indexed the new cycles' list from the wrong start, dropped the candidates
     of an unfinished cycle and drew new ones. Here a resumed search evaluates only the candidates without a
     fitness and ends with the scoreboard of an uninterrupted run.

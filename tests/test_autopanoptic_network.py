@@ -1,4 +1,4 @@
-"""Auto-Panoptic's network wired as the reference describes (shared/reference/autopanoptic.md §1.1, §1.3): the
+"""Auto-Panoptic's network wired as the original's (Wu et al., NeurIPS 2020, Sec. 3 and Fig. 1): the
 attention reads P3..P6 (not P2) and the semantic features, the pyramid the detector sees is modulated, the
 semantic loss is the original's, and a supernet on a path computes what the searched network computes."""
 

@@ -1,5 +1,5 @@
 """Scoring and training one sampled candidate: the reward, early termination and Polyak averaging, each on
-the worked values of the original code (shared/reference/nas-segm.md §5) or by hand."""
+the worked values of the original code (src/engine/trainer.py, src/utils/helpers.py) or by hand."""
 
 import numpy as np
 import pytest

@@ -81,7 +81,7 @@ def test_downsampling_cell_strides_only_ops_on_cell_inputs():
 
 @pytest.mark.parametrize("fm,gmacs", [(20, 320.45), (32, 439.92), (48, 662.42)])
 def test_multi_adds_match_a_plain_convolution_count_at_1025x2049(fm, gmacs):
-    # the plain count of paper-param-counts.md §5.2 (global image pooling, no space-to-batch padding)
+    # the plain count (global image pooling, no space-to-batch padding)
     rows = component_costs(AutoDeepLab(paper_architecture(fm), num_classes=19), (1025, 2049))
     assert rows[-1][0] == "total" and round(rows[-1][2], 2) == gmacs
     assert rows[-1][2] == pytest.approx(sum(macs for _, _, macs in rows[:-1]))

@@ -1,4 +1,4 @@
-"""The decoder search's MobileNetV2 encoder: the original's exact construction (shared/reference/nas-segm.md §4)."""
+"""The decoder search's MobileNetV2 encoder: the original's exact construction (the original's src/nn/encoders.py)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Auto-Panoptic's one-shot logic (shared/reference/autopanoptic.md §3, §4, §10.1-3, §10.10): the fair sampler
+"""Auto-Panoptic's one-shot logic (the original's engine/trainer.py, solver/build.py, engine/architecture_search.py): the fair sampler
 uses every op equally in every window and is a pure function of (seed, iteration); accumulation steps after
 iterations 12, 24, ...; the LR groups and the warm-up cosine match hand-computed values; the greedy search ranks,
 scores and breaks ties as the original, and resumes from its state to the uninterrupted result. The random search

@@ -7,7 +7,7 @@ and ``transforms.v2`` are pure Python and work, and ``utils.detection_ops`` supp
 
 Whether the library loads is tried first, by loading it: where it loads (a matching build, CUDA or
 CPU), it registers the schemas itself and nothing is defined here, since defining them before the
-library registers its own aborts the process (shared/reference/autopanoptic.md §8).
+library registers its own aborts the process (measured with torch 2.13 CPU and torchvision 0.28).
 """
 
 from __future__ import annotations

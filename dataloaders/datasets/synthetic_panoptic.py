@@ -1,5 +1,5 @@
 """Generated panoptic datasets ("synthetic_panoptic", "synthetic_panoptic_context"): the data of the
-Auto-Panoptic scale-down (shared/reference/autopanoptic.md §9), needing no download.
+Auto-Panoptic scale-down (the synthetic_panoptic recipes of config_utils/recipes.py), needing no download.
 
 Each image is 2-3 horizontal stuff bands with wavy borders under 1-5 thing instances whose class is their SHAPE
 (disk, square, triangle; colour and texture drawn per instance, as in ``synthetic``), painted in order so that

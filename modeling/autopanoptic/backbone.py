@@ -2,7 +2,7 @@
 
 A block of stride 2 maps the whole input through its main branch and a depthwise-separable projection and
 concatenates the two; a block of stride 1 shuffles the channels, keeps one half and maps the other half
-through its main branch (shared/reference/autopanoptic.md §2.1). The main branch is ShuffleNetV2's
+through its main branch (the original's ShuffleNetV2/Xception choice blocks, as DetNAS builds them). The main branch is ShuffleNetV2's
 (1×1, depthwise k×k, 1×1, k = 3, 5, 7) or Xception's (three separable 3×3 units). The supernet keeps
 all 4 blocks of every layer and runs the one a path names; a searched network keeps only its own.
 """

@@ -1,7 +1,7 @@
 """Auto-Panoptic's network: Panoptic FPN (Mask R-CNN plus a semantic branch) with searched parts and the
-inter-modular attention between the thing and stuff branches (shared/reference/autopanoptic.md §1).
+inter-modular attention between the thing and stuff branches (Wu et al., NeurIPS 2020, Sec. 3).
 
-The order of one forward (§1.1): backbone C2..C5 → FPN P2..P6 (GroupNorm, P6 a stride-2 subsample of P5)
+The order of one forward: backbone C2..C5 → FPN P2..P6 (GroupNorm, P6 a stride-2 subsample of P5)
 → things-to-stuff attention from P3..P6 → the shared semantic subnet on P2..P5, upsampled to P2 →
 stuff-to-things attention from those features → P_i ← P_i + a_i·P_i → RPN and RoI heads (torchvision's,
 with our GroupNorm box head and searched mask head) → the semantic features gain s_i·f_i, are
@@ -57,7 +57,7 @@ LEVELS = ("p2", "p3", "p4", "p5", "p6")
 @dataclass(frozen=True)
 class PanopticSizes:
     """The sizes a network is built at: the paper's by default; a small machine shrinks them without
-    changing the algorithm (§9)."""
+    changing the algorithm."""
 
     widths: tuple[int, ...] = SEARCH_WIDTHS
     stage_repeats: tuple[int, ...] = PAPER_STAGE_REPEATS
