@@ -427,10 +427,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """--out-dir, else run/search_vs_random/<system>_<budget>: where the runs, the state and the result go."""
+    return Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     system = SYSTEMS[args.system]
     budget = system.budgets[args.budget]
-    out = Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
+    out = output_folder(args)
     out.mkdir(parents=True, exist_ok=True)
     state = State(out / "benchmark_state.json", system.name)
     bench = Benchmark(system, budget, out, args.threads, state)
@@ -566,7 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except BenchmarkError as error:
         sys.exit(f"search_vs_random.py: {error}")
-    out = Path(args.out_dir or ROOT / "run" / "search_vs_random" / f"{args.system}_{args.budget}")
+    out = output_folder(args)
     write_result(result, out, "result")
     if args.results:
         write_result(result, Path(args.results), f"search_vs_random_{args.system}")
