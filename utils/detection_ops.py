@@ -19,6 +19,7 @@ import importlib
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from utils.torchvision_compat import import_torchvision
@@ -179,29 +180,19 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
         kernel_index = torch.arange(kernel, device=input.device)
         return (out_index[None, :] * stride - pad + kernel_index[:, None] * dilation).to(input.dtype)
 
+    # Normalised for grid_sample (align_corners=False: pixel p sits at (2p + 1) / size - 1), whose zero padding
+    # drops each bilinear corner outside the map, as the kernels do.
     base_y = positions(out_h, stride_h, pad_h, kernel_h, dilation_h).view(kernel_h, 1, out_h, 1)
     base_x = positions(out_w, stride_w, pad_w, kernel_w, dilation_w).view(1, kernel_w, 1, out_w)
     offset_y, offset_x = offset.reshape(batch, offset_groups, kernel_h, kernel_w, 2, out_h, out_w).unbind(4)
-    y = (base_y + offset_y).flatten(2)  # [N, G, kh·kw·out_h·out_w]
-    x = (base_x + offset_x).flatten(2)
-    y_low, x_low = y.floor(), x.floor()
-    y_fraction, x_fraction = y - y_low, x - x_low
-    y_low, x_low = y_low.long(), x_low.long()
-    channels_last = input.reshape(batch, offset_groups, channels_per_offset_group, height * width).transpose(2, 3)
-    batch_index = torch.arange(batch, device=input.device)[:, None, None]
-    group_index = torch.arange(offset_groups, device=input.device)[None, :, None]
-    sampled = 0
-    for row, row_weight in ((y_low, 1 - y_fraction), (y_low + 1, y_fraction)):
-        for column, column_weight in ((x_low, 1 - x_fraction), (x_low + 1, x_fraction)):
-            inside = (row >= 0) & (row <= height - 1) & (column >= 0) & (column <= width - 1)
-            flat_index = row.clamp(0, height - 1) * width + column.clamp(0, width - 1)
-            values = channels_last[batch_index, group_index, flat_index]  # [N, G, P, C/G]
-            sampled = sampled + (row_weight * column_weight * inside)[..., None] * values
+    grid = torch.stack(((2 * (base_x + offset_x) + 1) / width - 1, (2 * (base_y + offset_y) + 1) / height - 1), -1)
+    sampled = F.grid_sample(input.reshape(batch * offset_groups, channels_per_offset_group, height, width),
+                            grid.reshape(batch * offset_groups, kernel_positions * out_h, out_w, 2),
+                            mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.view(batch, offset_groups, channels_per_offset_group, kernel_positions, out_h * out_w)
     if mask is not None:
-        sampled = sampled * mask.reshape(batch, offset_groups, kernel_positions * out_h * out_w)[..., None]
-    columns = (sampled.view(batch, offset_groups, kernel_positions, out_h * out_w, channels_per_offset_group)
-               .permute(0, 1, 4, 2, 3)
-               .reshape(batch, weight_groups, channels_per_weight_group * kernel_positions, out_h * out_w))
+        sampled = sampled * mask.reshape(batch, offset_groups, 1, kernel_positions, out_h * out_w)
+    columns = sampled.reshape(batch, weight_groups, channels_per_weight_group * kernel_positions, out_h * out_w)
     grouped_weight = weight.reshape(weight_groups, out_channels // weight_groups, -1)
     output = torch.matmul(grouped_weight, columns).view(batch, out_channels, out_h, out_w)
     return output if bias is None else output + bias.view(1, -1, 1, 1)
