@@ -29,8 +29,10 @@ def test_the_first_ppo_update_leaves_the_controller_unchanged():
     assert agent.baseline == 0.7 and agent.inserted == 1
 
 
-@pytest.mark.parametrize("name, rounds", [("reinforce", 60), ("ppo", 8)])
-def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds):
+# PPO's rounds take 100 steps each and learn only once a reward differs from the baseline: its seed draws the
+# rewarded choice on the second round only.
+@pytest.mark.parametrize("name, rounds, seed", [("reinforce", 60, 2), ("ppo", 2, 3)])
+def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds, seed):
     torch.manual_seed(0)
     controller = DecoderController("wacv")
     agent = LEARNING_AGENTS[name](controller, lr=0.01)
@@ -38,7 +40,7 @@ def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds):
     # the six share one layer, so rewarding op 1 in one of them alone pulls that layer against itself.
     decision = 9
     start = probability_of(controller, decision, 1)
-    generator = torch.Generator().manual_seed(2)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(rounds):
         action, log_prob, _ = controller.sample(generator)
         agent.update(1.0 if action[decision] == 1 else 0.0, action, log_prob.item())
