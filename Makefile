@@ -11,11 +11,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-export.tx
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
+# One pytest worker per core, each torch on one thread: most tests are small and single-threaded, and workers
+# of several threads each oversubscribe the cores (2 cores: 1,287 s on one worker, 680 s on two).
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,13 +8,19 @@ script's ``main(argv, hooks=...)``: they run before the script's own hooks at ev
 from __future__ import annotations
 
 import os
+import runpy
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import train_autodeeplab
 import train_new_model
 from utils.trainer import Hook, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "2", "--synthetic_size", "40",
              "--batch_size", "2", "--crop_size", "32"]
@@ -60,3 +66,30 @@ def tiny_stage():
         module, args = STAGES[stage]
         return module, list(args)
     return make
+
+
+def run_script(script: str, *args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``script`` (a path under the repository, e.g. ``train_new_model.py`` or ``benchmarks/inference.py``) in a
+    fresh Python process, as a user does: for what only a process shows (signals, exit status, imports, threads)."""
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_in_process(monkeypatch, capsys):
+    """``run_in_process(script, *args, cwd=...)``: the script run as ``__main__`` in this process (its command-line
+    wrapper included, so exit status and messages are the user's), without the 3 to 4 seconds of a fresh
+    interpreter's imports. Returns a ``CompletedProcess`` with the exit status and what it printed."""
+    def run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+        capsys.readouterr()
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        output = capsys.readouterr()
+        return subprocess.CompletedProcess(sys.argv, code, output.out, output.err)
+    return run

@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +11,15 @@ from benchmarks.inference import multi_adds_g
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.autodeeplab.costs import component_costs
+from tests.conftest import run_script
 from utils.torchvision_compat import import_torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "inference.py"
 SIZE = (33, 47)
 TINY = ["--input_size", *map(str, SIZE), "--steps", "1", "--warmup", "0", "--threads", "1", "--device", "cpu"]
 
 
 def run(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True, timeout=300)
+    return run_script("benchmarks/inference.py", *flags)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +87,8 @@ def test_table_prints_one_row_per_model_and_a_footer():
     (["--input_size", "0", "47"], ["--input_size", "positive"]),
     (["--steps", "0"], ["--steps", "positive"]),
 ])
-def test_bad_flags_give_a_one_line_error(flags, words):
-    result = run(*flags)
+def test_bad_flags_give_a_one_line_error(run_in_process, flags, words):
+    result = run_in_process("benchmarks/inference.py", *flags)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("inference.py: error:") and all(word in result.stderr for word in words)

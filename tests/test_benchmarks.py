@@ -1,23 +1,19 @@
 """The benchmark scripts keep their interface (no wall time is asserted)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_script
 from utils.detection_ops import native_ops_available
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("amp", ["off", "fp16"])
 def test_search_step_json_has_the_documented_keys(amp):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_step.py"), "--filter_multiplier", "1",
-                             "--crop_size", "32", "--batch_size", "2", "--num_classes", "3", "--num_layers", "2",
-                             "--steps", "1", "--warmup", "0", "--amp", amp, "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_script("benchmarks/search_step.py", "--filter_multiplier", "1",
+                        "--crop_size", "32", "--batch_size", "2", "--num_classes", "3", "--num_layers", "2",
+                        "--steps", "1", "--warmup", "0", "--amp", amp, "--json")
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     for key in ("weight_step_s", "arch_step_s", "peak_rss_mb", "forward_gmacs", "images_per_s",
@@ -28,8 +24,8 @@ def test_search_step_json_has_the_documented_keys(amp):
 
 @pytest.mark.slow
 def test_training_loop_reports_seconds_per_step_of_both_stages():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training_loop.py"), "--epochs", "2",
-                             "--samples", "8", "--threads", "1", "--json"], capture_output=True, text=True, timeout=600)
+    result = run_script("benchmarks/training_loop.py", "--epochs", "2",
+                        "--samples", "8", "--threads", "1", "--json")
     assert result.returncode == 0, result.stderr
     figures = [json.loads(line) for line in result.stdout.splitlines()]
     assert [f["stage"] for f in figures] == ["search", "retrain"]
@@ -42,8 +38,8 @@ def test_candidate_throughput_compares_the_stage0_cache_with_none():
     search = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "2", "--synthetic_size", "40",
               "--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side", "32", "32", "--val-crop-size", "32",
               "--val-resize-side", "32", "--num-segm-epochs", "1", "1", "--val-every", "1", "1"]
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "candidate_throughput.py"), "--candidates", "2",
-                             "--threads", "1", "--json", "--", *search], capture_output=True, text=True, timeout=600)
+    result = run_script("benchmarks/candidate_throughput.py", "--candidates", "2",
+                        "--threads", "1", "--json", "--", *search)
     assert result.returncode == 0, result.stderr
     cached, uncached = (json.loads(line) for line in result.stdout.splitlines())
     assert (cached["setting"], uncached["setting"]) == ("cached", "uncached")
@@ -56,8 +52,8 @@ def test_candidate_throughput_compares_the_stage0_cache_with_none():
 
 
 def test_candidate_throughput_names_a_failed_search():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "candidate_throughput.py"), "--settings",
-                             "cached", "--", "--val-every", "3", "3"], capture_output=True, text=True, timeout=300)
+    result = run_script("benchmarks/candidate_throughput.py", "--settings",
+                        "cached", "--", "--val-every", "3", "3")
     assert result.returncode == 1 and "the search failed" in result.stderr
     assert "--val-every 3 3" in result.stderr and "Traceback" not in result.stderr
 
@@ -68,8 +64,8 @@ def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the
              "bn_batches": 1}
     flags = [text for key, value in sizes.items()
              for text in ["--" + key.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]]
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "panoptic_search.py"), *flags, "--steps", "1",
-                             "--warmup", "0", "--threads", "1", "--json"], capture_output=True, text=True, timeout=300)
+    result = run_script("benchmarks/panoptic_search.py", *flags, "--steps", "1",
+                        "--warmup", "0", "--threads", "1", "--json")
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     figures = json.loads(line)
@@ -81,9 +77,8 @@ def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the
     assert figures["images_per_s"] == pytest.approx(2 / figures["supernet_iteration_s"], rel=rounding + 1e-3)
 
 
-def test_panoptic_search_refuses_a_width_groupnorm_cannot_split():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "panoptic_search.py"), "--fpn-channels", "48"],
-                            capture_output=True, text=True, timeout=300)
+def test_panoptic_search_refuses_a_width_groupnorm_cannot_split(run_in_process):
+    result = run_in_process("benchmarks/panoptic_search.py", "--fpn-channels", "48")
     assert result.returncode == 2 and "--fpn-channels 48: must be a multiple of 32" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -91,9 +86,8 @@ def test_panoptic_search_refuses_a_width_groupnorm_cannot_split():
 def test_detection_ops_reports_every_case_with_the_native_column_only_where_the_kernels_load():
     tiny = ["--nms-boxes", "50", "--roi-count", "8", "--roi-channels", "4", "--roi-map", "16", "--mask-count", "4",
             "--mask-size", "32", "--deform-in", "4", "--deform-out", "4", "--deform-batch", "1", "--deform-map", "8"]
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_ops.py"), *tiny, "--repeats", "2",
-                             "--warmup", "0", "--threads", "1", "--device", "cpu", "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_script("benchmarks/detection_ops.py", *tiny, "--repeats", "2",
+                        "--warmup", "0", "--threads", "1", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
     figures = [json.loads(line) for line in result.stdout.splitlines()]
     assert [f["case"] for f in figures] == ["nms", "roi_align", "roi_align_mask_targets", "deform_conv2d"]
@@ -114,9 +108,8 @@ def test_detection_ops_reports_every_case_with_the_native_column_only_where_the_
 
 
 def test_detection_ops_table_says_unavailable_where_the_native_kernels_do_not_load():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_ops.py"), "--cases", "nms",
-                             "--nms-boxes", "20", "--repeats", "1", "--warmup", "0", "--threads", "1"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_script("benchmarks/detection_ops.py", "--cases", "nms",
+                        "--nms-boxes", "20", "--repeats", "1", "--warmup", "0", "--threads", "1")
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:4] == ["case", "sizes", "ours_s", "native_s"] and row.startswith("nms ")

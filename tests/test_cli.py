@@ -2,10 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,24 +10,18 @@ import decode_autodeeplab
 import train_autodeeplab
 from dataloaders import get_dataset_info
 from modeling.autodeeplab.genotype import Architecture
+from tests.conftest import run_script
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ["--synthetic-train-samples", "8", "--synthetic_val_samples", "2", "--synthetic_size", "52",
              "--batch-size", "2", "--crop_size", "48"]
-
-
-def run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_search_decode_retrain_end_to_end(tmp_path):
     search_dir, retrain_dir = tmp_path / "search", tmp_path / "retrain"
-    result = run("train_autodeeplab.py", *TINY_DATA, "--filter_multiplier", "2", "--epochs", "2",
+    result = run_script("train_autodeeplab.py", *TINY_DATA, "--filter_multiplier", "2", "--epochs", "2",
                  "--alpha_epoch", "1", "--out-dir", str(search_dir))
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (search_dir / "metrics.jsonl").read_text().splitlines()]
@@ -43,7 +34,7 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert list((search_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((search_dir / "args.json").read_text())["batch_size"] == 2
 
-    result = run("decode_autodeeplab.py", "--dataset", "synthetic", "--resume", str(search_dir / "checkpoint.pth.tar"))
+    result = run_script("decode_autodeeplab.py", "--dataset", "synthetic", "--resume", str(search_dir / "checkpoint.pth.tar"))
     assert result.returncode == 0, result.stderr
     arch = Architecture.load(search_dir / "architecture.json")
     assert arch.num_layers == 12 and arch.filter_multiplier == 2
@@ -51,7 +42,7 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert (search_dir / "architecture.png").is_file()
     assert str(list(arch.network_path)) in result.stdout
 
-    result = run("train_new_model.py", *TINY_DATA, "--saved-arch-path", str(search_dir), "--filter_multiplier", "4",
+    result = run_script("train_new_model.py", *TINY_DATA, "--saved-arch-path", str(search_dir), "--filter_multiplier", "4",
                  "--epochs", "1", "--out-dir", str(retrain_dir))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain_dir / "checkpoint.pth.tar", stage="retrain")
@@ -65,17 +56,17 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert report["miou"] == pytest.approx(record["val_miou"])  # one epoch: the best is the last
     assert (retrain_dir / "report_val" / "per_class.csv").is_file()
 
-    result = run("evaluate.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), *TINY_DATA[:6], "--flip")
+    result = run_script("evaluate.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), *TINY_DATA[:6], "--flip")
     assert result.returncode == 0, result.stderr
     assert (retrain_dir / "eval_val_flip" / "confusion_matrix.png").is_file() and "mIoU" in result.stdout
-    result = run("inference.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), "--in-path",
+    result = run_script("inference.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), "--in-path",
                  str(retrain_dir / "report_val"), "--out-path", str(tmp_path / "predictions"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "predictions" / "masks" / "confusion_matrix.png").is_file()
 
 
-def test_summary_prints_the_paper_parameter_count():
-    result = run("train_new_model.py", "--filter_multiplier", "20", "--num_classes", "19", "--summary")
+def test_summary_prints_the_paper_parameter_count(run_in_process):
+    result = run_in_process("train_new_model.py", "--filter_multiplier", "20", "--num_classes", "19", "--summary")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "10147427"
 
@@ -96,9 +87,9 @@ def test_summary_prints_the_paper_parameter_count():
     ("evaluate.py", ["--ckpt", "missing.pth.tar"], "missing.pth.tar: checkpoint not found"),
     ("inference.py", ["--ckpt", "missing.pth.tar", "--in-path", ".", "--out-path", "out"], "holds no images"),
 ])
-def test_bad_input_gives_one_clear_line(tmp_path, script, args, expected):
-    result = run(script, *args, "--out-dir", str(tmp_path / "run"), cwd=tmp_path) if script.startswith("train") \
-        else run(script, *args, cwd=tmp_path)
+def test_bad_input_gives_one_clear_line(tmp_path, run_in_process, script, args, expected):
+    result = run_in_process(script, *args, "--out-dir", str(tmp_path / "run"), cwd=tmp_path) \
+        if script.startswith("train") else run_in_process(script, *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -10,18 +10,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import ROOT
 from utils import detection_ops
 from utils.detection_ops import deform_conv2d, install, native_ops_available, nms, roi_align
 from utils.torchvision_compat import import_torchvision
 
 torchvision = import_torchvision()
-ROOT = Path(__file__).resolve().parents[1]
 NATIVE = torchvision.extension._has_ops()
 needs_native = pytest.mark.skipif(not NATIVE, reason="torchvision's compiled ops do not load here")
 needs_missing_native = pytest.mark.skipif(native_ops_available(),

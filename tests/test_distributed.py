@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 
 from modeling.autodeeplab.fused_edges import EdgeFanOut
 from modeling.autodeeplab.genotype import PRIMITIVES
+from tests.conftest import ROOT
 from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_batchnorm_batch,
                                check_identical,
                                per_process_batch, uses_sync_batchnorm)
@@ -22,7 +22,6 @@ from utils.precision import PrecisionStep
 from utils.run_dir import RunDir, read_jsonl
 from utils.trainer import mean_over_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 
 

@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +32,7 @@ from dataloaders.files import FilePairSource, read_image
 from modeling.architecture_file import save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
-from tests.conftest import TINY_DATA, TINY_RETRAIN, TINY_SEARCH, PreemptBeforeEpoch, Preempted, SignalAtStep
-from tests.test_cli import run
+from tests.conftest import ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH, PreemptBeforeEpoch, Preempted, SignalAtStep
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
 from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
@@ -48,7 +46,6 @@ from utils.losses import cross_entropy, make_criterion
 from utils.run_dir import RunDir, new_run_dir, read_jsonl
 from utils.trainer import Hook, NonFiniteLoss, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 TWO_EPOCHS = ["--epochs", "2"]  # the last flag wins over the tiny arguments' 3
 
 
@@ -85,10 +82,10 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "a file, not a folder"
 
 
-def test_the_refusal_is_one_line_and_exit_status_2(tmp_path):
+def test_the_refusal_is_one_line_and_exit_status_2(tmp_path, run_in_process):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("")
-    result = run("train_new_model.py", "--out-dir", str(blocker / "run"), cwd=tmp_path)
+    result = run_in_process("train_new_model.py", "--out-dir", str(blocker / "run"), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"train_new_model.py: error: --out-dir {blocker / 'run'}: cannot be "
                                           f"created: {blocker} is a file, not a folder"]

@@ -8,18 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import utils.precision
 from dataloaders import SeededSampler
-from tests.conftest import STEPS_PER_EPOCH, SignalAtStep
+from tests.conftest import ROOT, STEPS_PER_EPOCH, SignalAtStep
 from utils.checkpoint import load_checkpoint
 from utils.interrupt import RunInterrupted
 
-ROOT = Path(__file__).resolve().parents[1]
 FLOAT16 = ["--amp", "--amp_dtype", "fp16"]
 
 

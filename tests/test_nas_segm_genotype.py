@@ -3,9 +3,6 @@ the project, load through the same envelope, and retrain through the same script
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,12 +10,10 @@ import train_new_model
 from modeling.architecture_file import architecture_from_json, architecture_to_json, load_architecture
 from modeling.nas_segm.genotype import DecoderGenotype, released
 from modeling.registry import load_trained_model, model_for_system
-from tests.conftest import TINY_DATA
+from tests.conftest import ROOT, TINY_DATA
 from tests.test_nas_segm_decoder import CVPR_ARCH0, WACV_ARCH0, WACV_ARCH1
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_released_architectures_ship_as_version_2_files():
@@ -68,11 +63,10 @@ def test_a_malformed_cvpr_genotype_names_the_field(change, message):
 
 @pytest.mark.parametrize("name, total", [("wacv_arch0", 280_147), ("wacv_arch1", 268_235), ("cvpr_arch0", 2_629_909),
                                          ("cvpr_arch1", 2_810_133), ("cvpr_arch2", 2_853_141)])
-def test_summary_prints_the_published_parameter_count(name, total):
+def test_summary_prints_the_published_parameter_count(run_in_process, name, total):
     path = ROOT / "modeling" / "architectures" / f"nas_segm_{name}.json"
-    result = subprocess.run([sys.executable, str(ROOT / "train_new_model.py"), "--saved_arch_path", str(path),
-                             "--num_classes", "21" if name.startswith("cvpr") else "19", "--summary"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = run_in_process("train_new_model.py", "--saved_arch_path", str(path),
+                            "--num_classes", "21" if name.startswith("cvpr") else "19", "--summary")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(total)
     assert ("cell 2" if name.startswith("cvpr") else "block 6") in result.stdout

@@ -3,10 +3,6 @@ recorded and kept from the controller; exact resume after SIGTERM and after a pr
 candidates whatever the number of processes."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from search.agents import UniformPolicy
 from search.candidates import derived_seed
 from search.controller import action_to_config
 from search.nas_segm import SAMPLING, ranked_candidates
-from tests.conftest import Preempted, SignalAtStep
+from tests.conftest import ROOT, Preempted, SignalAtStep, run_script
 from tests.test_distributed import launch
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -29,7 +25,6 @@ from utils.interrupt import RunInterrupted
 from utils.run_dir import RunDir, read_jsonl
 from utils.trainer import Hook
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ["--synthetic_train_samples", "20", "--synthetic_val_samples", "2", "--synthetic_size", "40"]
 SEARCH = DATA + ["--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side", "32", "32", "--val-crop-size",
                  "32", "--val-resize-side", "32", "--num-segm-epochs", "2", "1", "--val-every", "2", "1",
@@ -195,16 +190,10 @@ def test_the_wacv_recipe_crops_stage_1_at_321_as_the_original_script():
     assert recipe("nas-segm", "search", "cityscapes")["crop_size"] == [320, 321]
 
 
-def run(script, *args):
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupted):
     search_dir, records = uninterrupted
-    result = run("decode_autodeeplab.py", "--resume", str(search_dir), "--out-dir", str(tmp_path / "decoded"),
+    result = run_script("decode_autodeeplab.py", "--resume", str(search_dir), "--out-dir", str(tmp_path / "decoded"),
                  "--top-k", "2")
     assert result.returncode == 0, result.stderr
     best = max(records, key=lambda r: (r["reward"], -r["candidate"]))
@@ -219,13 +208,13 @@ def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupte
     # which the retrain's learning rate of 0.05 turns into a nan within a few steps. Batch 4, not 2: a decoder whose
     # head reads only its strided blocks' outputs (as the original's) has 1x1 maps at 64 px, and batch norm over 2
     # values went nan within two steps.
-    result = run("train_new_model.py", *DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64", "--epochs", "1",
+    result = run_script("train_new_model.py", *DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64", "--epochs", "1",
                  "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain / "checkpoint.pth.tar", stage="retrain")
     assert state["system"] == "nas-segm" and state["architecture"]["genotype"]["config"] == best["genotype"]
     assert not any("aux" in name for name in state["model"])  # the released settings: no auxiliary heads
-    result = run("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *DATA)
+    result = run_script("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *DATA)
     assert result.returncode == 0 and "mIoU" in result.stdout, result.stderr
     onnx_path = export_script.main(["--ckpt", str(retrain / "model_best.pth.tar"), "--input-size", "32", "32"])
     assert Path(onnx_path).is_file()

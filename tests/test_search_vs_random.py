@@ -4,17 +4,14 @@ end at toy size, resuming without redoing a finished retrain."""
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import kendalltau, percentileofscore
 
 from benchmarks.search_vs_random import kendall_tau, percentile_of, summarise
+from tests.conftest import ROOT, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("system", "metric", "searched_scores", "random_scores", "kendall_tau", "commit", "date")
 
 
@@ -75,9 +72,8 @@ def test_committed_results_agree_with_their_own_scores(path):
 
 
 def benchmark(tmp_path, *flags):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system",
-                             "autodeeplab", "--budget", "toy", "--search-seeds", "0", "--threads", "1", "--out-dir",
-                             str(tmp_path / "bench"), "--json", *flags], capture_output=True, text=True, timeout=600)
+    result = run_script("benchmarks/search_vs_random.py", "--system", "autodeeplab", "--budget", "toy",
+                        "--search-seeds", "0", "--threads", "1", "--out-dir", str(tmp_path / "bench"), "--json", *flags)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1]), result.stdout
 
@@ -112,7 +108,6 @@ def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path):
     drawn = json.loads((tmp_path / "bench" / "random_0" / "architecture.json").read_text())
     assert drawn["genotype"] != random_0["genotype"]
 
-    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_vs_random.py"), "--system", "nas-segm",
-                            "--budget", "toy", "--out-dir", str(tmp_path / "bench")], capture_output=True, text=True,
-                           timeout=600)
+    other = run_script("benchmarks/search_vs_random.py", "--system", "nas-segm", "--budget", "toy", "--out-dir",
+                       str(tmp_path / "bench"))
     assert other.returncode == 1 and "holds a benchmark of system 'autodeeplab', not 'nas-segm'" in other.stderr

@@ -3,13 +3,12 @@ where that library cannot load (defining them before it registers its own aborts
 
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
+from tests.conftest import ROOT
 from utils import torchvision_compat
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(code: str) -> str:
