@@ -31,7 +31,8 @@ def test_the_first_ppo_update_leaves_the_controller_unchanged():
 
 # PPO's rounds take 100 steps each and learn only once a reward differs from the baseline: its seed draws the
 # rewarded choice on the second round only.
-@pytest.mark.parametrize("name, rounds, seed", [("reinforce", 60, 2), ("ppo", 2, 3)])
+@pytest.mark.parametrize("name, rounds, seed", [("reinforce", 60, 2),
+                                               pytest.param("ppo", 2, 3, marks=pytest.mark.slow)])
 def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds, seed):
     torch.manual_seed(0)
     controller = DecoderController("wacv")
@@ -47,7 +48,7 @@ def test_each_agent_moves_the_policy_toward_a_rewarded_choice(name, rounds, seed
     assert probability_of(controller, decision, 1) > start + 0.1
 
 
-@pytest.mark.parametrize("name", ["reinforce", "ppo"])
+@pytest.mark.parametrize("name", ["reinforce", pytest.param("ppo", marks=pytest.mark.slow)])
 def test_a_restored_agent_updates_exactly_as_the_original(name):
     torch.manual_seed(0)
     first = LEARNING_AGENTS[name](DecoderController("cvpr"), seed=5)

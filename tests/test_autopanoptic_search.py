@@ -61,6 +61,7 @@ def test_every_parameter_takes_the_learning_rate_of_its_group():
     assert biases and all(rate[id(named[name])] == (0.04, 0.0) for name in biases)
 
 
+@pytest.mark.slow
 def test_the_supernet_trains_and_writes_its_split_and_paths(supernet_run):
     state = load_checkpoint(supernet_run / "checkpoint.pth.tar", stage="search", system="autopanoptic")
     assert state["step"]["iterations"] == 24 and not state["step"]["gradients"]  # a window just ended
@@ -70,6 +71,7 @@ def test_the_supernet_trains_and_writes_its_split_and_paths(supernet_run):
     assert all(record["train_loss"] > 0 and "loss_segmentation" in record for record in records)
 
 
+@pytest.mark.slow
 def test_weights_change_only_at_the_end_of_a_window_of_twelve(tmp_path):
     seen = []
 
@@ -83,6 +85,7 @@ def test_weights_change_only_at_the_end_of_a_window_of_twelve(tmp_path):
     assert not torch.equal(seen[10], seen[11]) and torch.equal(seen[11], seen[12])
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_middle_of_a_window_then_resume_gives_the_same_supernet(tmp_path, supernet_run):
     with pytest.raises(RunInterrupted, match="after step"):
         train(tmp_path, "run", hooks=[SignalAtStep(17)])
@@ -108,6 +111,7 @@ def decode(run_dir, out_dir):
     return decode_autodeeplab.main(["--resume", str(run_dir), "--out-dir", str(out_dir)])
 
 
+@pytest.mark.slow
 def test_the_greedy_search_takes_each_layers_best_ranked_op_and_resumes_exactly(tmp_path, supernet_run,
                                                                                monkeypatch):
     genotype = decode(supernet_run, tmp_path / "full")
@@ -148,6 +152,7 @@ def test_the_greedy_search_takes_each_layers_best_ranked_op_and_resumes_exactly(
         {k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
+@pytest.mark.slow
 def test_random_search_scores_uniform_paths_as_the_greedy_search_and_keeps_the_best(tmp_path, supernet_run):
     decode_autodeeplab.main(["--resume", str(supernet_run), "--strategy", "random", "--random-candidates", "3",
                              "--seed", "5", "--out-dir", str(tmp_path / "random")])
@@ -166,6 +171,7 @@ def test_random_search_scores_uniform_paths_as_the_greedy_search_and_keeps_the_b
     assert one.source["candidates_scored"] == 0 and not (supernet_run / "random_search_seed6.json").exists()
 
 
+@pytest.mark.slow
 def test_a_greedy_search_cache_of_another_supernet_is_refused(tmp_path, supernet_run):
     state_file = supernet_run / autopanoptic.GREEDY_STATE
     saved = json.loads(state_file.read_text()) if state_file.is_file() else None
@@ -261,6 +267,7 @@ def test_two_processes_train_the_supernet_on_the_same_paths(tmp_path):
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_greedy_search_after_the_candidate_in_hand(tmp_path, supernet_run, monkeypatch):
     state_file = supernet_run / autopanoptic.GREEDY_STATE
     saved = state_file.read_text() if state_file.is_file() else None

@@ -35,12 +35,14 @@ def torchvision_deeplabv3(num_classes: int) -> torch.nn.Module:
         weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False).eval()
 
 
+@pytest.mark.slow
 def test_json_describes_the_run_and_has_one_row_per_model_in_order(report):
     assert report["device"] == "cpu" and report["threads"] == 1
     assert report["input_size"] == list(SIZE) and report["batch_size"] == 2
     assert [row["model"] for row in report["rows"]] == ["autodeeplab-s", "torchvision-deeplabv3-resnet50"]
 
 
+@pytest.mark.slow
 def test_params_match_independent_counts(report):
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["autodeeplab-s"]["params"] == 10_147_427  # the paper's Auto-DeepLab-S at 19 classes
@@ -48,6 +50,7 @@ def test_params_match_independent_counts(report):
     assert rows["torchvision-deeplabv3-resnet50"]["params"] == expected
 
 
+@pytest.mark.slow
 def test_multi_adds_match_independent_counts(report):
     rows = {row["model"]: row for row in report["rows"]}
     autodeeplab = component_costs(AutoDeepLab(paper_architecture(20), 19, 20), SIZE)[-1][2]
@@ -58,12 +61,14 @@ def test_multi_adds_match_independent_counts(report):
         counter.get_total_flops() / 2e9, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_multi_adds_grow_with_the_input():
     for model in ("autodeeplab-s", "deeplabv3plus-resnet101", "torchvision-deeplabv3-resnet50"):
         small, large = multi_adds_g(model, 19, SIZE), multi_adds_g(model, 19, (2 * SIZE[0], 2 * SIZE[1]))
         assert 0 < small < large, model
 
 
+@pytest.mark.slow
 def test_latency_throughput_and_memory_are_consistent(report):
     for row in report["rows"]:
         assert row["latency_ms"] > 0
@@ -71,6 +76,7 @@ def test_latency_throughput_and_memory_are_consistent(report):
         assert row["peak_memory_mb"] > row["baseline_rss_mb"] > 0  # the model's own process grew
 
 
+@pytest.mark.slow
 def test_table_prints_one_row_per_model_and_a_footer():
     result = run(*TINY, "--num-classes", "5", "--models", "autodeeplab-s", "deeplabv3plus-resnet101")
     assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ from utils.detection_ops import native_ops_available
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["off", "fp16"])
 def test_search_step_json_has_the_documented_keys(amp):
     result = run_script("benchmarks/search_step.py", "--filter_multiplier", "1",
@@ -51,6 +52,7 @@ def test_candidate_throughput_compares_the_stage0_cache_with_none():
         assert figures["outside_s"] > 0 and figures["peak_rss_mib"] > 100
 
 
+@pytest.mark.slow
 def test_candidate_throughput_names_a_failed_search():
     result = run_script("benchmarks/candidate_throughput.py", "--settings",
                         "cached", "--", "--val-every", "3", "3")
@@ -58,6 +60,7 @@ def test_candidate_throughput_names_a_failed_search():
     assert "--val-every 3 3" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the_sizes_given():
     sizes = {"widths": [8, 16, 32, 64, 128], "stage_repeats": [1, 1, 2, 1], "fpn_channels": 32, "subnet_channels": 32,
              "image_size": 64, "batch_size": 2, "rpn_proposals": 50, "rois_per_image": 32, "held_out": 2,
@@ -83,6 +86,7 @@ def test_panoptic_search_refuses_a_width_groupnorm_cannot_split(run_in_process):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_detection_ops_reports_every_case_with_the_native_column_only_where_the_kernels_load():
     tiny = ["--nms-boxes", "50", "--roi-count", "8", "--roi-channels", "4", "--roi-map", "16", "--mask-count", "4",
             "--mask-size", "32", "--deform-in", "4", "--deform-out", "4", "--deform-batch", "1", "--deform-map", "8"]
@@ -107,6 +111,7 @@ def test_detection_ops_reports_every_case_with_the_native_column_only_where_the_
             assert f["grad_max_abs_diff"] is None and f["ours_over_native"] is None, f
 
 
+@pytest.mark.slow
 def test_detection_ops_table_says_unavailable_where_the_native_kernels_do_not_load():
     result = run_script("benchmarks/detection_ops.py", "--cases", "nms",
                         "--nms-boxes", "20", "--repeats", "1", "--warmup", "0", "--threads", "1")

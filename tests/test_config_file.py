@@ -63,6 +63,7 @@ def test_unreadable_files_are_one_line(tmp_path):
         retrain_parser().parse_args(["--config", str(tmp_path / "experiment.yaml")])
 
 
+@pytest.mark.slow
 def test_a_runs_args_json_replays_it(tmp_path):
     first = RunDir(train_new_model.main(TINY_RETRAIN + ["--epochs", "1", "--out-dir", str(tmp_path / "first")]))
     replay = RunDir(train_new_model.main(["--config", str(first.args), "--out-dir", str(tmp_path / "replay")]))

@@ -55,6 +55,7 @@ def _sharded_evaluation(context, batches):
     return evaluate(Lookup(), shard, 3, torch.device("cpu"), context=context)
 
 
+@pytest.mark.slow
 def test_sharded_validation_sums_to_the_single_process_scores(tmp_path):
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 3, (1, 3, 5, 6), generator=generator).float(),
@@ -87,6 +88,7 @@ def _collectives(context):
     return gradient.tolist(), loss, buffers_only, module.weight.tolist(), divergence
 
 
+@pytest.mark.slow
 def test_collective_helpers(tmp_path):
     for rank, (gradient, loss, buffers_only, weights, divergence) in enumerate(
             run_in_two_processes(_collectives, tmp_path)):
@@ -110,6 +112,7 @@ def _float16_steps(context):
     return results
 
 
+@pytest.mark.slow
 def test_float16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     for results in run_in_two_processes(_float16_steps, tmp_path):
         assert results == [(False, [0.0, 0.0], 32768.0),  # nobody steps, every scale backs off
@@ -132,6 +135,7 @@ def _synchronised_fan_out(context, state, x, weights, upstream):
     return _fan_out_gradients(fan_out, x.unflatten(0, (2, 4))[:, half].flatten(0, 1), weights, upstream[:, :, half])
 
 
+@pytest.mark.slow
 def test_synchronised_fan_out_statistics_make_two_half_batches_one_batch(tmp_path):
     torch.manual_seed(0)
     fan_out = EdgeFanOut(3, 2, groups=2).double()

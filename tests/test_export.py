@@ -61,6 +61,7 @@ def session(exported):
     return onnxruntime.InferenceSession(str(exported[0]), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_export_writes_one_self_contained_file_beside_the_checkpoint(exported):
     path, _, printed = exported
     assert path == path.parent / "model_best.onnx"
@@ -70,6 +71,7 @@ def test_export_writes_one_self_contained_file_beside_the_checkpoint(exported):
     assert str(path) in printed
 
 
+@pytest.mark.slow
 def test_the_batch_dimension_is_free_and_the_image_size_fixed(session):
     (image,), (logits,) = session.get_inputs(), session.get_outputs()
     assert (image.name, image.type, logits.name) == ("image", "tensor(float)", "logits")
@@ -77,6 +79,7 @@ def test_the_batch_dimension_is_free_and_the_image_size_fixed(session):
     assert image.shape[1:] == [3, HEIGHT, WIDTH]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnxruntime_matches_pytorch(exported, session, batch):
     model = exported[1]
@@ -88,6 +91,7 @@ def test_onnxruntime_matches_pytorch(exported, session, batch):
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_metadata_tells_how_to_preprocess_and_colour(exported):
     metadata = {prop.key: prop.value for prop in onnx.load(exported[0]).metadata_props}
     assert json.loads(metadata["class_names"]) == CLASS_NAMES
@@ -99,6 +103,7 @@ def test_metadata_tells_how_to_preprocess_and_colour(exported):
     assert metadata["filter_multiplier"] == "4"
 
 
+@pytest.mark.slow
 def test_the_check_against_pytorch_detects_different_weights(exported):
     path, model, _ = exported
     assert export_script.max_difference_to_pytorch(path, model, (HEIGHT, WIDTH)) <= 1e-4

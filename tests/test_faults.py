@@ -188,6 +188,7 @@ def test_stale_temporaries_are_those_of_dead_processes_only(tmp_path):
 # ---------------------------------------------------------------- --resume RUN
 
 
+@pytest.mark.slow
 def test_the_retrain_resumes_from_its_run_directory(tmp_path, tiny_stage):
     module, args = tiny_stage("retrain")
     with pytest.raises(Preempted):
@@ -218,6 +219,7 @@ def panoptic_architecture(path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("system", ["autodeeplab", "nas-segm", "autopanoptic"])
 def test_the_resume_command_a_stopped_retrain_prints_works_as_printed(tmp_path, system):
     args = {"autodeeplab": TINY_RETRAIN,
@@ -246,6 +248,7 @@ run_cli(lambda: train_autodeeplab.main(sys.argv[1:], hooks=hooks), "train_autode
 """
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_quits_at_once_in_one_line_keeping_the_last_checkpoint(tmp_path):
     run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.pth.tar"
     result = subprocess.run([sys.executable, "-c", DOUBLE_CTRL_C, *TINY_SEARCH, "--out-dir", str(run_dir)], cwd=ROOT,

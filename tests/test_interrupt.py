@@ -46,6 +46,7 @@ def test_sampler_skip_continues_the_same_epoch():
         sampler.set_epoch(4, skip=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, extra, stop_at", [
     ("search", [], 5),  # epoch 1, step 2 of 3: weights and α/β steps, trainB partly drawn
     ("retrain", [], 10),  # epoch 1, step 4 of 6

@@ -75,6 +75,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir, read_jsonl(RunDir(run_dir).candidates)
 
 
+@pytest.mark.slow
 def test_every_candidate_is_one_record_and_the_checkpoint_holds_the_search(uninterrupted):
     run_dir, records = uninterrupted
     assert [r["candidate"] for r in records] == [0, 1, 2] and all(r["status"] == "ok" for r in records)
@@ -93,6 +94,7 @@ def test_every_candidate_is_one_record_and_the_checkpoint_holds_the_search(unint
     assert (run_dir / "search_curves.png").is_file() and list((run_dir / "tensorboard").glob("events.*"))
 
 
+@pytest.mark.slow
 def test_a_failing_candidate_is_logged_and_never_reaches_the_controller(tmp_path):
     run_dir = search(tmp_path, "run", hooks=[FailCandidates({1})])
     records = read_jsonl(RunDir(run_dir).candidates)
@@ -107,6 +109,7 @@ def test_a_failing_candidate_is_logged_and_never_reaches_the_controller(tmp_path
     assert "FAILED (OutOfMemoryError" in (run_dir / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_too_many_failures_in_a_row_stop_the_search_with_a_clear_message(tmp_path):
     with pytest.raises(UserError, match=r"^2 candidates in a row failed, the last with OutOfMemoryError: CUDA out of "
                                         r"memory.*candidates\.jsonl\. Lower --batch-size"):
@@ -115,6 +118,7 @@ def test_too_many_failures_in_a_row_stop_the_search_with_a_clear_message(tmp_pat
     assert [r["status"] for r in state["candidates"]] == ["failed", "failed"] and state["failures_in_a_row"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_same_candidates_and_controller(tmp_path, uninterrupted):
     reference_dir, reference = uninterrupted
     signal_in_candidate_1 = SignalAtStep(CANDIDATE_STEPS + 2)  # stage 0 of candidate 1
@@ -127,6 +131,7 @@ def test_sigterm_then_resume_gives_the_same_candidates_and_controller(tmp_path, 
         assert torch.equal(controller(run_dir)[name], tensor), name
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_from_its_last_checkpoint_exactly(tmp_path, uninterrupted):
     reference_dir, reference = uninterrupted
     with pytest.raises(Preempted):
@@ -137,6 +142,7 @@ def test_a_killed_search_resumes_from_its_last_checkpoint_exactly(tmp_path, unin
     assert all(torch.equal(controller(run_dir)[k], v) for k, v in controller(reference_dir).items())
 
 
+@pytest.mark.slow
 def test_a_finished_search_goes_on_with_more_candidates(tmp_path, uninterrupted):
     _, reference = uninterrupted
     run_dir = search(tmp_path, "run", "--num_candidates", "2")
@@ -144,6 +150,7 @@ def test_a_finished_search_goes_on_with_more_candidates(tmp_path, uninterrupted)
     assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
 
 
+@pytest.mark.slow
 def test_random_search_draws_uniform_candidates_and_resumes_exactly_like_ppo(tmp_path):
     seed = 9314  # the search's default --seed
     with pytest.raises(Preempted):
@@ -165,6 +172,7 @@ def test_random_search_draws_uniform_candidates_and_resumes_exactly_like_ppo(tmp
     assert genotype.source["reward"] == max(r["reward"] for r in records)
 
 
+@pytest.mark.slow
 def test_the_decode_stage_sends_a_random_decoder_search_to_the_search_stage(uninterrupted):
     run_dir, _ = uninterrupted
     with pytest.raises(UserError, match=r"^--strategy random: a nas-segm search draws its random candidates in the "
@@ -236,12 +244,12 @@ def test_bad_flags_are_one_clear_line(tmp_path, flags, message):
 
 @pytest.mark.slow
 def test_the_candidates_do_not_depend_on_the_number_of_processes(tmp_path):
-    args = SEARCH + ["--parallel_candidates", "2", "--num_candidates", "4"]
+    args = SEARCH + ["--parallel_candidates", "2", "--num_candidates", "2"]
     launch(["torch.distributed.run", "--standalone"], "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "two")],
            tmp_path / "logs-two")
     launch(None, "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
     two, one = read_jsonl(RunDir(tmp_path / "two").candidates), read_jsonl(RunDir(tmp_path / "one").candidates)
-    assert [r["rank"] for r in two] == [0, 1, 0, 1] and [r["rank"] for r in one] == [0, 0, 0, 0]
+    assert [r["rank"] for r in two] == [0, 1] and [r["rank"] for r in one] == [0, 0]
     assert stable(two) == stable(one)
     assert all(torch.equal(controller(tmp_path / "two")[k], v) for k, v in controller(tmp_path / "one").items())
 
@@ -261,6 +269,7 @@ def teacher(tmp_path_factory):
     return run_dir / "model_best.pth.tar"
 
 
+@pytest.mark.slow
 def test_distillation_from_a_retrained_teacher_changes_stage_0_only_through_its_term(tmp_path, teacher,
                                                                                       uninterrupted):
     one = ["--num_candidates", "1", "--kd-teacher", str(teacher), "--do-kd"]
@@ -272,11 +281,13 @@ def test_distillation_from_a_retrained_teacher_changes_stage_0_only_through_its_
     assert distilled["checks"][0]["train_loss"] != plain["checks"][0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_a_teacher_for_other_classes_is_refused(tmp_path, teacher):
     with pytest.raises(UserError, match=r"--kd-teacher .*model_best.pth.tar: predicts 4 classes, the search has 5"):
         search(tmp_path, "run", "--do-kd", "--kd-teacher", str(teacher), "--num_classes", "5")
 
 
+@pytest.mark.slow
 def test_without_the_cache_stage_0_encodes_every_step(tmp_path, uninterrupted):
     run_dir = search(tmp_path, "run", "--num_candidates", "1", "--no-stage0-cache")
     record, cached = first_candidate(run_dir), first_candidate(uninterrupted[0])
@@ -286,6 +297,7 @@ def test_without_the_cache_stage_0_encodes_every_step(tmp_path, uninterrupted):
     assert load_checkpoint(RunDir(run_dir).checkpoint)["cache_bytes"] == 0
 
 
+@pytest.mark.slow
 def test_a_cvpr_search_trains_the_auxiliary_heads_and_counts_without_them(tmp_path):
     from modeling.nas_segm.network import DecoderSearchNetwork
 
@@ -300,6 +312,7 @@ def test_a_cvpr_search_trains_the_auxiliary_heads_and_counts_without_them(tmp_pa
     assert record["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_amp_trains_the_candidates_in_bfloat16(tmp_path, uninterrupted):
     run_dir = search(tmp_path, "run", "--num_candidates", "1", "--amp", "--amp_dtype", "bf16")
     record, full_precision = first_candidate(run_dir), first_candidate(uninterrupted[0])

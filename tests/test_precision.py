@@ -78,6 +78,7 @@ DATA = ["--synthetic_train_samples", "8", "--synthetic_val_samples", "2", "--syn
         "--batch_size", "2", "--crop_size", "32", "--filter_multiplier", "2", "--epochs", "2", "--amp"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("module, extra, scalers", [
     (train_autodeeplab, ["--num_layers", "3", "--steps", "2", "--block_multiplier", "2", "--alpha_epoch", "0"],

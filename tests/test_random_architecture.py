@@ -217,6 +217,7 @@ def tiny_search(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_the_random_strategy_writes_a_random_architecture_of_the_searched_space(tiny_search, tmp_path):
     decode_autodeeplab.main(["--resume", str(tiny_search), "--strategy", "random", "--seed", "4"])
     written = Architecture.load(tiny_search / "random_seed4")  # beside the search, never over its own decoding
@@ -225,6 +226,7 @@ def test_the_random_strategy_writes_a_random_architecture_of_the_searched_space(
     assert not (tiny_search / "architecture.json").exists()
 
 
+@pytest.mark.slow
 def test_several_random_candidates_are_scored_by_the_one_hot_supernet_and_the_best_kept(tiny_search, tmp_path):
     decode_autodeeplab.main(["--resume", str(tiny_search), "--strategy", "random", "--random-candidates", "3",
                              "--out-dir", str(tmp_path / "best")])
@@ -237,6 +239,7 @@ def test_several_random_candidates_are_scored_by_the_one_hot_supernet_and_the_be
     assert written.source["supernet_miou"] == max(estimates)
 
 
+@pytest.mark.slow
 def test_random_candidates_without_the_random_strategy_are_refused(tiny_search):
     with pytest.raises(UserError, match="--random-candidates: only with --strategy random"):
         decode_autodeeplab.main(["--resume", str(tiny_search), "--random-candidates", "3"])

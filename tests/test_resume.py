@@ -11,6 +11,7 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["search", "retrain"])
 def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_stage, stage):
     module, args = tiny_stage(stage)
@@ -37,6 +38,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_stage, stage):
     assert epochs == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_search_split_is_saved_disjoint_and_kept_on_resume(tmp_path):
     with pytest.raises(Preempted):
         train_autodeeplab.main(TINY_SEARCH + ["--out-dir", str(tmp_path / "run"), "--seed", "7"],
