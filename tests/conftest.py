@@ -1,7 +1,9 @@
-"""Shared tiny runs for the stage-script tests, and hooks that inject faults through the training loop.
+"""What the tests share: each system's tiny arguments, ways to run a script (in process, in a fresh process, in two
+processes), and hooks that inject faults through the training loop.
 
-The runs are small enough for a 2-core CPU: 12 synthetic 40x40 images, 3-layer supernets of F=2 for the
-search, F=2 networks for the retrain, batch 2, 3 epochs. Faults are ``utils.trainer.Hook``s passed to a
+The runs are small enough for a 2-core CPU: Auto-DeepLab on 12 synthetic 40x40 images, 3-layer supernets of F=2 for
+the search, F=2 networks for the retrain, batch 2, 3 epochs; the decoder search on 20 images, 3 candidates at 32 px;
+Auto-Panoptic's supernet on 16 images of 64 px for 24 iterations. Faults are ``utils.trainer.Hook``s passed to a
 script's ``main(argv, hooks=...)``: they run before the script's own hooks at every point of the loop.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 import train_autodeeplab
 import train_new_model
+from utils.run_dir import RunDir, read_jsonl
 from utils.trainer import Hook, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +33,23 @@ TINY_SEARCH = TINY_DATA + ["--filter_multiplier", "2", "--num_layers", "3", "--s
 TINY_RETRAIN = TINY_DATA + ["--filter_multiplier", "2", "--epochs", "3"]
 STEPS_PER_EPOCH = {"search": 3, "retrain": 6}  # trainA holds half of the 12 images for the search
 STAGES = {"search": (train_autodeeplab, TINY_SEARCH), "retrain": (train_new_model, TINY_RETRAIN)}
+# Auto-DeepLab in two processes: batch 4, two images per process (BatchNorm needs two).
+DISTRIBUTED_DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "40",
+                    "--batch_size", "4", "--crop_size", "32", "--filter_multiplier", "2"]
+DISTRIBUTED_SEARCH = DISTRIBUTED_DATA + ["--num_layers", "3", "--steps", "3", "--block_multiplier", "3", "--epochs",
+                                         "2", "--alpha_epoch", "1"]
+DISTRIBUTED_RETRAIN = DISTRIBUTED_DATA + ["--epochs", "2"]
+NAS_SEGM_DATA = ["--synthetic_train_samples", "20", "--synthetic_val_samples", "2", "--synthetic_size", "40"]
+NAS_SEGM_SEARCH = NAS_SEGM_DATA + ["--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side", "32", "32",
+                                   "--val-crop-size", "32", "--val-resize-side", "32", "--num-segm-epochs", "2", "1",
+                                   "--val-every", "2", "1", "--n-task0", "12", "--num_candidates", "3"]
+AUTOPANOPTIC_SEARCH = ["--synthetic_train_samples", "16", "--synthetic_val_samples", "2", "--synthetic_size", "64",
+                       "--min-size", "64", "--max-size", "64", "--held-out", "4", "--max-iter", "24", "--warmup-iters",
+                       "4", "--checkpoint-period", "12", "--search-cycles", "2", "--bn-recalibration-iters", "2",
+                       "--deterministic"]
+AUTOPANOPTIC_RETRAIN = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "64",
+                        "--min-size", "64", "--max-size", "64", "--max-iter", "8", "--lr-steps", "5", "7",
+                        "--warmup-iters", "2", "--checkpoint-period", "4"]
 
 
 class Preempted(Exception):
@@ -93,3 +114,44 @@ def run_in_process(monkeypatch, capsys):
         output = capsys.readouterr()
         return subprocess.CompletedProcess(sys.argv, code, output.out, output.err)
     return run
+
+
+def launch(launcher: list[str] | str | None, script: str, args: list[str], logs: Path, expect_code: int = 0) -> str:
+    """Run ``script`` in 2 processes through ``launcher``, or alone (None); the output goes to files in ``logs``
+    (two concurrent processes must not block on full pipes). Returns the output."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    python = [sys.executable, "-m"]
+    if launcher is None:
+        commands = [[sys.executable, str(ROOT / script), *args]]
+    elif launcher == "two-nodes":  # one process on each of 2 "nodes", rendezvous at a master address
+        port = free_port()
+        commands = [python + ["torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
+                              "--master_addr=127.0.0.1", f"--master_port={port}", str(ROOT / script), *args]
+                    for node in range(2)]
+    else:
+        commands = [python + [*launcher, "--nproc_per_node=2", str(ROOT / script), *args]]
+    logs.mkdir()
+    outputs = [logs / f"{index}.out" for index in range(len(commands))]
+    processes = []
+    try:
+        for command, output in zip(commands, outputs):
+            with output.open("w") as sink:
+                processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
+        codes = [process.wait(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    output = "".join(output.read_text() for output in outputs)
+    assert codes == [expect_code] * len(commands), output[-3000:]
+    return output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def records(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl, one dict per epoch."""
+    return read_jsonl(RunDir(run_dir).metrics)

@@ -22,21 +22,17 @@ from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGen
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
 from search import autopanoptic, autopanoptic_retrain
 from search.one_shot import rank_scores, uniform_paths
-from tests.conftest import SignalAtStep
-from tests.test_distributed import launch
+from tests.conftest import AUTOPANOPTIC_RETRAIN, AUTOPANOPTIC_SEARCH, SignalAtStep, launch
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
 from utils.panoptic_quality import rgb_to_id
 
-SMALL = ["--synthetic_train_samples", "16", "--synthetic_val_samples", "2", "--synthetic_size", "64", "--min-size",
-         "64", "--max-size", "64", "--held-out", "4", "--max-iter", "24", "--warmup-iters", "4",
-         "--checkpoint-period", "12", "--search-cycles", "2", "--bn-recalibration-iters", "2", "--deterministic"]
 REPEATS = (2, 2, 4, 2)
 
 
 def train(tmp_path, name, *extra, hooks=()):
-    return train_autopanoptic.main(SMALL + ["--out-dir", str(tmp_path / name), *extra], hooks=hooks)
+    return train_autopanoptic.main(AUTOPANOPTIC_SEARCH + ["--out-dir", str(tmp_path / name), *extra], hooks=hooks)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,8 @@ def supernet_run(tmp_path_factory):
 
 
 def test_every_parameter_takes_the_learning_rate_of_its_group():
-    model = AutoPanoptic(3, 3, None, PanopticSizes.from_args(vars(train_autopanoptic.parse_args(SMALL)[0])))
+    sizes = PanopticSizes.from_args(vars(train_autopanoptic.parse_args(AUTOPANOPTIC_SEARCH)[0]))
+    model = AutoPanoptic(3, 3, None, sizes)
     groups = autopanoptic.lr_param_groups(model.named_parameters(), autopanoptic.parameter_group, 0.02, 1e-4)
     rate = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
     named = dict(model.named_parameters())
@@ -186,9 +183,6 @@ def test_a_greedy_search_cache_of_another_supernet_is_refused(tmp_path, supernet
             state_file.write_text(json.dumps(saved))
 
 
-RETRAIN = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "64", "--min-size",
-           "64", "--max-size", "64", "--max-iter", "8", "--lr-steps", "5", "7", "--warmup-iters", "2",
-           "--checkpoint-period", "4"]
 
 
 def test_the_multistep_schedule_of_the_retrain_by_hand():
@@ -204,7 +198,7 @@ def test_the_multistep_schedule_of_the_retrain_by_hand():
 @pytest.mark.slow
 def test_decode_retrain_evaluate_and_segment_end_to_end(tmp_path, supernet_run):
     decode(supernet_run, tmp_path / "decoded")
-    run_dir = train_new_model.main(RETRAIN + ["--saved_arch_path", str(tmp_path / "decoded"), "--out-dir",
+    run_dir = train_new_model.main(AUTOPANOPTIC_RETRAIN + ["--saved_arch_path", str(tmp_path / "decoded"), "--out-dir",
                                               str(tmp_path / "retrain")])
     state = load_checkpoint(run_dir / "model_best.pth.tar", stage="retrain", system="autopanoptic")
     genotype = load_architecture(tmp_path / "decoded", expected=PanopticGenotype)
@@ -238,9 +232,10 @@ def test_decode_retrain_evaluate_and_segment_end_to_end(tmp_path, supernet_run):
 
 @pytest.mark.slow
 def test_the_originals_coco_architecture_retrains(tmp_path):
-    run_dir = train_new_model.main(RETRAIN + ["--saved_arch_path", str(RELEASED / RELEASED_FILES["COCO_3.8G"]),
-                                              "--max-iter", "2", "--lr-steps", "1", "--warmup-iters", "0",
-                                              "--out-dir", str(tmp_path / "retrain")])
+    coco = RELEASED / RELEASED_FILES["COCO_3.8G"]
+    run_dir = train_new_model.main(AUTOPANOPTIC_RETRAIN + ["--saved_arch_path", str(coco), "--max-iter", "2",
+                                                           "--lr-steps", "1", "--warmup-iters", "0",
+                                                           "--out-dir", str(tmp_path / "retrain")])
     state = load_checkpoint(run_dir / "checkpoint.pth.tar", stage="retrain")
     assert state["args"]["stage_repeats"] == [8, 8, 16, 8]
     assert sum(1 for name in state["model"] if name.startswith("backbone.blocks.") and name.endswith(
@@ -259,7 +254,7 @@ def test_two_processes_train_the_supernet_on_the_same_paths(tmp_path):
     """Under torchrun every process takes the iteration's path from the seed alone; the gradients of each window
     are averaged over the processes, which fails outright if the processes ran different paths (their sets of
     gradients would differ)."""
-    args = SMALL + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")]
+    args = AUTOPANOPTIC_SEARCH + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")]
     output = launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py", args, tmp_path / "logs")
     assert "2 process(es)" in output
     state = load_checkpoint(tmp_path / "two" / "checkpoint.pth.tar")

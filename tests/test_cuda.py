@@ -10,10 +10,8 @@ import train_autodeeplab
 import train_autopanoptic
 import train_nas_segm
 import train_new_model
-from tests.test_autopanoptic_search import RETRAIN as AP_RETRAIN
-from tests.test_autopanoptic_search import SMALL as AP_SMALL
-from tests.test_distributed import RETRAIN, SEARCH, launch, records
-from tests.test_nas_segm_search import SEARCH as NAS_SEGM_SEARCH
+from tests.conftest import (AUTOPANOPTIC_RETRAIN, AUTOPANOPTIC_SEARCH, DISTRIBUTED_RETRAIN, DISTRIBUTED_SEARCH,
+                            NAS_SEGM_SEARCH, launch, records)
 from utils.checkpoint import load_checkpoint
 from utils.run_dir import RunDir, read_jsonl
 
@@ -22,8 +20,8 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUD
 
 
 @pytest.mark.parametrize("module, args, scalers", [
-    (train_autodeeplab, SEARCH, ["weight_scaler", "arch_scaler"]),
-    (train_new_model, RETRAIN, ["scaler"]),
+    (train_autodeeplab, DISTRIBUTED_SEARCH, ["weight_scaler", "arch_scaler"]),
+    (train_new_model, DISTRIBUTED_RETRAIN, ["scaler"]),
 ], ids=["search", "retrain"])
 def test_float16_with_loss_scaling_on_cuda(tmp_path, module, args, scalers):
     run_dir = module.main(args + ["--device", "cuda", "--amp", "--out-dir", str(tmp_path / "run")])
@@ -38,8 +36,9 @@ def test_float16_with_loss_scaling_on_cuda(tmp_path, module, args, scalers):
 @pytest.mark.slow
 @two_gpus
 @pytest.mark.parametrize("script, args, tolerance", [
-    ("train_autodeeplab.py", SEARCH, 1e-2),
-    ("train_new_model.py", RETRAIN, 5e-2),  # the ASPP's dropout draws other masks for 2 shards than for 1 batch
+    ("train_autodeeplab.py", DISTRIBUTED_SEARCH, 1e-2),
+    # the ASPP's dropout draws other masks for 2 shards than for 1 batch
+    ("train_new_model.py", DISTRIBUTED_RETRAIN, 5e-2),
 ], ids=["search", "retrain"])
 def test_two_gpus_with_sync_batchnorm_train_like_one(tmp_path, script, args, tolerance):
     launch(["torch.distributed.run", "--standalone"], script, args + ["--out-dir", str(tmp_path / "two")],
@@ -58,7 +57,7 @@ def test_two_gpus_with_sync_batchnorm_train_like_one(tmp_path, script, args, tol
 def test_one_image_per_gpu_runs_with_synchronised_batchnorm(tmp_path):
     """The public implementation's multi-GPU example: --batch_size 2 over 2 GPUs, one image each; the ASPP's
     image-pooling BatchNorm sees both images through SyncBatchNorm (refused on CPU, where it cannot)."""
-    args = SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
+    args = DISTRIBUTED_SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
     launch(["torch.distributed.run", "--standalone"], "train_autodeeplab.py", args, tmp_path / "logs")
     assert "2 process(es) of 1 images, SyncBatchNorm" in (tmp_path / "run" / "log.txt").read_text()
     assert len(records(tmp_path / "run")) == 2
@@ -77,11 +76,13 @@ def test_decoder_search_on_cuda_with_float16(tmp_path):
 def test_autopanoptic_supernet_search_and_retrain_on_cuda(tmp_path):
     """On CUDA torchvision's own NMS, RoIAlign and deformable convolution run (ours only stand in on a CPU
     build)."""
-    run_dir = train_autopanoptic.main(AP_SMALL + ["--device", "cuda", "--out-dir", str(tmp_path / "supernet")])
+    run_dir = train_autopanoptic.main(AUTOPANOPTIC_SEARCH + ["--device", "cuda", "--out-dir",
+                                                             str(tmp_path / "supernet")])
     assert "device cuda" in (run_dir / "log.txt").read_text()
     decode_autodeeplab.main(["--resume", str(run_dir), "--out-dir", str(tmp_path / "decoded")])
-    retrained = train_new_model.main(AP_RETRAIN + ["--device", "cuda", "--saved_arch_path", str(tmp_path / "decoded"),
-                                                   "--out-dir", str(tmp_path / "retrain")])
+    retrained = train_new_model.main(AUTOPANOPTIC_RETRAIN + ["--device", "cuda", "--saved_arch_path",
+                                                             str(tmp_path / "decoded"), "--out-dir",
+                                                             str(tmp_path / "retrain")])
     assert (retrained / "report_val" / "metrics.json").is_file()
 
 
@@ -89,5 +90,5 @@ def test_autopanoptic_supernet_search_and_retrain_on_cuda(tmp_path):
 @two_gpus
 def test_autopanoptic_supernet_on_two_gpus_synchronises_batchnorm(tmp_path):
     launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py",
-           AP_SMALL + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")], tmp_path / "logs")
+           AUTOPANOPTIC_SEARCH + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")], tmp_path / "logs")
     assert "2 process(es), SyncBatchNorm" in (tmp_path / "two" / "log.txt").read_text()

@@ -1,9 +1,5 @@
 """Multi-process training: the collective helpers under 2 gloo processes, and both stages under torchrun."""
 
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +8,7 @@ import torch.multiprocessing as mp
 
 from modeling.autodeeplab.fused_edges import EdgeFanOut
 from modeling.autodeeplab.genotype import PRIMITIVES
-from tests.conftest import ROOT
+from tests.conftest import DISTRIBUTED_RETRAIN, DISTRIBUTED_SEARCH, launch, records
 from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_batchnorm_batch,
                                check_identical,
                                per_process_batch, uses_sync_batchnorm)
@@ -186,64 +182,21 @@ def test_batchnorm_batch_is_checked_per_process_unless_synchronised():
 
 # ---------------------------------------------------------------- torchrun, end to end
 
-DATA = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "40",
-        "--batch_size", "4", "--crop_size", "32", "--filter_multiplier", "2"]
-SEARCH = DATA + ["--num_layers", "3", "--steps", "3", "--block_multiplier", "3", "--epochs", "2", "--alpha_epoch", "1"]
-RETRAIN = DATA + ["--epochs", "2"]
-
-
-def launch(launcher, script, args, logs, expect_code=0):
-    """Run ``script`` in 2 processes through ``launcher``, or alone (None); the output goes to files in ``logs``
-    (two concurrent processes must not block on full pipes). Returns the output."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    python = [sys.executable, "-m"]
-    if launcher is None:
-        commands = [[sys.executable, str(ROOT / script), *args]]
-    elif launcher == "two-nodes":  # one process on each of 2 "nodes", rendezvous at a master address
-        port = free_port()
-        commands = [python + ["torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
-                              "--master_addr=127.0.0.1", f"--master_port={port}", str(ROOT / script), *args]
-                    for node in range(2)]
-    else:
-        commands = [python + [*launcher, "--nproc_per_node=2", str(ROOT / script), *args]]
-    logs.mkdir()
-    outputs = [logs / f"{index}.out" for index in range(len(commands))]
-    processes = []
-    try:
-        for command, output in zip(commands, outputs):
-            with output.open("w") as sink:
-                processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
-        codes = [process.wait(timeout=600) for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    output = "".join(output.read_text() for output in outputs)
-    assert codes == [expect_code] * len(commands), output[-3000:]
-    return output
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def records(run_dir):
-    return read_jsonl(RunDir(run_dir).metrics)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, launcher", [
-    ("train_autodeeplab.py", SEARCH, ["torch.distributed.run", "--standalone"]),  # what torchrun runs
-    ("train_new_model.py", RETRAIN, ["torch.distributed.launch"]),  # the older launcher passes --local-rank
+    ("train_autodeeplab.py", DISTRIBUTED_SEARCH, ["torch.distributed.run", "--standalone"]),  # what torchrun runs
+    ("train_new_model.py", DISTRIBUTED_RETRAIN, ["torch.distributed.launch"]),  # the older launcher passes --local-rank
     # rank 1 has LOCAL_RANK 0 like rank 0, yet must stay quiet; float16 overflow verdicts must agree across ranks
-    ("train_autodeeplab.py", SEARCH + ["--amp", "--amp_dtype", "fp16"], "two-nodes"),
+    ("train_autodeeplab.py", DISTRIBUTED_SEARCH + ["--amp", "--amp_dtype", "fp16"], "two-nodes"),
 ], ids=["search-torchrun", "retrain-launch", "search-two-nodes-fp16"])
 def test_two_processes_train_like_one(tmp_path, script, args, launcher):
     launch(launcher, script, args + ["--out-dir", str(tmp_path / "two")], tmp_path / "logs-two")
     launch(None, script, args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
     log = (tmp_path / "two" / "log.txt").read_text()
-    assert "2 process(es) of 2 images" in log and "1 process(es) of 4 images" in (tmp_path / "one" / "log.txt").read_text()
+    assert "2 process(es) of 2 images" in log
+    assert "1 process(es) of 4 images" in (tmp_path / "one" / "log.txt").read_text()
     assert log.count("epoch 1:") == 1  # rank 0 alone logs
     # and alone writes a run directory
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("logs")) == ["one", "two"]
@@ -266,7 +219,7 @@ def test_two_processes_train_like_one(tmp_path, script, args, launcher):
 @pytest.mark.slow
 def test_one_image_per_cpu_process_is_refused_before_the_run_starts(tmp_path):
     """The original's multi-GPU example, one image per process: on CPU BatchNorm cannot be synchronised."""
-    args = SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
+    args = DISTRIBUTED_SEARCH + ["--batch_size", "2", "--out-dir", str(tmp_path / "run")]  # the last --batch_size wins
     output = launch(["torch.distributed.run", "--standalone"], "train_autodeeplab.py", args, tmp_path / "logs",
                     expect_code=1)  # torchrun's own code when its processes fail
     assert "train_autodeeplab.py: error: --batch_size 2: each of the 2 processes gets 1 image(s)" in output

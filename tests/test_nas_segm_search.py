@@ -17,24 +17,19 @@ from search.agents import UniformPolicy
 from search.candidates import derived_seed
 from search.controller import action_to_config
 from search.nas_segm import SAMPLING, ranked_candidates
-from tests.conftest import ROOT, Preempted, SignalAtStep, run_script
-from tests.test_distributed import launch
+from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, Preempted, SignalAtStep, launch, run_script
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
 from utils.run_dir import RunDir, read_jsonl
 from utils.trainer import Hook
 
-DATA = ["--synthetic_train_samples", "20", "--synthetic_val_samples", "2", "--synthetic_size", "40"]
-SEARCH = DATA + ["--batch-size", "4", "4", "--crop-size", "32", "32", "--resize-side", "32", "32", "--val-crop-size",
-                 "32", "--val-resize-side", "32", "--num-segm-epochs", "2", "1", "--val-every", "2", "1",
-                 "--n-task0", "12", "--num_candidates", "3"]
 CANDIDATE_STEPS = 2 * 3 + 4  # stage 0: 2 epochs of 12 cached crops in 4s; stage 1: the 18 meta-train images in 4s
 VARYING = ("seconds", "latency_ms", "rank")  # what may differ between two runs of the same search
 
 
 def search(tmp_path, name, *extra, hooks=()):
-    return train_nas_segm.main(SEARCH + ["--out-dir", str(tmp_path / name), *extra], hooks=hooks)
+    return train_nas_segm.main(NAS_SEGM_SEARCH + ["--out-dir", str(tmp_path / name), *extra], hooks=hooks)
 
 
 def stable(records):
@@ -216,13 +211,13 @@ def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupte
     # which the retrain's learning rate of 0.05 turns into a nan within a few steps. Batch 4, not 2: a decoder whose
     # head reads only its strided blocks' outputs (as the original's) has 1x1 maps at 64 px, and batch norm over 2
     # values went nan within two steps.
-    result = run_script("train_new_model.py", *DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64", "--epochs", "1",
-                 "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
+    result = run_script("train_new_model.py", *NAS_SEGM_DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64",
+                        "--epochs", "1", "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain / "checkpoint.pth.tar", stage="retrain")
     assert state["system"] == "nas-segm" and state["architecture"]["genotype"]["config"] == best["genotype"]
     assert not any("aux" in name for name in state["model"])  # the released settings: no auxiliary heads
-    result = run_script("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *DATA)
+    result = run_script("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *NAS_SEGM_DATA)
     assert result.returncode == 0 and "mIoU" in result.stdout, result.stderr
     onnx_path = export_script.main(["--ckpt", str(retrain / "model_best.pth.tar"), "--input-size", "32", "32"])
     assert Path(onnx_path).is_file()
@@ -244,7 +239,7 @@ def test_bad_flags_are_one_clear_line(tmp_path, flags, message):
 
 @pytest.mark.slow
 def test_the_candidates_do_not_depend_on_the_number_of_processes(tmp_path):
-    args = SEARCH + ["--parallel_candidates", "2", "--num_candidates", "2"]
+    args = NAS_SEGM_SEARCH + ["--parallel_candidates", "2", "--num_candidates", "2"]
     launch(["torch.distributed.run", "--standalone"], "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "two")],
            tmp_path / "logs-two")
     launch(None, "train_nas_segm.py", args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
@@ -264,8 +259,9 @@ def teacher(tmp_path_factory):
     import train_new_model
 
     path = ROOT / "modeling" / "architectures" / "nas_segm_wacv_arch1.json"
-    run_dir = train_new_model.main(DATA + ["--saved_arch_path", str(path), "--epochs", "1", "--batch_size", "4",
-                                           "--crop_size", "32", "--out-dir", str(tmp_path_factory.mktemp("t") / "r")])
+    run_dir = train_new_model.main(NAS_SEGM_DATA + ["--saved_arch_path", str(path), "--epochs", "1", "--batch_size",
+                                                    "4", "--crop_size", "32", "--out-dir",
+                                                    str(tmp_path_factory.mktemp("t") / "r")])
     return run_dir / "model_best.pth.tar"
 
 

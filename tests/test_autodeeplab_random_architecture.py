@@ -25,8 +25,8 @@ from search.autodeeplab import supernet_estimates
 from search.candidates import derived_seed
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from tests.test_decoding import all_paths
-from tests.test_model_search import reference_cell
+from tests.test_autodeeplab_decoding import all_paths
+from tests.test_autodeeplab_supernet import reference_cell
 
 CELL = (((0, "sep_conv_3x3"), (1, "skip_connect")),
         ((1, "max_pool_3x3"), (2, "dil_conv_5x5")),
