@@ -1,9 +1,12 @@
 """What the scripts do when things go wrong: an output they cannot write is refused before any work, a run directory
 serves one process at a time, writes cut short by a killed process leave no temporaries behind, --resume takes
 a run directory and every printed resume command works as printed, a second Ctrl-C quits at once in one line,
-images of any mode read as their colours, a flag the chosen network does not read is refused, and masks without
-a labelled pixel neither poison the loss nor pass the data check."""
+images of any mode read as their colours, a flag the chosen network does not read is refused, masks without
+a labelled pixel neither poison the loss nor pass the data check, and every script that reads a checkpoint or an
+architecture file refuses a broken one (of any system) in one line naming it."""
 
+import argparse
+import copy
 import fcntl
 import json
 import os
@@ -29,14 +32,14 @@ import train_autopanoptic
 import train_nas_segm
 import train_new_model
 from dataloaders.files import FilePairSource, read_image
-from modeling.architecture_file import save_architecture
+from modeling.architecture_file import architecture_to_json, load_architecture, save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
 from tests.conftest import ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH, PreemptBeforeEpoch, Preempted, SignalAtStep
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
 from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import run_cli
 from utils.errors import UserError
 from utils.evaluation import evaluate
@@ -46,6 +49,7 @@ from utils.losses import cross_entropy, make_criterion
 from utils.run_dir import RunDir, new_run_dir, read_jsonl
 from utils.trainer import Hook, NonFiniteLoss, Trainer
 
+SYSTEMS = ("autodeeplab", "nas-segm", "autopanoptic")
 TWO_EPOCHS = ["--epochs", "2"]  # the last flag wins over the tiny arguments' 3
 
 
@@ -471,3 +475,118 @@ def test_a_non_finite_loss_names_a_checkpoint_only_once_it_exists(tmp_path):
     checkpoint.write_bytes(b"a checkpoint")
     with pytest.raises(NonFiniteLoss, match=f"the last good checkpoint is {re.escape(str(checkpoint))}"):
         Trainer(ToyStep(explode_at=1), toy_loader(), epochs=1, last_checkpoint=checkpoint).fit()
+
+
+# ---------------------------------------------------------------- broken checkpoints, every reading script
+
+# script, the flag that takes a checkpoint, other arguments, and the (system, stage) kinds it reads
+CHECKPOINT_READERS = [
+    ("train_autodeeplab.py", "--resume", [], {("autodeeplab", "search")}),
+    ("train_nas_segm.py", "--resume", [], {("nas-segm", "search")}),
+    ("train_autopanoptic.py", "--resume", [], {("autopanoptic", "search")}),
+    ("decode_autodeeplab.py", "--resume", [], {(system, "search") for system in SYSTEMS}),
+    ("train_new_model.py", "--resume", [], {(system, "retrain") for system in SYSTEMS}),
+    ("evaluate.py", "--ckpt", [], {(system, "retrain") for system in SYSTEMS}),
+    ("inference.py", "--ckpt", ["--in-path", str(ROOT / "images"), "--out-path", "predictions"],
+     {(system, "retrain") for system in SYSTEMS}),
+    ("export.py", "--ckpt", ["--input-size", "32", "32"], {(system, "retrain") for system in SYSTEMS}),
+]
+
+
+def broken_checkpoints(folder):
+    """name -> a file that no script may read: empty, random bytes, pickled objects, cut in half."""
+    folder.mkdir()
+    files = {name: folder / f"{name}.pth.tar" for name in ("zero_bytes", "random_bytes", "pickled", "truncated")}
+    files["zero_bytes"].write_bytes(b"")
+    files["random_bytes"].write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save({"format": "autodeeplab-checkpoint", "stage": "search", "args": argparse.Namespace(lr=0.1)},
+               files["pickled"])
+    whole = folder / "whole.pth.tar"
+    save_checkpoint({"stage": "retrain", "system": "autodeeplab", "model": {"w": torch.randn(100, 100)}}, whole)
+    files["truncated"].write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    return files
+
+
+def one_line_naming(result, script, path):
+    lines = result.stderr.strip().splitlines()
+    return result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{script}: error: {path}: ")
+
+
+@pytest.mark.parametrize("script, flag, extra, reads", CHECKPOINT_READERS, ids=[r[0] for r in CHECKPOINT_READERS])
+def test_a_broken_checkpoint_is_one_line_naming_it_in_every_script(tmp_path, run_in_process, script, flag, extra,
+                                                                   reads):
+    for kind, path in broken_checkpoints(tmp_path / "checkpoints").items():
+        result = run_in_process(script, flag, str(path), *extra, cwd=tmp_path)
+        assert one_line_naming(result, script, path), (kind, result.returncode, result.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # no run, no output
+
+
+@pytest.mark.parametrize("script, flag, extra, reads", CHECKPOINT_READERS, ids=[r[0] for r in CHECKPOINT_READERS])
+def test_a_checkpoint_of_another_system_or_stage_is_refused_naming_both(tmp_path, run_in_process, script, flag, extra,
+                                                                        reads):
+    for system in SYSTEMS:
+        for stage in ("search", "retrain"):
+            if (system, stage) in reads:
+                continue
+            path = tmp_path / f"{system}_{stage}.pth.tar"
+            save_checkpoint({"stage": stage, "system": system, "args": {}, "model": {}}, path)
+            result = run_in_process(script, flag, str(path), *extra, cwd=tmp_path)
+            assert one_line_naming(result, script, path), (system, stage, result.stderr[-2000:])
+            wanted = {wanted_stage for _, wanted_stage in reads}
+            message = result.stderr.strip()
+            if stage not in wanted:
+                assert f"is a {stage!r} checkpoint, expected a {wanted.pop()!r} one" in message
+            else:
+                assert f"is a checkpoint of system {system}, expected one of system " in message
+
+
+# ---------------------------------------------------------------- broken architecture files, every system
+
+def released_file(system):
+    """A version-2 architecture file of ``system``, as JSON."""
+    if system == "autopanoptic":
+        return architecture_to_json(load_architecture(RELEASED / RELEASED_FILES["COCO_3.8G"]))
+    name = "autodeeplab_paper.json" if system == "autodeeplab" else "nas_segm_wacv_arch1.json"
+    return json.loads((ROOT / "modeling" / "architectures" / name).read_text())
+
+
+def edited(system, change):
+    data = copy.deepcopy(released_file(system))
+    change(data)
+    return json.dumps(data)
+
+
+ARCHITECTURE_FAULTS = [
+    *[(system, fault, text) for system in SYSTEMS for fault, text in (
+        ("truncated", lambda s: json.dumps(released_file(s))[:300]),
+        ("empty", lambda s: ""),
+        ("binary", lambda s: "\x00\x9c\xff" * 20),
+        ("unknown system", lambda s: edited(s, lambda d: d.update(system="nope"))),
+        ("future version", lambda s: edited(s, lambda d: d.update(format_version=99))),
+        ("another system's name",
+         lambda s: edited(s, lambda d: d.update(system=SYSTEMS[(SYSTEMS.index(s) + 1) % 3]))),
+    )],
+    ("autodeeplab", "5000 layers", lambda s: edited(s, lambda d: d["genotype"].update(
+        network_path=[0] * 5000, network_strides=[4] * 5000))),
+    ("autodeeplab", "strides that disagree with the path",
+     lambda s: edited(s, lambda d: d["genotype"].update(network_path=[0] * 12))),
+    ("autodeeplab", "1000 blocks per cell", lambda s: edited(s, lambda d: d["genotype"].update(block_multiplier=1000))),
+    ("nas-segm", "an op index of 10**9",
+     lambda s: edited(s, lambda d: d["genotype"]["config"][0][0].__setitem__(0, 10 ** 9))),
+    ("autopanoptic", "a million blocks in a stage",
+     lambda s: edited(s, lambda d: d["genotype"].update(stage_repeats=[10 ** 6, 8, 16, 8]))),
+    ("autopanoptic", "an empty stage",
+     lambda s: edited(s, lambda d: d["genotype"].update(stage_repeats=[0, 8, 16, 8]))),
+    ("autopanoptic", "a head op out of range", lambda s: edited(s, lambda d: d["genotype"].update(head=[99] * 7))),
+]
+
+
+@pytest.mark.parametrize("system, fault, text", ARCHITECTURE_FAULTS,
+                         ids=[f"{system}: {fault}" for system, fault, _ in ARCHITECTURE_FAULTS])
+def test_a_broken_architecture_file_is_one_line_naming_it(tmp_path, run_in_process, system, fault, text):
+    path = tmp_path / "architecture.json"
+    path.write_text(text(system))
+    result = run_in_process("train_new_model.py", "--saved_arch_path", str(path), "--out-dir", str(tmp_path / "run"),
+                            cwd=tmp_path)
+    assert one_line_naming(result, "train_new_model.py", path), result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path, stage: str | None = None, system: str | No
         raise UserError(f"{path}: is a {state.get('stage')!r} checkpoint, expected a {stage!r} one")
     state.setdefault("system", "autodeeplab")
     if system is not None and state["system"] != system:
-        raise UserError(f"{path}: is a {state['system']} checkpoint, expected a {system} one")
+        raise UserError(f"{path}: is a checkpoint of system {state['system']}, expected one of system {system}")
     return state
 
 

@@ -170,6 +170,10 @@ def _parse_architecture(data: Any, space: Any, source: dict[str, Any], origin: s
             raise fail(f"network_path[{layer}]", f"level {level} follows level {previous}; "
                                                  "a path moves at most one level per layer")
         previous = level
+    strides = data.get("network_strides")  # written for readers; an edited copy must not disagree in silence
+    if strides is not None and strides != [level_stride(k) for k in path]:
+        raise fail("network_strides", f"expected {[level_stride(k) for k in path]} (4 * 2**level of network_path), "
+                                      f"got {strides!r}; edit network_path to change the path")
 
     cell_data = data.get("cell")
     if not isinstance(cell_data, list) or not cell_data:
