@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 from config_utils.common import chosen_dests, explicit_dests, resumed_arguments
 from utils.flags import locked_dests
 from config_utils.recipes import fill_recipe_defaults
+from config_utils.autopanoptic_args import autopanoptic_retrain_parser
 from config_utils.retrain_args import retrain_parser
 from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, make_loader, resolve_num_classes,
                          training_sources, validation_loader)
@@ -80,6 +82,21 @@ def network(args: argparse.Namespace, resumed: dict | None) -> tuple[ModelSpec, 
     return spec, genotype
 
 
+def refuse_the_other_retrains_flags(argv: list[str] | None, panoptic: bool) -> None:
+    """The semantic retrain counts epochs of crops and the panoptic one iterations of resized images, so each takes
+    flags the other does not: one of the other's is refused naming the architectures it applies to, where argparse
+    would only call it unrecognized."""
+    own, other = ((autopanoptic_retrain_parser(), retrain_parser()) if panoptic
+                  else (retrain_parser(), autopanoptic_retrain_parser()))
+    own_flags, other_flags = ({flag for action in parser._actions for flag in action.option_strings}
+                              for parser in (own, other))
+    for token in sys.argv[1:] if argv is None else argv:
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in own_flags and flag in other_flags:
+            applies, given = (("semantic", "an Auto-Panoptic") if panoptic else ("Auto-Panoptic", "a semantic"))
+            raise UserError(f"{flag}: applies to {applies} architectures only; this retrain is of {given} one")
+
+
 def retrains_panoptic(argv: list[str] | None) -> bool:
     """Whether the command retrains an Auto-Panoptic architecture (its file, or the resumed checkpoint, says so):
     that network trains with its own flags and loop (``search.autopanoptic_retrain``)."""
@@ -96,8 +113,11 @@ def retrains_panoptic(argv: list[str] | None) -> bool:
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:
     """Retrain (or print --summary); under torchrun every process calls this, and rank 0 returns the run directory.
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
-    if retrains_panoptic(argv):
+    panoptic = retrains_panoptic(argv)
+    if panoptic:
         refuse_unread_flags(model_for_system(autopanoptic_retrain.SYSTEM), explicit_dests(retrain_parser(), argv))
+    refuse_the_other_retrains_flags(argv, panoptic)
+    if panoptic:
         args, resumed = autopanoptic_retrain.parse_args(argv)
         stage = autopanoptic_retrain.retrain
     else:

@@ -590,3 +590,17 @@ def test_a_broken_architecture_file_is_one_line_naming_it(tmp_path, run_in_proce
                             cwd=tmp_path)
     assert one_line_naming(result, "train_new_model.py", path), result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, flag, applies, given", [
+    (["--saved_arch_path", str(NAS_SEGM_FILE), "--max-iter", "5"], "--max-iter", "Auto-Panoptic", "a semantic"),
+    (["--lr-steps", "2", "3"], "--lr-steps", "Auto-Panoptic", "a semantic"),  # no file: the default network
+    (["--saved_arch_path", str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--epochs=5"], "--epochs", "semantic",
+     "an Auto-Panoptic"),
+], ids=["max-iter-nas-segm", "lr-steps-autodeeplab", "epochs-autopanoptic"])
+def test_a_flag_of_the_other_retrain_names_the_architectures_it_applies_to(tmp_path, run_in_process, extra, flag,
+                                                                           applies, given):
+    result = run_in_process("train_new_model.py", *extra, "--out-dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"train_new_model.py: error: {flag}: applies to {applies} architectures only; this retrain is of {given} one"]
+    assert not (tmp_path / "run").exists()
