@@ -35,7 +35,8 @@ from dataloaders.files import FilePairSource, read_image
 from modeling.architecture_file import architecture_to_json, load_architecture, save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
-from tests.conftest import ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH, PreemptBeforeEpoch, Preempted, SignalAtStep
+from tests.conftest import (AUTOPANOPTIC_SEARCH, NAS_SEGM_SEARCH, ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH,
+                            PreemptBeforeEpoch, Preempted, SignalAtStep)
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
 from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
@@ -134,6 +135,43 @@ def test_a_resume_while_another_process_runs_is_refused_and_changes_nothing(tmp_
         before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
         with pytest.raises(UserError, match=f"^{re.escape(str(run_dir))}: in use by process 4242 on node7"):
             train_autodeeplab.main(["--resume", str(run_dir / "checkpoint.pth.tar")])
+        assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
+
+
+class PreemptAfterStep(Hook):
+    """Stop the run dead after the ``step``-th step of the training loop whose ``desc`` is ``desc`` (any, if None)."""
+
+    def __init__(self, step, desc=None):
+        self.step, self.desc, self.seen = step, desc, 0
+
+    def after_step(self, trainer):
+        if self.desc is None or trainer.desc == self.desc:
+            self.seen += 1
+            if self.seen == self.step:
+                raise Preempted
+
+
+def stopped_run(tmp_path, system):
+    """A search of ``system`` stopped dead after its first checkpoint: a run directory to resume."""
+    run_dir = tmp_path / f"stopped_{system}"
+    module, args, hook = {
+        "nas-segm": (train_nas_segm, NAS_SEGM_SEARCH, PreemptAfterStep(1, "candidate 1 stage 0")),
+        "autopanoptic": (train_autopanoptic, AUTOPANOPTIC_SEARCH, PreemptAfterStep(13)),  # a checkpoint every 12
+    }[system]
+    with pytest.raises(Preempted):
+        module.main(args + ["--out-dir", str(run_dir)], hooks=[hook])
+    assert RunDir(run_dir).checkpoint.is_file()
+    return module, run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", ["nas-segm", "autopanoptic"])
+def test_a_resume_of_a_running_search_is_refused_in_the_other_systems_too(tmp_path, system):
+    module, run_dir = stopped_run(tmp_path, system)
+    with hold_lock(run_dir, "process 4242 on node7"):
+        before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+        with pytest.raises(UserError, match=f"^{re.escape(str(run_dir))}: in use by process 4242 on node7"):
+            module.main(["--resume", str(run_dir)])
         assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
 
 
@@ -244,28 +282,41 @@ def test_the_resume_command_a_stopped_retrain_prints_works_as_printed(tmp_path, 
 # Two Ctrl-C in one step, as a user presses them: the first asks for a clean stop, the second comes before it is done.
 DOUBLE_CTRL_C = """
 import signal, sys
-import train_autodeeplab
+import {module}
 from tests.conftest import SignalAtStep
 from utils.cli import run_cli
-hooks = [SignalAtStep(4, signal.SIGINT), SignalAtStep(4, signal.SIGINT)]
-run_cli(lambda: train_autodeeplab.main(sys.argv[1:], hooks=hooks), "train_autodeeplab.py")
+hooks = [SignalAtStep({step}, signal.SIGINT), SignalAtStep({step}, signal.SIGINT)]
+run_cli(lambda: {module}.main(sys.argv[1:], hooks=hooks), "{module}.py")
 """
+# each search's arguments, and a step after its first checkpoint: epoch 0 of 3 steps; candidate 0 of 10 steps; the
+# supernet's checkpoint every 12 iterations
+CTRL_C_RUNS = {"autodeeplab": (train_autodeeplab, TINY_SEARCH, 4), "nas-segm": (train_nas_segm, NAS_SEGM_SEARCH, 12),
+               "autopanoptic": (train_autopanoptic, AUTOPANOPTIC_SEARCH, 14)}
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_quits_at_once_in_one_line_keeping_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("system", list(CTRL_C_RUNS))
+def test_a_second_ctrl_c_quits_at_once_in_one_line_keeping_the_last_checkpoint(tmp_path, system):
+    module, args, step = CTRL_C_RUNS[system]
+    script = module.__name__ + ".py"
     run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint.pth.tar"
-    result = subprocess.run([sys.executable, "-c", DOUBLE_CTRL_C, *TINY_SEARCH, "--out-dir", str(run_dir)], cwd=ROOT,
+    code = DOUBLE_CTRL_C.format(module=module.__name__, step=step)
+    result = subprocess.run([sys.executable, "-c", code, *args, "--out-dir", str(run_dir)], cwd=ROOT,
                             env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("Ctrl-C") == 1
-    assert result.stderr.splitlines()[-1] == (f"train_autodeeplab.py: stopped at once by a second Ctrl-C; the last "
+    assert result.stderr.splitlines()[-1] == (f"{script}: stopped at once by a second Ctrl-C; the last "
                                               f"checkpoint {checkpoint} is intact: continue with --resume {checkpoint}")
-    state = load_checkpoint(checkpoint)
-    assert state["epoch"] == 0 and "partial_epoch" not in state  # epoch 0's, untouched by the step in hand
-    assert train_autodeeplab.main(["--resume", str(checkpoint)]) == run_dir
-    assert [record["epoch"] for record in read_jsonl(RunDir(run_dir).metrics)] == [0, 1, 2]
+    before = load_checkpoint(checkpoint)
+    assert "partial_epoch" not in before  # the last full checkpoint, untouched by the step in hand
+    assert module.main(["--resume", str(checkpoint)]) == run_dir
+    if system == "autodeeplab":
+        assert before["epoch"] == 0
+        assert [record["epoch"] for record in read_jsonl(RunDir(run_dir).metrics)] == [0, 1, 2]
+    elif system == "nas-segm":
+        assert before["next_candidate"] == 1
+        assert [record["candidate"] for record in read_jsonl(RunDir(run_dir).candidates)] == [0, 1, 2]
 
 
 def test_a_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):
