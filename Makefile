@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-export.tx
 
 # One pytest worker per core, each torch on one thread: most tests are small and single-threaded, and workers
 # of several threads each oversubscribe the cores (2 cores: 1,287 s on one worker, 680 s on two).
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 test: $(VENV)/.installed
 	$(PYTEST)
