@@ -390,13 +390,11 @@ def rewards(architectures: Sequence[Path]) -> list[float]:
 def plot_result(result: dict[str, Any]) -> Any:
     """Random architectures' scores as a strip (jittered), the searched ones marked, the random median and 75th
     percentile as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from utils.plots import new_figure
 
     random_scores, searched = result["random_scores"], result["searched_scores"]
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig = new_figure(figsize=(7, 2.8))
+    ax = fig.subplots()
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(random_scores))
     ax.scatter(random_scores, jitter, s=36, color="0.55", label=f"random architectures ({len(random_scores)})",
                zorder=2)

@@ -19,10 +19,10 @@ TINY_DATA = ["--synthetic-train-samples", "8", "--synthetic_val_samples", "2", "
 
 
 @pytest.mark.slow
-def test_search_decode_retrain_end_to_end(tmp_path):
+def test_search_decode_retrain_end_to_end(tmp_path, run_in_process):
     search_dir, retrain_dir = tmp_path / "search", tmp_path / "retrain"
     result = run_script("train_autodeeplab.py", *TINY_DATA, "--filter_multiplier", "2", "--epochs", "2",
-                 "--alpha_epoch", "1", "--out-dir", str(search_dir))
+                        "--alpha_epoch", "1", "--out-dir", str(search_dir))
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (search_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1] and "arch_loss" in metrics[1] and "arch_loss" not in metrics[0]
@@ -34,7 +34,8 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert list((search_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((search_dir / "args.json").read_text())["batch_size"] == 2
 
-    result = run_script("decode_autodeeplab.py", "--dataset", "synthetic", "--resume", str(search_dir / "checkpoint.pth.tar"))
+    result = run_in_process("decode_autodeeplab.py", "--dataset", "synthetic", "--resume",
+                            str(search_dir / "checkpoint.pth.tar"))
     assert result.returncode == 0, result.stderr
     arch = Architecture.load(search_dir / "architecture.json")
     assert arch.num_layers == 12 and arch.filter_multiplier == 2
@@ -42,8 +43,8 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert (search_dir / "architecture.png").is_file()
     assert str(list(arch.network_path)) in result.stdout
 
-    result = run_script("train_new_model.py", *TINY_DATA, "--saved-arch-path", str(search_dir), "--filter_multiplier", "4",
-                 "--epochs", "1", "--out-dir", str(retrain_dir))
+    result = run_in_process("train_new_model.py", *TINY_DATA, "--saved-arch-path", str(search_dir),
+                            "--filter_multiplier", "4", "--epochs", "1", "--out-dir", str(retrain_dir))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain_dir / "checkpoint.pth.tar", stage="retrain")
     assert state["system"] == "autodeeplab" and state["architecture"]["system"] == "autodeeplab"
@@ -56,11 +57,11 @@ def test_search_decode_retrain_end_to_end(tmp_path):
     assert report["miou"] == pytest.approx(record["val_miou"])  # one epoch: the best is the last
     assert (retrain_dir / "report_val" / "per_class.csv").is_file()
 
-    result = run_script("evaluate.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), *TINY_DATA[:6], "--flip")
+    result = run_in_process("evaluate.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), *TINY_DATA[:6], "--flip")
     assert result.returncode == 0, result.stderr
     assert (retrain_dir / "eval_val_flip" / "confusion_matrix.png").is_file() and "mIoU" in result.stdout
-    result = run_script("inference.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), "--in-path",
-                 str(retrain_dir / "report_val"), "--out-path", str(tmp_path / "predictions"))
+    result = run_in_process("inference.py", "--ckpt", str(retrain_dir / "model_best.pth.tar"), "--in-path",
+                            str(retrain_dir / "report_val"), "--out-path", str(tmp_path / "predictions"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "predictions" / "masks" / "confusion_matrix.png").is_file()
 

@@ -288,10 +288,12 @@ from utils.cli import run_cli
 hooks = [SignalAtStep({step}, signal.SIGINT), SignalAtStep({step}, signal.SIGINT)]
 run_cli(lambda: {module}.main(sys.argv[1:], hooks=hooks), "{module}.py")
 """
-# each search's arguments, and a step after its first checkpoint: epoch 0 of 3 steps; candidate 0 of 10 steps; the
-# supernet's checkpoint every 12 iterations
-CTRL_C_RUNS = {"autodeeplab": (train_autodeeplab, TINY_SEARCH, 4), "nas-segm": (train_nas_segm, NAS_SEGM_SEARCH, 12),
-               "autopanoptic": (train_autopanoptic, AUTOPANOPTIC_SEARCH, 14)}
+# each search's arguments, and a step after its first checkpoint: epoch 0 of 3 steps; candidate 0 of 10 steps (2
+# candidates); the supernet's checkpoint every 12 iterations (16 in all, one search cycle)
+CTRL_C_RUNS = {"autodeeplab": (train_autodeeplab, TINY_SEARCH, 4),
+               "nas-segm": (train_nas_segm, NAS_SEGM_SEARCH + ["--num_candidates", "2"], 12),
+               "autopanoptic": (train_autopanoptic, AUTOPANOPTIC_SEARCH + ["--max-iter", "16", "--search-cycles", "1"],
+                                14)}
 
 
 @pytest.mark.slow
@@ -316,7 +318,7 @@ def test_a_second_ctrl_c_quits_at_once_in_one_line_keeping_the_last_checkpoint(t
         assert [record["epoch"] for record in read_jsonl(RunDir(run_dir).metrics)] == [0, 1, 2]
     elif system == "nas-segm":
         assert before["next_candidate"] == 1
-        assert [record["candidate"] for record in read_jsonl(RunDir(run_dir).candidates)] == [0, 1, 2]
+        assert [record["candidate"] for record in read_jsonl(RunDir(run_dir).candidates)] == [0, 1]
 
 
 def test_a_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):

@@ -17,7 +17,7 @@ from search.agents import UniformPolicy
 from search.candidates import derived_seed
 from search.controller import action_to_config
 from search.nas_segm import SAMPLING, ranked_candidates
-from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, Preempted, SignalAtStep, launch, run_script
+from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, Preempted, SignalAtStep, launch
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
@@ -194,10 +194,10 @@ def test_the_wacv_recipe_crops_stage_1_at_321_as_the_original_script():
 
 
 @pytest.mark.slow
-def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupted):
+def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupted, run_in_process):
     search_dir, records = uninterrupted
-    result = run_script("decode_autodeeplab.py", "--resume", str(search_dir), "--out-dir", str(tmp_path / "decoded"),
-                 "--top-k", "2")
+    result = run_in_process("decode_autodeeplab.py", "--resume", str(search_dir), "--out-dir",
+                            str(tmp_path / "decoded"), "--top-k", "2")
     assert result.returncode == 0, result.stderr
     best = max(records, key=lambda r: (r["reward"], -r["candidate"]))
     genotype = load_architecture(tmp_path / "decoded" / "architecture.json", expected=DecoderGenotype)
@@ -211,13 +211,14 @@ def test_search_decode_retrain_evaluate_export_end_to_end(tmp_path, uninterrupte
     # which the retrain's learning rate of 0.05 turns into a nan within a few steps. Batch 4, not 2: a decoder whose
     # head reads only its strided blocks' outputs (as the original's) has 1x1 maps at 64 px, and batch norm over 2
     # values went nan within two steps.
-    result = run_script("train_new_model.py", *NAS_SEGM_DATA[:-1], "64", "--batch_size", "4", "--crop_size", "64",
-                        "--epochs", "1", "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir", str(retrain))
+    result = run_in_process("train_new_model.py", *NAS_SEGM_DATA[:-1], "64", "--batch_size", "4", "--crop_size",
+                            "64", "--epochs", "1", "--saved_arch_path", str(tmp_path / "decoded"), "--out-dir",
+                            str(retrain))
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(retrain / "checkpoint.pth.tar", stage="retrain")
     assert state["system"] == "nas-segm" and state["architecture"]["genotype"]["config"] == best["genotype"]
     assert not any("aux" in name for name in state["model"])  # the released settings: no auxiliary heads
-    result = run_script("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *NAS_SEGM_DATA)
+    result = run_in_process("evaluate.py", "--ckpt", str(retrain / "model_best.pth.tar"), *NAS_SEGM_DATA)
     assert result.returncode == 0 and "mIoU" in result.stdout, result.stderr
     onnx_path = export_script.main(["--ckpt", str(retrain / "model_best.pth.tar"), "--input-size", "32", "32"])
     assert Path(onnx_path).is_file()

@@ -1,9 +1,9 @@
 """Figures shared by every run: loss curves and the confusion matrix, and the atomic PNG writer.
 
 Each ``plot_*`` function returns an unsaved Figure so callers and tests can inspect its artists;
-``save_figure`` writes one to disk and closes it. The Agg backend keeps this working on headless
-training machines. The figures of one search system live with its model (e.g.
-``modeling.autodeeplab.plots``).
+``save_figure`` writes one to disk. Figures are built without pyplot (``matplotlib.figure.Figure``): no GUI
+backend, no global figure registry to leak into, and no pyplot import (about 0.3 s) at the start of every
+script. The figures of one search system live with its model (e.g. ``modeling.autodeeplab.plots``).
 """
 
 from __future__ import annotations
@@ -11,30 +11,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+from utils.atomic import atomic_path
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
-from utils.atomic import atomic_path  # noqa: E402
+def new_figure(**kwargs) -> Figure:
+    """A Figure on an Agg canvas (one that can measure text and write a PNG), without pyplot."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` as a PNG without ever leaving a half-written file at ``path``, then close it."""
-    try:
-        with atomic_path(path) as temporary:
-            fig.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    """Write ``fig`` as a PNG without ever leaving a half-written file at ``path``."""
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
 
 
 def plot_curves(history: list[dict[str, float]], keys: Sequence[str], x_key: str = "epoch",
                 title: str = "") -> Figure:
     """One line per key found in ``history``; rows missing the key (or ``x_key``) are skipped."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for key in keys:
         points = [(row[x_key], row[key]) for row in history
                   if row.get(key) is not None and row.get(x_key) is not None]
@@ -60,7 +61,8 @@ def plot_confusion(counts: np.ndarray, class_names: Sequence[str]) -> Figure:
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     size = min(4 + 0.35 * len(class_names), 30)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = new_figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(len(class_names))
     ax.set_xticks(ticks, labels=class_names, rotation=90, fontsize=8)

@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from utils.flags import add_flag
 from dataloaders.files import FilePairSource, read_label_png
@@ -43,8 +42,11 @@ MISSING_SHOWN = 3  # missing files named in the error; the rest are counted
 def read_sbd_mask(path: Path) -> np.ndarray:
     """An SBD ``cls/<id>.mat`` as uint8 [H, W] class ids: the ``Segmentation`` field of its ``GTcls`` struct.
 
-    Read without ``squeeze_me`` so that a one-row mask stays two-dimensional.
+    Read without ``squeeze_me`` so that a one-row mask stays two-dimensional. SciPy is imported here, where SBD
+    needs it, not by every script that imports the datasets.
     """
+    import scipy.io
+
     try:
         contents = scipy.io.loadmat(path, struct_as_record=False)
     except Exception as error:  # a damaged file raises MatReadError, OSError, ValueError, TypeError, ...

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from modeling.autodeeplab.cell_diagram import draw_cell, input_name, label_cell_edges  # noqa: E402
-from modeling.autodeeplab.decoding import strongest_edges  # noqa: E402
-from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, edge_index, num_edges  # noqa: E402
+from modeling.autodeeplab.cell_diagram import draw_cell, input_name, label_cell_edges
+from modeling.autodeeplab.decoding import strongest_edges
+from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, edge_index, num_edges
+from utils.plots import new_figure
 from modeling.autodeeplab.search_space import (DIRECTIONS, STEM_STRIDE, level_stride, levels_at,  # noqa: E402
                                                transition_table)
 
@@ -47,7 +43,8 @@ def plot_alphas(alpha_probs: np.ndarray, steps: int,
     if chosen is None:
         chosen = _decoded_cells(probs, steps)
 
-    fig, ax = plt.subplots(figsize=(len(PRIMITIVES) + 4, 0.34 * len(probs) + 2))
+    fig = new_figure(figsize=(len(PRIMITIVES) + 4, 0.34 * len(probs) + 2))
+    ax = fig.subplots()
     vmax = max(float(probs.max()), 1e-12)
     image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
     for (edge, op), value in np.ndenumerate(probs):
@@ -85,7 +82,8 @@ def plot_betas(beta_probs: np.ndarray, path: Sequence[int] | None = None) -> Fig
     if path is not None:
         _check_path(path, num_layers, num_levels)
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * num_layers + 2.5), 1.1 * num_levels + 1.8))
+    fig = new_figure(figsize=(max(6.0, 0.6 * num_layers + 2.5), 1.1 * num_levels + 1.8))
+    ax = fig.subplots()
     for t in transition_table(num_layers, num_levels):
         weight = float(np.clip(betas[t.layer, t.source_level, t.direction], 0.0, 1.0))
         ax.plot([t.layer - 1, t.layer], [level_stride(t.source_level), level_stride(t.target_level)],
@@ -103,8 +101,8 @@ def plot_betas(beta_probs: np.ndarray, path: Sequence[int] | None = None) -> Fig
 
 def plot_architecture(arch: Architecture) -> Figure:
     """The decoded architecture as in the paper's Fig. 3: network path (left) and cell (right)."""
-    fig, (path_ax, cell_ax) = plt.subplots(1, 2, figsize=(15, 7.5),
-                                           gridspec_kw={"width_ratios": [1.15, 1]})
+    fig = new_figure(figsize=(15, 7.5))
+    path_ax, cell_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
     _draw_lattice_nodes(path_ax, arch.num_layers, arch.num_levels, color="0.8")
     _draw_path(path_ax, arch.network_path, label="network path")
     _format_lattice_axes(path_ax, arch.num_layers, arch.num_levels)
