@@ -109,8 +109,10 @@ def run_in_process(monkeypatch, capsys):
         try:
             runpy.run_path(str(ROOT / script), run_name="__main__")
             code = 0
-        except SystemExit as exc:
+        except SystemExit as exc:  # as the interpreter ends: sys.exit("message") prints it and exits with 1
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                sys.stderr.write(f"{exc.code}\n")
         output = capsys.readouterr()
         return subprocess.CompletedProcess(sys.argv, code, output.out, output.err)
     return run

@@ -191,9 +191,10 @@ def test_batchnorm_batch_is_checked_per_process_unless_synchronised():
     # rank 1 has LOCAL_RANK 0 like rank 0, yet must stay quiet; float16 overflow verdicts must agree across ranks
     ("train_autodeeplab.py", DISTRIBUTED_SEARCH + ["--amp", "--amp_dtype", "fp16"], "two-nodes"),
 ], ids=["search-torchrun", "retrain-launch", "search-two-nodes-fp16"])
-def test_two_processes_train_like_one(tmp_path, script, args, launcher):
+def test_two_processes_train_like_one(tmp_path, run_in_process, script, args, launcher):
     launch(launcher, script, args + ["--out-dir", str(tmp_path / "two")], tmp_path / "logs-two")
-    launch(None, script, args + ["--out-dir", str(tmp_path / "one")], tmp_path / "logs-one")
+    alone = run_in_process(script, *args, "--out-dir", str(tmp_path / "one"))  # this test's process: one thread
+    assert alone.returncode == 0, alone.stderr[-3000:]
     log = (tmp_path / "two" / "log.txt").read_text()
     assert "2 process(es) of 2 images" in log
     assert "1 process(es) of 4 images" in (tmp_path / "one" / "log.txt").read_text()

@@ -79,7 +79,7 @@ def benchmark(tmp_path, *flags):
 
 
 @pytest.mark.slow
-def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path):
+def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path, run_in_process):
     first, _ = benchmark(tmp_path, "--random", "1", "--results", str(tmp_path / "results"))
     assert all(key in first for key in REQUIRED) and first["system"] == "autodeeplab"
     assert len(first["searched_scores"]) == 1 and len(first["random_scores"]) == 1
@@ -108,6 +108,6 @@ def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path):
     drawn = json.loads((tmp_path / "bench" / "random_0" / "architecture.json").read_text())
     assert drawn["genotype"] != random_0["genotype"]
 
-    other = run_script("benchmarks/search_vs_random.py", "--system", "nas-segm", "--budget", "toy", "--out-dir",
-                       str(tmp_path / "bench"))
+    other = run_in_process("benchmarks/search_vs_random.py", "--system", "nas-segm", "--budget", "toy", "--out-dir",
+                           str(tmp_path / "bench"))
     assert other.returncode == 1 and "holds a benchmark of system 'autodeeplab', not 'nas-segm'" in other.stderr
