@@ -67,6 +67,19 @@ class PreemptBeforeEpoch(Hook):
             raise Preempted
 
 
+class PreemptAfterStep(Hook):
+    """Stop the run dead after the ``step``-th step of the training loop whose ``desc`` is ``desc`` (any, if None)."""
+
+    def __init__(self, step: int, desc: str | None = None) -> None:
+        self.step, self.desc, self.seen = step, desc, 0
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.desc is None or trainer.desc == self.desc:
+            self.seen += 1
+            if self.seen == self.step:
+                raise Preempted
+
+
 class SignalAtStep(Hook):
     """Send this process ``signum`` right after its ``step``-th step (counted from 1 over the whole run): the
     handler only raises a flag, so the step completes and the loop stops at its next check."""

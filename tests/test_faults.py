@@ -36,7 +36,7 @@ from modeling.architecture_file import architecture_to_json, load_architecture, 
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
 from tests.conftest import (AUTOPANOPTIC_SEARCH, NAS_SEGM_SEARCH, ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH,
-                            PreemptBeforeEpoch, Preempted, SignalAtStep)
+                            PreemptAfterStep, PreemptBeforeEpoch, Preempted, SignalAtStep)
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
 from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
@@ -136,19 +136,6 @@ def test_a_resume_while_another_process_runs_is_refused_and_changes_nothing(tmp_
         with pytest.raises(UserError, match=f"^{re.escape(str(run_dir))}: in use by process 4242 on node7"):
             train_autodeeplab.main(["--resume", str(run_dir / "checkpoint.pth.tar")])
         assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
-
-
-class PreemptAfterStep(Hook):
-    """Stop the run dead after the ``step``-th step of the training loop whose ``desc`` is ``desc`` (any, if None)."""
-
-    def __init__(self, step, desc=None):
-        self.step, self.desc, self.seen = step, desc, 0
-
-    def after_step(self, trainer):
-        if self.desc is None or trainer.desc == self.desc:
-            self.seen += 1
-            if self.seen == self.step:
-                raise Preempted
 
 
 def stopped_run(tmp_path, system):

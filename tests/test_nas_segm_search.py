@@ -17,7 +17,7 @@ from search.agents import UniformPolicy
 from search.candidates import derived_seed
 from search.controller import action_to_config
 from search.nas_segm import SAMPLING, ranked_candidates
-from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, Preempted, SignalAtStep, launch
+from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, PreemptAfterStep, Preempted, SignalAtStep, launch
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
@@ -50,17 +50,6 @@ class FailCandidates(Hook):
         index = int(trainer.desc.split()[1])
         if index in self.indices and trainer.desc.endswith("stage 0"):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-class KillInCandidate(Hook):
-    """The machine goes away in the middle of candidate ``index``'s stage 1."""
-
-    def __init__(self, index):
-        self.index = index
-
-    def after_step(self, trainer):
-        if trainer.desc == f"candidate {self.index} stage 1":
-            raise Preempted
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +119,7 @@ def test_sigterm_then_resume_gives_the_same_candidates_and_controller(tmp_path, 
 def test_a_killed_search_resumes_from_its_last_checkpoint_exactly(tmp_path, uninterrupted):
     reference_dir, reference = uninterrupted
     with pytest.raises(Preempted):
-        search(tmp_path, "run", hooks=[KillInCandidate(2)])
+        search(tmp_path, "run", hooks=[PreemptAfterStep(1, "candidate 2 stage 1")])  # the machine goes away
     assert len(read_jsonl(RunDir(tmp_path / "run").candidates)) == 2
     run_dir = train_nas_segm.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
     assert stable(read_jsonl(RunDir(run_dir).candidates)) == stable(reference)
@@ -149,7 +138,7 @@ def test_a_finished_search_goes_on_with_more_candidates(tmp_path, uninterrupted)
 def test_random_search_draws_uniform_candidates_and_resumes_exactly_like_ppo(tmp_path):
     seed = 9314  # the search's default --seed
     with pytest.raises(Preempted):
-        search(tmp_path, "run", "--agent", "random", hooks=[KillInCandidate(2)])
+        search(tmp_path, "run", "--agent", "random", hooks=[PreemptAfterStep(1, "candidate 2 stage 1")])
     run_dir = train_nas_segm.main(["--resume", str(tmp_path / "run" / "checkpoint.pth.tar")])
     records = read_jsonl(RunDir(run_dir).candidates)
     assert [r["candidate"] for r in records] == [0, 1, 2] and all(r["status"] == "ok" for r in records)
