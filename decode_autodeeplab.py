@@ -15,14 +15,14 @@ import json
 from pathlib import Path
 
 from config_utils.decode_args import decode_parser
+from engine.checkpoint import load_checkpoint
+from engine.cli import run_cli
+from engine.run_dir import RunDir
 from modeling.architecture_file import Genotype, save_architecture
 from search.registry import get_system
-from utils.checkpoint import load_checkpoint
-from utils.cli import run_cli
 from utils.errors import UserError
 from utils.output_path import check_output_path
 from utils.plots import save_figure
-from utils.run_dir import RunDir
 
 DEFAULT_SYSTEM = "autodeeplab"
 

@@ -20,9 +20,9 @@ import train_autodeeplab
 import train_autopanoptic
 import train_nas_segm
 import train_new_model
+from engine.cli import run_cli
+from engine.run_dir import RunDir, new_run_dir, read_jsonl
 from modeling.architecture_file import Genotype
-from utils.cli import run_cli
-from utils.run_dir import RunDir, new_run_dir, read_jsonl
 
 # The demo searches a 4-layer version of the space: the full 12-layer supernet takes ~5 s a step
 # here, too slow for α and β to move in minutes, and a 12-cell network trained from scratch learns

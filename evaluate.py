@@ -31,17 +31,17 @@ from dataloaders.files import read_label_png
 from dataloaders.panoptic import PanopticDataset, PanopticSource, PanopticTransform, collate, read_panoptic_png
 from dataloaders.registry import DatasetInfo, inherit_dataset_flags
 from dataloaders.transforms import eval_transform
+from engine.cli import resolve_device, run_cli
+from engine.distributed import DistributedContext
+from evaluation.metrics import ConfusionMatrix
+from evaluation.panoptic import evaluate_panoptic
+from evaluation.panoptic_quality import PanopticQuality, area_note
+from evaluation.semantic import evaluate, write_report
 from modeling.registry import checkpoint_classes, load_trained_model
-from search import autopanoptic_retrain
-from search.autopanoptic_retrain import write_report as write_panoptic_report
-from utils.cli import resolve_device, run_cli
-from utils.distributed import DistributedContext
+from retrain import panoptic as panoptic_retrain
+from retrain.panoptic import write_report as write_panoptic_report
 from utils.errors import UserError
-from utils.evaluation import evaluate, write_report
-from utils.metrics import ConfusionMatrix
 from utils.output_path import check_output_path
-from utils.panoptic_evaluation import evaluate_panoptic
-from utils.panoptic_quality import PanopticQuality, area_note
 
 
 def report_dir(args: argparse.Namespace) -> Path:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
         return score_prediction_files(args, out_dir)
     device = resolve_device(args.device)
     model, checkpoint = load_trained_model(args.ckpt, device)
-    if checkpoint.get("system") == autopanoptic_retrain.SYSTEM:
+    if checkpoint.get("system") == panoptic_retrain.SYSTEM:
         inherit_dataset_flags(args, checkpoint["args"], explicit_dests(parser, argv))
         return evaluate_panoptic_network(args, model, checkpoint, device, out_dir)
     trained_classes = checkpoint["args"]["num_classes"]

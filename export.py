@@ -21,9 +21,9 @@ from torch import nn
 
 from config_utils.export_args import MIN_OPSET, export_parser
 from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.cli import run_cli
 from modeling.registry import checkpoint_classes, checkpoint_model, load_trained_model
 from utils.atomic import atomic_path
-from utils.cli import run_cli
 from utils.errors import UserError
 from utils.output_path import check_output_path
 

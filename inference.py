@@ -33,14 +33,14 @@ from dataloaders.files import IMAGE_SUFFIXES, files_with_suffix, read_image
 from dataloaders.panoptic import resized_shape
 from dataloaders.registry import inherit_dataset_flags
 from dataloaders.transforms import image_to_input
+from engine.cli import resolve_device, run_cli
+from evaluation.panoptic import panoptic_prediction
+from evaluation.panoptic_quality import id_to_rgb
+from evaluation.semantic import predict
 from modeling.registry import checkpoint_classes, load_trained_model
-from utils.cli import resolve_device, run_cli
 from utils.errors import UserError
-from utils.evaluation import predict
-from utils.output_path import check_output_path
 from utils.labels import overlay, palette_bytes, panoptic_colours
-from utils.panoptic_evaluation import panoptic_prediction
-from utils.panoptic_quality import id_to_rgb
+from utils.output_path import check_output_path
 
 
 def list_images(in_path: Path) -> tuple[list[Path], Path]:

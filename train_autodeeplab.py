@@ -4,7 +4,7 @@ First-order bi-level optimisation on two disjoint, seeded halves of the training
 supernet's weights take an SGD step on a trainA batch, then (from --alpha_epoch on) α and β take
 an Adam step on a trainB batch. Every epoch validates, logs the decoded architecture and writes
 ``checkpoint.pth.tar`` (and ``model_best.pth.tar`` on a new best mIoU). The search itself is
-``search.autodeeplab.search``, run by the shared training loop (``utils.trainer``).
+``search.autodeeplab.stage.search``, run by the shared training loop (``engine.trainer``).
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from config_utils.common import explicit_dests, resumed_arguments
-from utils.flags import locked_dests
 from config_utils.recipes import fill_recipe_defaults
 from config_utils.search_args import search_parser
 from dataloaders import resolve_num_classes
+from engine.checkpoint import load_checkpoint
+from engine.cli import run_cli
+from engine.run_dir import check_run_output
+from engine.trainer import Hook
 from search.registry import run_search
-from utils.checkpoint import load_checkpoint
-from utils.cli import run_cli
 from utils.errors import UserError
-from utils.run_dir import check_run_output
-from utils.trainer import Hook
+from utils.flags import locked_dests
 
 SYSTEM = "autodeeplab"
 

@@ -5,7 +5,7 @@ inter-modular attention layers of 3 reductions at the paper's sizes) take one op
 
 ``checkpoint.pth.tar`` is written every ``--checkpoint-period`` iterations, after each pass over the data and on
 SIGTERM; ``--resume`` continues exactly. ``decode_autodeeplab.py --resume RUN`` then runs the path-priority greedy
-search and writes ``architecture.json``. The training itself is ``search.autopanoptic.search``.
+search and writes ``architecture.json``. The training itself is ``search.autopanoptic.stage.search``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 from config_utils.autopanoptic_args import RECIPE_FLAGS, autopanoptic_parser, check_group_norm_widths
 from config_utils.common import parse_stage_args
 from dataloaders import require_panoptic_dataset
+from engine.cli import run_cli
+from engine.run_dir import check_run_output
+from engine.trainer import Hook
 from search.registry import run_search
-from utils.cli import run_cli
 from utils.errors import UserError
-from utils.run_dir import check_run_output
-from utils.trainer import Hook
 
 SYSTEM = "autopanoptic"
 

@@ -6,7 +6,7 @@ and frequency-weighted IoU, and the score rewards the controller (PPO by default
 Every candidate is one line of ``candidates.jsonl``; ``checkpoint.pth.tar`` is written after each round, and
 ``--resume`` (or a rerun after SIGTERM) continues exactly. ``decode_autodeeplab.py --resume RUN`` then ranks the
 candidates and writes the best one as ``architecture.json``, which ``train_new_model.py`` retrains. The search
-itself is ``search.nas_segm.search``.
+itself is ``search.nas_segm.stage.search``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from config_utils.common import parse_stage_args
 from config_utils.nas_segm_args import nas_segm_parser
 from config_utils.recipes import SPACE_DEFAULTS, recipe
+from engine.cli import run_cli
+from engine.run_dir import check_run_output
+from engine.trainer import Hook
 from search.registry import run_search
-from utils.cli import run_cli
 from utils.errors import UserError
-from utils.run_dir import check_run_output
-from utils.trainer import Hook
 
 SYSTEM = "nas-segm"
 RECIPE_FLAGS = ("space", "num_candidates", "n_task0", "batch_size", "crop_size", "resize_side", "resize_longer_side",

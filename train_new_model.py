@@ -2,7 +2,7 @@
 
 SGD with a poly learning rate, cross-entropy ignoring label 255, validation mIoU every epoch,
 ``checkpoint.pth.tar`` / ``model_best.pth.tar`` and ``--resume``, on the shared training loop
-(``utils.trainer``). The network comes from the registry (``modeling.registry``): the one that
+(``engine.trainer``). The network comes from the registry (``modeling.registry``): the one that
 retrains the architecture file's search system, or a hand-designed baseline (``--model``).
 """
 
@@ -18,30 +18,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from config_utils.common import chosen_dests, explicit_dests, resumed_arguments
-from utils.flags import locked_dests
-from config_utils.recipes import fill_recipe_defaults
 from config_utils.autopanoptic_args import autopanoptic_retrain_parser
+from config_utils.common import chosen_dests, explicit_dests, resumed_arguments
+from config_utils.recipes import fill_recipe_defaults
 from config_utils.retrain_args import retrain_parser
 from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, make_loader, resolve_num_classes,
                          training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, retrain_train_transform
+from engine.checkpoint import Checkpointer, load_checkpoint
+from engine.cli import process_setup, run_cli
+from engine.distributed import DistributedContext, broadcast_from_main, run_in_process_group, wrap_ddp
+from engine.hooks import fit_stage, resume_point
+from engine.losses import make_criterion
+from engine.lr_schedule import build_scheduler
+from engine.precision import PrecisionStep, amp_dtype
+from engine.run_dir import LOGGER_NAME, RunDir, check_run_output, open_run, resume_checkpoint
+from engine.trainer import Hook, SupervisedStep
+from evaluation.semantic import EVALUATORS, evaluate, write_report
 from modeling.architecture_file import Genotype, architecture_to_json, load_architecture, save_architecture
 from modeling.drop_path import scheduled_probability
 from modeling.heads import ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON
 from modeling.registry import ModelSpec, checkpoint_model, get_model, model_for_system, refuse_unread_flags
-from search import autopanoptic_retrain
-from utils.checkpoint import Checkpointer, load_checkpoint
-from utils.cli import process_setup, run_cli
-from utils.distributed import DistributedContext, broadcast_from_main, run_in_process_group, wrap_ddp
+from retrain import panoptic as panoptic_retrain
 from utils.errors import UserError
-from utils.evaluation import EVALUATORS, evaluate, write_report
-from utils.hooks import fit_stage, resume_point
-from utils.losses import make_criterion
-from utils.lr_schedule import build_scheduler
-from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, check_run_output, open_run, resume_checkpoint
-from utils.trainer import Hook, SupervisedStep
+from utils.flags import locked_dests
 
 RECIPE_SYSTEM = "autodeeplab"  # the baseline trains with the searched networks' recipe, so only the network differs
 
@@ -99,15 +99,15 @@ def refuse_the_other_retrains_flags(argv: list[str] | None, panoptic: bool) -> N
 
 def retrains_panoptic(argv: list[str] | None) -> bool:
     """Whether the command retrains an Auto-Panoptic architecture (its file, or the resumed checkpoint, says so):
-    that network trains with its own flags and loop (``search.autopanoptic_retrain``)."""
+    that network trains with its own flags and loop (``retrain.panoptic``)."""
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--saved_arch_path", "--saved-arch-path")
     probe.add_argument("--resume", type=resume_checkpoint)
     known, _ = probe.parse_known_args(argv)
     if known.resume:
-        return load_checkpoint(known.resume, stage="retrain").get("system") == autopanoptic_retrain.SYSTEM
+        return load_checkpoint(known.resume, stage="retrain").get("system") == panoptic_retrain.SYSTEM
     return bool(known.saved_arch_path) and load_architecture(known.saved_arch_path).system == \
-        autopanoptic_retrain.SYSTEM
+        panoptic_retrain.SYSTEM
 
 
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:
@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | No
     ``hooks`` join the training loop's (before its own), e.g. to watch or interrupt a run in a test."""
     panoptic = retrains_panoptic(argv)
     if panoptic:
-        refuse_unread_flags(model_for_system(autopanoptic_retrain.SYSTEM), explicit_dests(retrain_parser(), argv))
+        refuse_unread_flags(model_for_system(panoptic_retrain.SYSTEM), explicit_dests(retrain_parser(), argv))
     refuse_the_other_retrains_flags(argv, panoptic)
     if panoptic:
-        args, resumed = autopanoptic_retrain.parse_args(argv)
-        stage = autopanoptic_retrain.retrain
+        args, resumed = panoptic_retrain.parse_args(argv)
+        stage = panoptic_retrain.retrain
     else:
         args, resumed = parse_args(argv)
         stage = retrain

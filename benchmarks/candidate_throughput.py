@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.run_dir import RunDir, read_jsonl  # noqa: E402
+from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.run_dir import RunDir, read_jsonl  # noqa: E402
 
 DEFAULT_SEARCH = ["--dataset", "synthetic", "--synthetic_train_samples", "64", "--synthetic_val_samples", "4"]
 SETTINGS = {"cached": [], "uncached": ["--no-stage0-cache"]}

@@ -1,4 +1,4 @@
-"""Benchmark of our pure-torch detection ops (``utils.detection_ops``) beside torchvision's compiled kernels.
+"""Benchmark of our pure-torch detection ops (``modeling.detection_ops``) beside torchvision's compiled kernels.
 
 Auto-Panoptic runs on our NMS, RoIAlign and deformable convolution wherever torchvision's C++ library does not
 load (a CPU-only torch beside the CUDA torchvision wheel); this says what that costs. Four cases, each at the
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.search_step import synchronize  # noqa: E402
 from config_utils.common import add_device_flag  # noqa: E402
-from utils import detection_ops  # noqa: E402
-from utils.cli import resolve_device, run_cli  # noqa: E402
+from engine.cli import resolve_device, run_cli  # noqa: E402
+from modeling import detection_ops  # noqa: E402
 from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
 from utils.torchvision_compat import import_torchvision  # noqa: E402
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.search_step import peak_rss_mb, synchronize  # noqa: E402
 from config_utils.common import add_device_flag  # noqa: E402
+from engine.cli import resolve_device, run_cli  # noqa: E402
 from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
-from utils.cli import resolve_device, run_cli  # noqa: E402
 
 PROG = "inference.py"
 AUTODEEPLAB_F = {"autodeeplab-s": 20, "autodeeplab-m": 32, "autodeeplab-l": 48}

@@ -8,7 +8,7 @@ aside from it as the search does). Prints one table (or, with --json, one JSON o
   forward on the iteration's fairly sampled path (``FairPathSampler``, as training draws them) and the backward
   of the summed losses, the batch already on the device; the optimiser step, once per 12 iterations, is left
   out. ``images_per_s``: --batch-size over it.
-- ``candidate_eval_s``: one candidate of the greedy search scored as ``search.autopanoptic.CandidateEvaluator``
+- ``candidate_eval_s``: one candidate of the greedy search scored as ``search.autopanoptic.stage.CandidateEvaluator``
   scores it: BatchNorm recalibrated over --bn-batches training batches, then PQ on --held-out images, data
   loading included. It grows about linearly with both counts (the paper: 500 batches, 5000 images).
 - ``weights``: the supernet's parameters (every op of every choice layer); the peak memory: the process's peak
@@ -46,13 +46,13 @@ from config_utils.recipes import recipe  # noqa: E402
 from dataloaders import SeededSampler, make_loader  # noqa: E402
 from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic  # noqa: E402
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices  # noqa: E402
+from engine.cli import resolve_device, run_cli  # noqa: E402
+from engine.trainer import cycle_batches  # noqa: E402
 from modeling.autopanoptic.genotype import layer_choices  # noqa: E402
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes  # noqa: E402
-from search.autopanoptic import CandidateEvaluator, class_counts, held_out_split, to_device  # noqa: E402
-from search.one_shot import SEARCH_STREAM, FairPathSampler  # noqa: E402
-from utils.cli import resolve_device, run_cli  # noqa: E402
+from search.autopanoptic.one_shot import SEARCH_STREAM, FairPathSampler  # noqa: E402
+from search.autopanoptic.stage import CandidateEvaluator, class_counts, held_out_split, to_device  # noqa: E402
 from utils.flags import Parser, add_flag, non_negative_int, positive_int  # noqa: E402
-from utils.trainer import cycle_batches  # noqa: E402
 
 PROG = "panoptic_search.py"
 SCALE_DOWN = recipe("autopanoptic", "search", "synthetic_panoptic")

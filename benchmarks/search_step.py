@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config_utils.common import add_device_flag  # noqa: E402
-from utils.flags import Parser, add_flag, positive_int  # noqa: E402
 from config_utils.search_args import search_parser  # noqa: E402
+from engine.cli import resolve_device  # noqa: E402
+from engine.precision import PrecisionStep, amp_dtype  # noqa: E402
 from modeling.autodeeplab.model_search import AutoDeepLabSearch  # noqa: E402
-from search.bilevel import search_optimizers  # noqa: E402
-from utils.cli import resolve_device  # noqa: E402
-from utils.precision import PrecisionStep, amp_dtype  # noqa: E402
+from search.autodeeplab.bilevel import search_optimizers  # noqa: E402
+from utils.flags import Parser, add_flag, positive_int  # noqa: E402
 
 
 def peak_rss_mb() -> float:

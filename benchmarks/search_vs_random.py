@@ -56,10 +56,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from engine.run_dir import RunDir, read_jsonl  # noqa: E402
 from modeling.architecture_file import save_architecture  # noqa: E402
 from modeling.nas_segm.genotype import DecoderGenotype  # noqa: E402
 from utils.atomic import atomic_path  # noqa: E402
-from utils.run_dir import RunDir, read_jsonl  # noqa: E402
 
 STATE_FORMAT, STATE_VERSION = "search-vs-random-state", 1
 RESULT_FORMAT, RESULT_VERSION = "search-vs-random", 1
@@ -361,17 +361,17 @@ class Benchmark:
 def supernet_estimates(system: str, search_dir: Path, architectures: Sequence[Path]) -> list[float]:
     """The one-shot supernet's estimate of each architecture: Auto-DeepLab's validation mIoU with alpha and beta
     one-hot, Auto-Panoptic's held-out PQ after BatchNorm recalibration."""
+    from engine.checkpoint import load_checkpoint
     from modeling.architecture_file import load_architecture
-    from utils.checkpoint import load_checkpoint
 
     checkpoint_path = RunDir(search_dir).checkpoint
     checkpoint = load_checkpoint(checkpoint_path, stage="search")
     genotypes = [load_architecture(path) for path in architectures]
     if system == "autodeeplab":
-        from search.autodeeplab import supernet_estimates as autodeeplab_estimates
+        from search.autodeeplab.stage import supernet_estimates as autodeeplab_estimates
 
         return autodeeplab_estimates(checkpoint, checkpoint_path, genotypes)
-    from search.autopanoptic import SupernetScoring
+    from search.autopanoptic.stage import SupernetScoring
 
     scoring = SupernetScoring(checkpoint, checkpoint_path)
     return [float(scoring.evaluator(genotype.path)) for genotype in genotypes]

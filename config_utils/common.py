@@ -11,10 +11,10 @@ from typing import Any
 
 from config_utils.recipes import fill_recipe_defaults
 from dataloaders import resolve_num_classes
-from utils.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
+from engine.run_dir import resume_checkpoint
 from utils.errors import UserError
 from utils.flags import add_flag, locked_dests, non_negative_int, positive_int
-from utils.run_dir import resume_checkpoint
 
 
 def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

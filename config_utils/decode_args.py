@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.run_dir import resume_checkpoint
 from utils.flags import Parser, add_flag, non_negative_int, positive_int
-from utils.run_dir import resume_checkpoint
 
 
 def decode_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,11 @@ import argparse
 
 from config_utils.common import add_training_flags
 from dataloaders import add_dataset_arguments
-from utils.flags import Parser, add_flag, non_negative_int, positive_int
-from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
+from engine.lr_schedule import SCHEDULES
 from modeling.autodeeplab.genotype import PAPER_ARCHITECTURE_PATH
+from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
 from modeling.registry import MODELS
-from utils.lr_schedule import SCHEDULES
+from utils.flags import Parser, add_flag, non_negative_int, positive_int
 
 
 def retrain_parser() -> argparse.ArgumentParser:

@@ -22,10 +22,10 @@ from dataloaders.panoptic import PanopticSource
 from dataloaders.registry import (DATASETS, DatasetInfo, SegmentationSource, check_mask_values, get_dataset_info,
                                   source_palette)
 from dataloaders.transforms import seeded_rng
+from engine.distributed import DistributedContext
+from engine.run_dir import RunDir
 from utils.atomic import atomic_path
-from utils.distributed import DistributedContext
 from utils.errors import UserError
-from utils.run_dir import RunDir
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 

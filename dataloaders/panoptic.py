@@ -42,10 +42,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from evaluation.panoptic_quality import VOID, rgb_to_id
+from modeling.autopanoptic.merge import THINGS_LABEL
 from utils.errors import UserError
 from utils.labels import IGNORE_INDEX
-from utils.panoptic_merge import THINGS_LABEL
-from utils.panoptic_quality import VOID, rgb_to_id
 
 TRAIN_FLIP_PROBABILITY = 0.5
 MIN_BOX_SIDE = 1  # a training image needs a non-crowd instance whose box sides both exceed this (pixels)

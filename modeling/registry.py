@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.checkpoint import load_checkpoint, load_model_state
 from modeling.architecture_file import Genotype, architecture_from_json
-from utils.checkpoint import load_checkpoint, load_model_state
 from utils.errors import UserError
 from utils.registry import Registry
 

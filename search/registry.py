@@ -15,11 +15,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from engine.distributed import DistributedContext, run_in_process_group
+from engine.run_dir import RunDir
+from engine.trainer import Hook
 from modeling.architecture_file import Genotype
-from utils.distributed import DistributedContext, run_in_process_group
 from utils.registry import Registry
-from utils.run_dir import RunDir
-from utils.trainer import Hook
 
 Search = Callable[[argparse.Namespace, "dict[str, Any] | None", DistributedContext, "list[str] | None",
                    Sequence[Hook]], "RunDir | None"]

@@ -3,7 +3,7 @@ processes), and hooks that inject faults through the training loop.
 
 The runs are small enough for a 2-core CPU: Auto-DeepLab on 12 synthetic 40x40 images, 3-layer supernets of F=2 for
 the search, F=2 networks for the retrain, batch 2, 3 epochs; the decoder search on 20 images, 3 candidates at 32 px;
-Auto-Panoptic's supernet on 16 images of 64 px for 24 iterations. Faults are ``utils.trainer.Hook``s passed to a
+Auto-Panoptic's supernet on 16 images of 64 px for 24 iterations. Faults are ``engine.trainer.Hook``s passed to a
 script's ``main(argv, hooks=...)``: they run before the script's own hooks at every point of the loop.
 """
 
@@ -21,8 +21,8 @@ import pytest
 
 import train_autodeeplab
 import train_new_model
-from utils.run_dir import RunDir, read_jsonl
-from utils.trainer import Hook, Trainer
+from engine.run_dir import RunDir, read_jsonl
+from engine.trainer import Hook, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,23 +10,21 @@ from math import comb
 
 import numpy as np
 import pytest
-
-import decode_autodeeplab
-import train_autodeeplab
 import torch
 from scipy.stats import chisquare
 
+import decode_autodeeplab
+import train_autodeeplab
+from engine.checkpoint import load_checkpoint
 from modeling.autodeeplab.genotype import PRIMITIVES, Architecture, edge_index, num_edges
 from modeling.autodeeplab.model_search import AutoDeepLabSearch, one_hot_weights
-from modeling.autodeeplab.random_architecture import (count_paths, random_architecture, random_cell,
-                                                      random_network_path)
+from modeling.autodeeplab.random_architecture import count_paths, random_architecture, random_cell, random_network_path
 from modeling.autodeeplab.search_space import level_sizes
-from search.autodeeplab import supernet_estimates
-from search.candidates import derived_seed
-from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from search.autodeeplab.stage import supernet_estimates
 from tests.test_autodeeplab_decoding import all_paths
 from tests.test_autodeeplab_supernet import reference_cell
+from utils.errors import UserError
+from utils.seeds import derived_seed
 
 CELL = (((0, "sep_conv_3x3"), (1, "skip_connect")),
         ((1, "max_pool_3x3"), (2, "dil_conv_5x5")),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.panoptic_merge import merge_panoptic, placement_order
+from modeling.autopanoptic.merge import merge_panoptic, placement_order
 
 PERSON, CAR = 1, 3
 SKY_LABEL, GRASS_LABEL = 1, 2

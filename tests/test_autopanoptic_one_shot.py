@@ -14,22 +14,10 @@ import torch
 from scipy.stats import chisquare
 from torch import nn
 
-from search.one_shot import (
-    FairPathSampler,
-    GreedyPathSearch,
-    RandomPathSearch,
-    ends_accumulation,
-    lr_param_groups,
-    ops_by_score,
-    optimizer_steps,
-    original_group_of,
-    rank_scores,
-    starts_accumulation,
-    uniform_paths,
-    warmup_cosine_factor,
-    warmup_cosine_scheduler,
-    window_length,
-)
+from search.autopanoptic.one_shot import (FairPathSampler, GreedyPathSearch, RandomPathSearch, ends_accumulation,
+                                          lr_param_groups, ops_by_score, optimizer_steps, original_group_of,
+                                          rank_scores, starts_accumulation, uniform_paths, warmup_cosine_factor,
+                                          warmup_cosine_scheduler, window_length)
 
 AUTOPANOPTIC = [4] * 40 + [6] * 7 + [3] * 9  # backbone blocks, head layers, inter-modular layers
 SMALL = [4, 4, 6, 6, 3, 3]

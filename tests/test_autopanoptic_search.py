@@ -17,16 +17,17 @@ import inference as inference_script
 import train_autopanoptic
 import train_new_model
 from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic
+from engine.checkpoint import load_checkpoint
+from engine.interrupt import RunInterrupted
+from evaluation.panoptic_quality import rgb_to_id
 from modeling.architecture_file import load_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes
-from search import autopanoptic, autopanoptic_retrain
-from search.one_shot import rank_scores, uniform_paths
+from retrain import panoptic as panoptic_retrain
+from search.autopanoptic import stage as autopanoptic
+from search.autopanoptic.one_shot import rank_scores, uniform_paths
 from tests.conftest import AUTOPANOPTIC_RETRAIN, AUTOPANOPTIC_SEARCH, SignalAtStep, launch
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.interrupt import RunInterrupted
-from utils.panoptic_quality import rgb_to_id
 
 REPEATS = (2, 2, 4, 2)
 
@@ -186,7 +187,7 @@ def test_a_greedy_search_cache_of_another_supernet_is_refused(tmp_path, supernet
 
 
 def test_the_multistep_schedule_of_the_retrain_by_hand():
-    factor = autopanoptic_retrain.warmup_multistep_factor
+    factor = panoptic_retrain.warmup_multistep_factor
     assert factor(0, [60000, 80000], 0.1, 500) == pytest.approx(0.1)
     assert factor(250, [60000, 80000], 0.1, 500) == pytest.approx(0.1 * 0.5 + 0.5)
     assert factor(500, [60000, 80000], 0.1, 500) == 1.0

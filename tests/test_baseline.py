@@ -12,7 +12,7 @@ import evaluate as evaluate_script
 import export as export_script
 import inference as inference_script
 import train_new_model
-from utils.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.torchvision_compat import import_torchvision
 

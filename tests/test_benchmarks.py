@@ -4,9 +4,8 @@ import json
 
 import pytest
 
+from modeling.detection_ops import native_ops_available
 from tests.conftest import run_script
-from utils.detection_ops import native_ops_available
-
 
 
 @pytest.mark.slow

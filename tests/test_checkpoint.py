@@ -4,9 +4,9 @@ import re
 import pytest
 import torch
 
-from utils import checkpoint as ckpt
+from engine import checkpoint as ckpt
+from engine.run_dir import new_run_dir
 from utils.errors import UserError
-from utils.run_dir import new_run_dir
 
 
 def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
@@ -88,7 +88,7 @@ def test_run_dir_names_every_artefact_and_finds_the_newest_run_of_a_system_and_s
     import json
     import os
 
-    from utils.run_dir import RunDir
+    from engine.run_dir import RunDir
 
     run = RunDir(tmp_path / "x")
     assert (run.checkpoint.name, run.best.name, run.metrics.name, run.search_log.name, run.tensorboard.name) == (

@@ -9,9 +9,9 @@ import pytest
 import decode_autodeeplab
 import train_autodeeplab
 from dataloaders import get_dataset_info
+from engine.checkpoint import load_checkpoint
 from modeling.autodeeplab.genotype import Architecture
 from tests.conftest import run_script
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 TINY_DATA = ["--synthetic-train-samples", "8", "--synthetic_val_samples", "2", "--synthetic_size", "52",

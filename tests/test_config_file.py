@@ -8,9 +8,9 @@ import train_new_model
 from config_utils.decode_args import decode_parser
 from config_utils.retrain_args import retrain_parser
 from config_utils.search_args import search_parser
+from engine.run_dir import RunDir, read_jsonl
 from tests.conftest import TINY_RETRAIN
 from utils.errors import UserError
-from utils.run_dir import RunDir, read_jsonl
 
 
 def write(tmp_path, data, name="experiment.json"):

@@ -10,10 +10,10 @@ import train_autodeeplab
 import train_autopanoptic
 import train_nas_segm
 import train_new_model
+from engine.checkpoint import load_checkpoint
+from engine.run_dir import RunDir, read_jsonl
 from tests.conftest import (AUTOPANOPTIC_RETRAIN, AUTOPANOPTIC_SEARCH, DISTRIBUTED_RETRAIN, DISTRIBUTED_SEARCH,
                             NAS_SEGM_SEARCH, launch, records)
-from utils.checkpoint import load_checkpoint
-from utils.run_dir import RunDir, read_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")

@@ -8,11 +8,10 @@ import pytest
 from PIL import Image
 
 from config_utils.search_args import search_parser
-from dataloaders import get_dataset_info, resolve_num_classes, source_palette
+from dataloaders import check_split, get_dataset_info, resolve_num_classes, source_palette
 from dataloaders.datasets.cityscapes import TRAIN_CLASSES, VOID_IDS
 from dataloaders.datasets.folder import flat_split
 from utils.errors import UserError
-from dataloaders import check_split
 
 
 def save_png(path, array, mode=None):
@@ -241,8 +240,8 @@ def test_a_flat_folder_is_split_by_seed_with_every_image_in_exactly_one_split(tm
 def test_the_split_is_recorded_kept_on_resume_and_used_by_evaluate(tmp_path):
     import evaluate as evaluate_script
     import train_new_model
+    from engine.checkpoint import load_checkpoint
     from tests.conftest import PreemptBeforeEpoch, Preempted
-    from utils.checkpoint import load_checkpoint
 
     make_flat_folder(tmp_path / "data", [f"img{i:02d}" for i in range(10)])
     flags = ["--dataset", "folder", "--data_root", str(tmp_path / "data"), "--batch_size", "2", "--crop_size", "32",

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modeling import detection_ops
+from modeling.detection_ops import deform_conv2d, install, native_ops_available, nms, roi_align
 from tests.conftest import ROOT
-from utils import detection_ops
-from utils.detection_ops import deform_conv2d, install, native_ops_available, nms, roi_align
 from utils.torchvision_compat import import_torchvision
 
 torchvision = import_torchvision()
@@ -242,7 +242,7 @@ def test_roi_align_mask_targets_on_a_large_map_need_little_memory():
     # torchvision's pure-Python fallback) needs 64·2048² floats = 1 GB per intermediate.
     script = textwrap.dedent("""
         import resource, torch
-        from utils.detection_ops import roi_align
+        from modeling.detection_ops import roi_align
         generator = torch.Generator().manual_seed(0)
         masks = (torch.rand(1, 1, 2048, 2048, generator=generator) > 0.5).float()
         corner = torch.rand(64, 2, generator=generator) * 1700

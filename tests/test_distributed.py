@@ -6,17 +6,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from engine.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_batchnorm_batch,
+                                check_identical, per_process_batch, uses_sync_batchnorm)
+from engine.precision import PrecisionStep
+from engine.run_dir import RunDir, read_jsonl
+from engine.trainer import mean_over_ranks
+from evaluation.semantic import evaluate
 from modeling.autodeeplab.fused_edges import EdgeFanOut
 from modeling.autodeeplab.genotype import PRIMITIVES
 from tests.conftest import DISTRIBUTED_RETRAIN, DISTRIBUTED_SEARCH, launch, records
-from utils.distributed import (DistributedContext, all_reduce_mean, broadcast_from_main, check_batchnorm_batch,
-                               check_identical,
-                               per_process_batch, uses_sync_batchnorm)
 from utils.errors import UserError
-from utils.evaluation import evaluate
-from utils.precision import PrecisionStep
-from utils.run_dir import RunDir, read_jsonl
-from utils.trainer import mean_over_ranks
 
 WORLD = 2
 

@@ -13,13 +13,13 @@ from torch import nn
 import evaluate as evaluate_script
 import inference as inference_script
 from dataloaders.transforms import image_to_input
+from engine.checkpoint import save_checkpoint
+from evaluation.metrics import ConfusionMatrix
+from evaluation.semantic import evaluate, predict, report_table, write_report
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.registry import load_trained_model
-from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.evaluation import evaluate, predict, report_table, write_report
-from utils.metrics import ConfusionMatrix
 
 CLASS_NAMES = ["background", "cat", "dog"]
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
@@ -316,7 +316,7 @@ def make_coco_panoptic(root, count=2, height=40, width=56):
     """A COCO-panoptic dataset (official layout, both splits): mostly sky, over a strip of grass, with a person;
     ids needing two colour channels, image ids that are not positions."""
     from dataloaders.panoptic import segments_info
-    from utils.panoptic_quality import id_to_rgb
+    from evaluation.panoptic_quality import id_to_rgb
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -13,9 +13,9 @@ import torch
 
 import export as export_script
 from dataloaders.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.checkpoint import save_checkpoint
 from modeling.autodeeplab.genotype import Architecture, paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
-from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 
 CLASS_NAMES = ["background", "cat", "dog"]

@@ -32,6 +32,13 @@ import train_autopanoptic
 import train_nas_segm
 import train_new_model
 from dataloaders.files import FilePairSource, read_image
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.cli import run_cli
+from engine.interrupt import RunInterrupted
+from engine.losses import cross_entropy, make_criterion
+from engine.run_dir import RunDir, new_run_dir, read_jsonl
+from engine.trainer import Hook, NonFiniteLoss, Trainer
+from evaluation.semantic import evaluate
 from modeling.architecture_file import architecture_to_json, load_architecture, save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
@@ -40,15 +47,8 @@ from tests.conftest import (AUTOPANOPTIC_SEARCH, NAS_SEGM_SEARCH, ROOT, TINY_DAT
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
 from tests.test_trainer import ToyStep, toy_loader
 from utils.atomic import remove_stale_temporaries
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import run_cli
 from utils.errors import UserError
-from utils.evaluation import evaluate
-from utils.interrupt import RunInterrupted
 from utils.labels import IGNORE_INDEX
-from utils.losses import cross_entropy, make_criterion
-from utils.run_dir import RunDir, new_run_dir, read_jsonl
-from utils.trainer import Hook, NonFiniteLoss, Trainer
 
 SYSTEMS = ("autodeeplab", "nas-segm", "autopanoptic")
 TWO_EPOCHS = ["--epochs", "2"]  # the last flag wins over the tiny arguments' 3
@@ -271,7 +271,7 @@ DOUBLE_CTRL_C = """
 import signal, sys
 import {module}
 from tests.conftest import SignalAtStep
-from utils.cli import run_cli
+from engine.cli import run_cli
 hooks = [SignalAtStep({step}, signal.SIGINT), SignalAtStep({step}, signal.SIGINT)]
 run_cli(lambda: {module}.main(sys.argv[1:], hooks=hooks), "{module}.py")
 """

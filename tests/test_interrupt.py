@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
-import utils.precision
+import engine.precision
 from dataloaders import SeededSampler
+from engine.checkpoint import load_checkpoint
+from engine.interrupt import RunInterrupted
 from tests.conftest import ROOT, STEPS_PER_EPOCH, SignalAtStep
-from utils.checkpoint import load_checkpoint
-from utils.interrupt import RunInterrupted
 
 FLOAT16 = ["--amp", "--amp_dtype", "fp16"]
 
@@ -59,7 +59,7 @@ def test_sigterm_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch, tin
     if float16:
         # A loss scale that doubles after every good step overflows every few steps: which steps are skipped
         # depends on the scale, so only a resumed run that restores both scalers ends bit-identical.
-        monkeypatch.setattr(utils.precision, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=1))
+        monkeypatch.setattr(engine.precision, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=1))
     full = module.main(args + ["--out-dir", str(tmp_path / "full")])
     if float16:
         final = load_checkpoint(full / "checkpoint.pth.tar")

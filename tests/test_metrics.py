@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ConfusionMatrix
+from evaluation.metrics import ConfusionMatrix
 
 # A 3-class example small enough to count by hand (shape 2x5, as an image would be).
 HAND_TARGET = torch.tensor([[0, 0, 0, 1, 1],

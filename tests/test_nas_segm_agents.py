@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from search.agents import AGENTS, LEARNING_AGENTS, PPO, RandomSearch, UniformPolicy, make_agent
-from search.controller import DecoderController, action_to_config, decision_sizes
+from search.nas_segm.agents import AGENTS, LEARNING_AGENTS, PPO, RandomSearch, UniformPolicy, make_agent
+from search.nas_segm.controller import DecoderController, action_to_config, decision_sizes
 
 
 def probability_of(controller, decision, choice):

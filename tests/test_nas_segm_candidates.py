@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from search.candidates import PolyakAverage, RunningMaxStop, geometric_reward
+from engine.trainer import Hook, Trainer
+from search.nas_segm.candidates import PolyakAverage, RunningMaxStop, geometric_reward
 from tests.test_trainer import ToyStep, toy_loader
-from utils.trainer import Hook, Trainer
 
 WORKED = [[50, 5, 5], [10, 30, 0], [0, 10, 20]]  # rows: ground truth
 

@@ -9,7 +9,7 @@ import torch
 
 from modeling.architecture_file import architecture_from_json
 from modeling.nas_segm.genotype import DecoderGenotype
-from search.controller import DecoderController, action_to_config, decision_sizes
+from search.nas_segm.controller import DecoderController, action_to_config, decision_sizes
 from tests.test_nas_segm_decoder import CVPR_ARCH0, WACV_ARCH0
 
 

@@ -7,12 +7,12 @@ import json
 import pytest
 
 import train_new_model
+from engine.checkpoint import load_checkpoint
 from modeling.architecture_file import architecture_from_json, architecture_to_json, load_architecture
 from modeling.nas_segm.genotype import DecoderGenotype, released
 from modeling.registry import load_trained_model, model_for_system
 from tests.conftest import ROOT, TINY_DATA
 from tests.test_nas_segm_decoder import CVPR_ARCH0, WACV_ARCH0, WACV_ARCH1
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 

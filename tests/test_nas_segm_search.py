@@ -11,18 +11,18 @@ import torch
 import decode_autodeeplab
 import export as export_script
 import train_nas_segm
+from engine.checkpoint import load_checkpoint
+from engine.interrupt import RunInterrupted
+from engine.run_dir import RunDir, read_jsonl
+from engine.trainer import Hook
 from modeling.architecture_file import load_architecture
 from modeling.nas_segm.genotype import DecoderGenotype
-from search.agents import UniformPolicy
-from search.candidates import derived_seed
-from search.controller import action_to_config
-from search.nas_segm import SAMPLING, ranked_candidates
+from search.nas_segm.agents import UniformPolicy
+from search.nas_segm.controller import action_to_config
+from search.nas_segm.stage import SAMPLING, ranked_candidates
 from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, PreemptAfterStep, Preempted, SignalAtStep, launch
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.interrupt import RunInterrupted
-from utils.run_dir import RunDir, read_jsonl
-from utils.trainer import Hook
+from utils.seeds import derived_seed
 
 CANDIDATE_STEPS = 2 * 3 + 4  # stage 0: 2 epochs of 12 cached crops in 4s; stage 1: the 18 meta-train images in 4s
 VARYING = ("seconds", "latency_ms", "rank")  # what may differ between two runs of the same search

@@ -9,16 +9,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataloaders import (SeededSampler, add_dataset_arguments, get_dataset_info, resolve_num_classes,
-                         training_sources)
+from dataloaders import SeededSampler, add_dataset_arguments, get_dataset_info, resolve_num_classes, training_sources
 from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic
-from dataloaders.panoptic import (PanopticDataset, PanopticTransform, collate, has_trainable_instance,
-                                  instance_targets, resized_shape, segments_info, semantic_target,
-                                  trainable_indices)
-from utils.distributed import DistributedContext
+from dataloaders.panoptic import (PanopticDataset, PanopticTransform, collate, has_trainable_instance, instance_targets,
+                                  resized_shape, segments_info, semantic_target, trainable_indices)
+from engine.distributed import DistributedContext
+from evaluation.panoptic_quality import id_to_rgb
 from utils.errors import UserError
 from utils.flags import Parser
-from utils.panoptic_quality import id_to_rgb
 
 # pycocotools' decode trips a NumPy 2 deprecation inside its compiled code; nothing to fix on this side.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")

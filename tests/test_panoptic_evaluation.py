@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, instance_targets
-from utils.panoptic_evaluation import evaluate_panoptic, panoptic_prediction, resize_labels
+from evaluation.panoptic import evaluate_panoptic, panoptic_prediction, resize_labels
 
 THINGS, STUFF = [1, 2], [7, 9]
 MASK_SIDE = 28

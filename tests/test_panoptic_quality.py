@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.panoptic_quality import PanopticQuality, id_to_rgb, rgb_to_id
 from utils.errors import UserError
-from utils.panoptic_quality import PanopticQuality, id_to_rgb, rgb_to_id
 
 PERSON, SKY, CAR, GRASS = 1, 2, 3, 4
 CATEGORIES = [{"id": PERSON, "isthing": 1, "name": "person"}, {"id": SKY, "isthing": 0, "name": "sky"},

@@ -7,9 +7,9 @@ import torch
 
 import train_autodeeplab
 import train_new_model
+from engine.checkpoint import load_checkpoint
+from engine.precision import PrecisionStep, amp_dtype
 from modeling.autodeeplab.model_search import AutoDeepLabSearch
-from utils.checkpoint import load_checkpoint
-from utils.precision import PrecisionStep, amp_dtype
 
 CPU = torch.device("cpu")
 

@@ -14,11 +14,11 @@ import decode_autodeeplab
 import evaluate as evaluate_script
 import train_new_model
 from dataloaders import DATASETS
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from modeling.architecture_file import GENOTYPES, load_architecture, register_genotype, save_architecture
 from modeling.registry import MODELS, ModelSpec, load_trained_model, register_model
 from search.registry import SYSTEMS, SearchSystem, register_system
 from tests.conftest import TINY_DATA
-from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 
 

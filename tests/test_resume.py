@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import train_autodeeplab
+from engine.checkpoint import load_checkpoint
 from tests.conftest import TINY_SEARCH, PreemptBeforeEpoch, Preempted
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import train_new_model
-from modeling.drop_path import drop_path, scheduled_probability
+from engine.losses import cross_entropy, ohem_cross_entropy
+from engine.lr_schedule import lr_factor
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
+from modeling.drop_path import drop_path, scheduled_probability
 from utils.errors import UserError
-from utils.losses import cross_entropy, ohem_cross_entropy
-from utils.lr_schedule import lr_factor
 
 
 def test_drop_path_zeroes_whole_samples_and_keeps_the_expectation():

@@ -8,12 +8,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dataloaders import SeededSampler, make_loader
-from utils.checkpoint import Checkpointer, load_checkpoint
-from utils.distributed import DistributedContext
-from utils.hooks import Checkpoint, Validation, resume_point
-from utils.interrupt import RunInterrupted
-from utils.run_dir import RunDir
-from utils.trainer import EpochProgress, Hook, NonFiniteLoss, Trainer
+from engine.checkpoint import Checkpointer, load_checkpoint
+from engine.distributed import DistributedContext
+from engine.hooks import Checkpoint, Validation, resume_point
+from engine.interrupt import RunInterrupted
+from engine.run_dir import RunDir
+from engine.trainer import EpochProgress, Hook, NonFiniteLoss, Trainer
 
 
 class KeyedTensors(TensorDataset):

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from utils.errors import UserError
 
-# What a run's args.json holds beside its flag values (utils.run_dir.open_run writes them).
+# What a run's args.json holds beside its flag values (engine.run_dir.open_run writes them).
 RUN_METADATA_KEYS = ("argv", "system", "stage")
 
 

@@ -3,7 +3,7 @@
 The PyPI ``torchvision==0.28.0`` wheel is a CUDA build. Beside a CPU-only torch its C++ library fails
 to load, and ``import torchvision`` then stops at registering fake kernels for ``torchvision::nms``
 (pytorch issue 122494). Defining the two op schemas it expects lets the import succeed; the models
-and ``transforms.v2`` are pure Python and work, and ``utils.detection_ops`` supplies the detection ops.
+and ``transforms.v2`` are pure Python and work, and ``modeling.detection_ops`` supplies the detection ops.
 
 Whether the library loads is tried first, by loading it: where it loads (a matching build, CUDA or
 CPU), it registers the schemas itself and nothing is defined here, since defining them before the

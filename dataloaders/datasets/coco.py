@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from utils.flags import add_flag
 from dataloaders.files import read_image
 from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
+from engine.run_dir import LOGGER_NAME
 from utils.atomic import atomic_path
 from utils.errors import UserError
+from utils.flags import add_flag
 from utils.labels import IGNORE_INDEX
-from utils.run_dir import LOGGER_NAME
 
 # (COCO category id, its COCO name, the VOC class it becomes), in VOC class order 1..20.
 VOC_CATEGORIES = (

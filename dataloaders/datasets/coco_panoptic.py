@@ -35,9 +35,9 @@ from dataloaders.files import image_size, read_image
 from dataloaders.panoptic import (AnnotatedInstances, annotated_instances, check_categories, check_segment_ids,
                                   read_panoptic_png, semantic_class_names)
 from dataloaders.registry import DatasetInfo, dataset_root, register_dataset
+from engine.run_dir import LOGGER_NAME
 from utils.errors import UserError
 from utils.flags import add_flag
-from utils.run_dir import LOGGER_NAME
 
 SPLITS = ("train", "val")
 DEFAULT_JSON = "annotations/panoptic_{split}2017.json"

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from engine.distributed import sum_over_processes
 from modeling.autodeeplab.genotype import PRIMITIVES
 from modeling.autodeeplab.search_space import at_least_float32
-from utils.distributed import sum_over_processes
 
 SEPARABLE_OPS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
 ATROUS_OPS = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}

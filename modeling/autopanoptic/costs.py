@@ -7,7 +7,7 @@ grows with the boxes they see, so they are counted at the original's test settin
 box head and 100 detections through the mask head (``RPN.POST_NMS_TOP_N_TEST``, ``DETECTIONS_PER_IMG``).
 RoIAlign, NMS, normalisation, resizing and additions are not Multi-Adds and are left out, as in the other
 systems' tables. The counter has no formula for a deformable convolution, so while counting it runs the
-pure-torch one of ``utils.detection_ops`` (an im2col matrix product the counter sees).
+pure-torch one of ``modeling.detection_ops`` (an im2col matrix product the counter sees).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from modeling import detection_ops
 from modeling.autopanoptic.genotype import STUFF_TO_THINGS, SUBNET_LAYERS, THINGS_TO_STUFF
 from modeling.autopanoptic.network import LEVELS, SIZE_DIVISIBILITY, AutoPanoptic
-from utils import detection_ops
 from utils.torchvision_compat import import_torchvision
 
 PROPOSALS = 1000  # the original's test-time proposals per image (FPN_POST_NMS_TOP_N_TEST)

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoint import load_model_state
 from modeling.autopanoptic.backbone import (RETRAIN_BN_MOMENTUM, RETRAIN_WIDTHS, SEARCH_WIDTHS, SUPERNET_BN_MOMENTUM,
                                             ChoiceBackbone)
 from modeling.autopanoptic.genotype import (MASK_LAYERS, PAPER_STAGE_REPEATS, STUFF_TO_THINGS, SUBNET_LAYERS,
                                             THINGS_TO_STUFF, PanopticGenotype)
 from modeling.autopanoptic.ops import GROUP_NORM_GROUPS, attention_layer, head_layer
-from utils.checkpoint import load_model_state
+from modeling.detection_ops import install as install_detection_ops
 from utils.errors import UserError
-from utils.detection_ops import install as install_detection_ops
 from utils.labels import IGNORE_INDEX
 from utils.torchvision_compat import import_torchvision
 
@@ -150,7 +150,7 @@ class AutoPanoptic(nn.Module):
     weighted by 0.3); in eval, per image, the detections (``boxes`` at the input size, ``labels`` 1..things,
     ``scores``, ``masks`` [N, 1, 28, 28] probabilities in box coordinates, as the mask head gives them) and
     ``semantic`` logits [1 + stuff, H, W] (label 0: any thing). The masks are left for the caller to paste at
-    whatever size it brings the image back to (``utils.panoptic_evaluation.paste_masks``), as the original
+    whatever size it brings the image back to (``evaluation.panoptic.paste_masks``), as the original
     pastes them at the original image size.
     """
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.autopanoptic.genotype import HEAD_OPS, INTER_REDUCTIONS
-from utils.detection_ops import install as install_detection_ops
+from modeling.detection_ops import install as install_detection_ops
 from utils.torchvision_compat import import_torchvision
 
 torchvision = import_torchvision()

@@ -168,7 +168,7 @@ def warmup_cosine_factor(iteration: int, max_iter: int = MAX_ITER, warmup_iters:
     iteration: the original steps its ``WarmupCosineAnnealingLR`` after every iteration).
 
     Warm-up rises linearly from ``warmup_factor`` to 1 and multiplies the base LR, not a cosine (unlike
-    ``utils.lr_schedule``); the cosine starts at 1 at ``warmup_iters`` and reaches 0 (ETA_MIN) at ``max_iter``.
+    ``engine.lr_schedule``); the cosine starts at 1 at ``warmup_iters`` and reaches 0 (ETA_MIN) at ``max_iter``.
     """
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters

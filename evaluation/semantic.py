@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from utils.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
+from engine.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
+from evaluation.metrics import ConfusionMatrix
 from utils.labels import IGNORE_INDEX, colorize
-from utils.metrics import ConfusionMatrix
 from utils.registry import Registry
 
 TENSORBOARD_EXAMPLES = 4  # validation images shown with their ground truth and prediction each validation

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from utils.distributed import DistributedContext, all_reduce_mean, check_identical
-from utils.precision import PrecisionStep
-from utils.trainer import SupervisedStep, batch_loss, cycle_batches
+from engine.distributed import DistributedContext, all_reduce_mean, check_identical
+from engine.precision import PrecisionStep
+from engine.trainer import SupervisedStep, batch_loss, cycle_batches
 
 
 def search_optimizers(weights: list[nn.Parameter], architecture: list[nn.Parameter], args: argparse.Namespace,

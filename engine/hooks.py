@@ -18,12 +18,12 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from utils.checkpoint import Checkpointer, save_checkpoint
-from utils.distributed import DistributedContext
-from utils.interrupt import RunInterrupted, StopRequest
+from engine.checkpoint import Checkpointer, save_checkpoint
+from engine.distributed import DistributedContext
+from engine.interrupt import RunInterrupted, StopRequest
+from engine.run_dir import LOGGER_NAME, RunDir, append_jsonl, read_jsonl, truncate_jsonl
+from engine.trainer import EpochProgress, Hook, Trainer, TrainStep
 from utils.plots import plot_curves, save_figure
-from utils.run_dir import LOGGER_NAME, RunDir, append_jsonl, read_jsonl, truncate_jsonl
-from utils.trainer import EpochProgress, Hook, Trainer, TrainStep
 
 Evaluate = Callable[[int, "SummaryWriter | None"], dict[str, Any]]
 

@@ -31,27 +31,29 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dataloaders import SeededSampler, SegmentationDataset, keep_data_split, make_loader, training_sources
 from dataloaders.transforms import candidate_eval_transform, candidate_train_transform
+from engine.checkpoint import save_checkpoint
+from engine.cli import resolve_device
+from engine.distributed import DistributedContext, broadcast_object, gather_objects, process_device
+from engine.interrupt import RunInterrupted, StopRequest
+from engine.precision import PrecisionStep, amp_dtype
+from engine.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
+from engine.trainer import Hook, NonFiniteLoss, Trainer
+from evaluation.semantic import evaluate
 from modeling.nas_segm.encoder import CVPR_TAPS, WACV_TAPS, MobileNetV2Encoder, load_encoder_weights
 from modeling.nas_segm.genotype import DecoderGenotype
 from modeling.nas_segm.network import DecoderSearchNetwork
 from modeling.nas_segm.plots import plot_decoder
 from modeling.registry import load_trained_model
-from search.agents import Agent, RandomSearch, make_agent
-from search.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep, EncoderFeatures,
-                               EndToEndStep, FeatureCache, PolyakAverage, RunningMaxStop, ScoreAndDecide,
-                               StopBetweenSteps, build_feature_cache, derived_seed, geometric_reward, make_optimizer)
-from search.controller import action_to_config
+from search.nas_segm.agents import Agent, RandomSearch, make_agent
+from search.nas_segm.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep,
+                                        EncoderFeatures, EndToEndStep, FeatureCache, PolyakAverage, RunningMaxStop,
+                                        ScoreAndDecide, StopBetweenSteps, build_feature_cache, geometric_reward,
+                                        make_optimizer)
+from search.nas_segm.controller import action_to_config
 from search.registry import SearchSystem, register_system
-from utils.checkpoint import save_checkpoint
-from utils.cli import resolve_device
-from utils.distributed import DistributedContext, broadcast_object, gather_objects, process_device
 from utils.errors import UserError
-from utils.evaluation import evaluate
-from utils.interrupt import RunInterrupted, StopRequest
 from utils.plots import plot_curves, save_figure
-from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
-from utils.trainer import Hook, NonFiniteLoss, Trainer
+from utils.seeds import derived_seed
 
 SYSTEM = "nas-segm"
 SAMPLING, TRAINING, DECIDING, CACHING, CONTROLLER = 1, 2, 3, 4, 5  # keys of the seeds derived from --seed

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils.distributed import DistributedContext
+from engine.distributed import DistributedContext
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

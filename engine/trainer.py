@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.distributed import DistributedContext, all_reduce_sum
+from engine.distributed import DistributedContext, all_reduce_sum
+from engine.losses import Criterion, cross_entropy
+from engine.precision import PrecisionStep
 from utils.errors import UserError
-from utils.losses import Criterion, cross_entropy
-from utils.precision import PrecisionStep
 
 
 class NonFiniteLoss(UserError):

@@ -10,13 +10,12 @@ uninterrupted one. (The original's REINFORCE could not run: its update unpacked 
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 
-from search.controller import DecoderController, decision_sizes
+from search.nas_segm.controller import DecoderController, decision_sizes
 
 BASELINE_DECAY, LEARNING_RATE, MAX_GRAD_NORM = 0.95, 1e-4, 2.0
 PPO_BUFFER, PPO_CLIP = 100, 0.1

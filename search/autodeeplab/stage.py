@@ -1,5 +1,5 @@
 """Auto-DeepLab's search stage: the supernet trained bi-level on two seeded halves of the training set
-(``search.bilevel``), the architecture its α and β decode to logged every epoch, and the decoding of a
+(``search.autodeeplab.bilevel``), the architecture its α and β decode to logged every epoch, and the decoding of a
 search checkpoint into ``architecture.json``."""
 
 from __future__ import annotations
@@ -17,6 +17,14 @@ from torch import nn
 from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, keep_data_split, make_loader,
                          split_indices, training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, search_train_transform
+from engine.checkpoint import Checkpointer, load_model_state
+from engine.cli import process_setup, resolve_device
+from engine.distributed import DistributedContext, wrap_ddp
+from engine.hooks import TensorBoardLog, fit_stage, resume_point
+from engine.precision import PrecisionStep, amp_dtype
+from engine.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
+from engine.trainer import Hook, SupervisedStep, Trainer
+from evaluation.semantic import EVALUATORS, evaluate
 from modeling.autodeeplab.decoding import decode_architecture
 from modeling.autodeeplab.genotype import Architecture
 from modeling.autodeeplab.model_search import AutoDeepLabSearch
@@ -24,19 +32,11 @@ from modeling.autodeeplab.plots import plot_alphas, plot_architecture, plot_beta
 from modeling.autodeeplab.random_architecture import random_architecture
 from modeling.autodeeplab.search_space import NUM_LEVELS, level_stride, normalize_betas
 from modeling.heads import ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON
-from search.bilevel import Architect, BilevelStep, search_optimizers
-from search.candidates import derived_seed
+from search.autodeeplab.bilevel import Architect, BilevelStep, search_optimizers
 from search.registry import SearchSystem, register_system
-from utils.checkpoint import Checkpointer, load_model_state
-from utils.cli import process_setup, resolve_device
-from utils.distributed import DistributedContext, wrap_ddp
 from utils.errors import UserError
-from utils.evaluation import EVALUATORS, evaluate
-from utils.hooks import TensorBoardLog, fit_stage, resume_point
 from utils.plots import save_figure
-from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
-from utils.trainer import Hook, SupervisedStep, Trainer
+from utils.seeds import derived_seed
 
 SYSTEM = "autodeeplab"
 

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from engine.run_dir import release_run_dirs
 from utils.errors import UserError
-from utils.run_dir import release_run_dirs
 
 T = TypeVar("T")
 

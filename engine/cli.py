@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import torch
 
-from utils.distributed import (DistributedContext, check_batchnorm_batch, per_process_batch, process_device,
-                               uses_sync_batchnorm)
+from engine.distributed import (DistributedContext, check_batchnorm_batch, per_process_batch, process_device,
+                                uses_sync_batchnorm)
+from engine.interrupt import RunInterrupted
 from utils.errors import UserError
-from utils.interrupt import RunInterrupted
 
 
 def run_cli(main: Callable[[], object], prog: str) -> None:

@@ -29,24 +29,25 @@ from torch import nn
 
 from dataloaders import SeededSampler, get_dataset_info, make_loader, training_sources
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
+from engine.checkpoint import Checkpointer, load_model_state
+from engine.cli import resolve_device
+from engine.distributed import (DistributedContext, all_reduce_mean, per_process_batch, process_device,
+                                uses_sync_batchnorm)
+from engine.hooks import fit_stage, resume_point
+from engine.interrupt import RunInterrupted, StopRequest
+from engine.precision import PrecisionStep, amp_dtype
+from engine.run_dir import LOGGER_NAME, RunDir, open_run
+from engine.trainer import Hook, NonFiniteLoss, cycle_batches
+from evaluation.panoptic import evaluate_panoptic
 from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes, load_backbone_weights
 from modeling.autopanoptic.plots import plot_architecture
-from search.one_shot import (FairPathSampler, GreedyPathSearch, RandomPathSearch, ScoredPathSearch, ends_accumulation,
-                             lr_param_groups, starts_accumulation, warmup_cosine_scheduler, window_length)
+from search.autopanoptic.one_shot import (FairPathSampler, GreedyPathSearch, RandomPathSearch, ScoredPathSearch,
+                                          ends_accumulation, lr_param_groups, starts_accumulation,
+                                          warmup_cosine_scheduler, window_length)
 from search.registry import SearchSystem, register_system
 from utils.atomic import atomic_path
-from utils.checkpoint import Checkpointer, load_model_state
-from utils.cli import resolve_device
-from utils.distributed import (DistributedContext, all_reduce_mean, per_process_batch, process_device,
-                               uses_sync_batchnorm)
 from utils.errors import UserError
-from utils.hooks import fit_stage, resume_point
-from utils.interrupt import RunInterrupted, StopRequest
-from utils.panoptic_evaluation import evaluate_panoptic
-from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, open_run
-from utils.trainer import Hook, NonFiniteLoss, cycle_batches
 
 SYSTEM = "autopanoptic"
 GREEDY_STATE, GREEDY_FORMAT = "greedy_search.json", "autopanoptic-greedy-search"
@@ -63,7 +64,7 @@ def class_counts(categories: Sequence[dict[str, Any]]) -> tuple[int, int]:
 
 def parameter_group(name: str) -> str:
     """The learning-rate group of one of our supernet's parameters, as the original's name rules place its own
-    (``search.one_shot.original_group_of``): choice blocks, stem, mask-head and subnet choice layers (their
+    (``search.autopanoptic.one_shot.original_group_of``): choice blocks, stem, mask-head and subnet choice layers (their
     GroupNorm included), the attention layers, and everything shared."""
     if name.startswith("backbone.stem."):
         return "stem"

@@ -1,6 +1,6 @@
 """Training and scoring one candidate of a sampled-architecture search (Nekrasov et al.'s decoder search):
 the reward, the running-max early termination, Polyak averaging of the weights, the stage-0 feature cache, and
-the steps of the two training stages (run by the shared loop, ``utils.trainer``).
+the steps of the two training stages (run by the shared loop, ``engine.trainer``).
 
 These are the pieces the original code defines (DrSleep/nas-segm-pytorch: ``helpers/miou_utils.pyx``,
 ``helpers/utils.py:TaskPerformer``, ``engine/trainer.py:init_polyak/apply_polyak``), written here to do
@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.interrupt import StopRequest
-from utils.losses import cross_entropy
-from utils.precision import PrecisionStep
-from utils.trainer import Hook, NonFiniteLoss, Trainer
+from engine.interrupt import StopRequest
+from engine.losses import cross_entropy
+from engine.precision import PrecisionStep
+from engine.trainer import Hook, NonFiniteLoss, Trainer
 
 
 def geometric_reward(confusion: np.ndarray | torch.Tensor, omitted: Sequence[int] = ()) -> dict[str, float]:
@@ -106,12 +106,6 @@ class PolyakAverage(Hook):
     def after_epoch(self, trainer: Trainer) -> None:
         for average, param in zip(self.averages, self.params):
             param.copy_(average)
-
-
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed that is a well-mixed function of ``keys`` (the run's seed, a candidate's index...), so
-    what a candidate draws depends on nothing else: not on the process that trains it, nor on a resume."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 @dataclass(frozen=True)

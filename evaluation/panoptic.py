@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.detection_ops import install as install_detection_ops
-from utils.distributed import DistributedContext, all_reduce_sum
+from engine.distributed import DistributedContext, all_reduce_sum
+from evaluation.metrics import ConfusionMatrix
+from evaluation.panoptic_quality import PanopticQuality
+from modeling.autopanoptic.merge import STUFF_AREA_LIMIT, merge_panoptic
+from modeling.detection_ops import install as install_detection_ops
 from utils.labels import IGNORE_INDEX
-from utils.metrics import ConfusionMatrix
-from utils.panoptic_merge import STUFF_AREA_LIMIT, merge_panoptic
-from utils.panoptic_quality import PanopticQuality
 from utils.torchvision_compat import import_torchvision
 
 import_torchvision()

@@ -20,28 +20,27 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from config_utils.autopanoptic_args import (RETRAIN_RECIPE_FLAGS, autopanoptic_retrain_parser,
-                                            check_group_norm_widths)
+from config_utils.autopanoptic_args import RETRAIN_RECIPE_FLAGS, autopanoptic_retrain_parser, check_group_norm_widths
 from config_utils.common import parse_stage_args
 from config_utils.recipes import recipe
 from dataloaders import SeededSampler, make_loader, require_panoptic_dataset, training_sources
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
+from engine.checkpoint import Checkpointer, load_checkpoint
+from engine.cli import resolve_device
+from engine.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
+                                uses_sync_batchnorm)
+from engine.hooks import fit_stage, resume_point
+from engine.precision import PrecisionStep, amp_dtype
+from engine.run_dir import LOGGER_NAME, RunDir, open_run
+from engine.trainer import Hook
+from evaluation.panoptic import evaluate_panoptic
 from modeling.architecture_file import (architecture_from_json, architecture_to_json, load_architecture,
-                                       save_architecture)
+                                        save_architecture)
 from modeling.autopanoptic.genotype import PanopticGenotype
 from modeling.autopanoptic.network import AutoPanoptic, build
-from search.autopanoptic import PanopticStep, class_counts, deterministic_algorithms
-from search.one_shot import lr_param_groups
-from utils.checkpoint import Checkpointer, load_checkpoint
-from utils.cli import resolve_device
-from utils.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
-                               uses_sync_batchnorm)
+from search.autopanoptic.one_shot import lr_param_groups
+from search.autopanoptic.stage import PanopticStep, class_counts, deterministic_algorithms
 from utils.errors import UserError
-from utils.hooks import fit_stage, resume_point
-from utils.panoptic_evaluation import evaluate_panoptic
-from utils.precision import PrecisionStep, amp_dtype
-from utils.run_dir import LOGGER_NAME, RunDir, open_run
-from utils.trainer import Hook
 
 SYSTEM = "autopanoptic"
 WARMUP_FACTOR = 0.1
