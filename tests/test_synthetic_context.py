@@ -15,11 +15,12 @@ from dataloaders import (PanopticDataset, PanopticTransform, SegmentationDataset
 from dataloaders.datasets.synthetic_context import (BACKGROUND, CLASS_NAMES, DISK_DIAMETER, FRAME, FRAME_DIAMETER,
                                                     INSIDE, LINE, OUTSIDE, ContextLayout, Frame, Stroke,
                                                     SyntheticContext, disk, paint_context, stroke_mask)
-from dataloaders.datasets.synthetic_panoptic import STUFF_BY_LAYOUT, SyntheticPanoptic
+from dataloaders.datasets.synthetic_panoptic import (MUTED_JITTER, STUFF_BY_LAYOUT, VIVID_HIGH, VIVID_LOW,
+                                                     SyntheticPanoptic, _muted_colour, _saturated_colour)
 from dataloaders.panoptic import check_segment_ids
 from dataloaders.transforms import search_train_transform
-from search import autopanoptic_retrain
-from utils.distributed import DistributedContext
+from engine.distributed import DistributedContext
+from retrain import panoptic as panoptic_retrain
 from utils.errors import UserError
 from utils.flags import Parser
 
@@ -203,6 +204,28 @@ def test_panoptic_stuff_looks_alike_whatever_its_category():
     assert max(np.abs(means[a] - means[b]).max() for a in means for b in means) < 45
 
 
+def test_context_colours_are_vivid_for_things_and_near_grey_for_stuff():
+    rng = np.random.default_rng(0)
+    vivid = np.stack([_saturated_colour(rng, [np.full(3, 128.0, dtype=np.float32)]) for _ in range(500)])
+    assert (vivid.max(axis=1) >= VIVID_HIGH[0]).all() and (vivid.min(axis=1) <= VIVID_LOW[1]).all()
+    muted = np.stack([_muted_colour(rng) for _ in range(500)])
+    assert (muted.max(axis=1) - muted.min(axis=1) <= 2 * MUTED_JITTER).all()
+    assert muted.mean(axis=1).min() < 60 and muted.mean(axis=1).max() > 195  # the whole grey range is used
+
+
+def test_panoptic_context_images_show_things_vivid_on_near_grey_stuff():
+    source = panoptic_context()
+    names = {category["id"]: category for category in source.categories}
+    spread = {True: [], False: []}  # max minus min channel of a segment's mean colour, for things / for stuff
+    for index in range(SAMPLES):
+        image, ids, segments = source.load(index)
+        for segment in segments:
+            mean = image[ids == segment["id"]].astype(np.float64).mean(axis=0)
+            spread[bool(names[segment["category_id"]]["isthing"])].append(mean.max() - mean.min())
+    assert max(spread[False]) < 45  # the texture's tint moves a band's mean off grey by little
+    assert np.median(spread[True]) > 150 and np.percentile(spread[True], 10) > 60
+
+
 def test_panoptic_things_come_at_several_scales_and_segments_agree_with_the_ids():
     source = panoptic_context()
     names = {category["id"]: category for category in source.categories}
@@ -263,7 +286,7 @@ def test_the_semantic_stages_load_synthetic_context_with_their_recipes(parse):
 
 
 @pytest.mark.parametrize("parse, extra", [(train_autopanoptic.parse_args, []),
-                                          (autopanoptic_retrain.parse_args, ["--saved_arch_path", "unused.json"])])
+                                          (panoptic_retrain.parse_args, ["--saved_arch_path", "unused.json"])])
 def test_the_panoptic_stages_load_synthetic_panoptic_context_with_their_recipes(parse, extra):
     args, _ = parse(["--dataset", "synthetic_panoptic_context"] + DATA + extra)
     sources = training_sources(args, DistributedContext(), task="panoptic")

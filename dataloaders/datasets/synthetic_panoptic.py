@@ -15,6 +15,9 @@ The two datasets differ by their ``PanopticLook``:
   from its place in the top-to-bottom order alone (top ``sky``, bottom ``ground``, a middle one ``water``), so
   stuff is told apart by layout, which needs context across the image; things are 0.06-0.40 of the side across
   (more than 6x), so small instances need the fine levels of the feature pyramid and large ones the coarse.
+  Bands are muted (near-grey) and things saturated, so what is a thing is plain and the work is in the layout,
+  the scales and the shapes: with colours from one distribution for both, a small detector found no instance
+  above the 0.5 confidence of the panoptic merge within 480 iterations (things PQ 0), and PQ measured stuff alone.
 
 Sample ``i`` of split ``s`` depends only on ``(seed, s, i)`` (``--synthetic_seed``), like ``synthetic``, whose
 size and sample-count flags they share.
@@ -29,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from dataloaders.datasets.synthetic import (BACKGROUND_PATTERNS, OBJECT_AMPLITUDE, OBJECT_PATTERNS, PIXEL_NOISE_STD,
-                                            GeneratedSplit, ShapeSpec, SyntheticShapes, pick_colour, shape_mask,
-                                            split_samples, textured)
-from dataloaders.panoptic import semantic_class_names, segments_info
+from dataloaders.datasets.synthetic import (BACKGROUND_PATTERNS, COLOUR_CANDIDATES, MIN_COLOUR_DISTANCE,
+                                            OBJECT_AMPLITUDE, OBJECT_PATTERNS, PIXEL_NOISE_STD, GeneratedSplit,
+                                            ShapeSpec, SyntheticShapes, pick_colour, shape_mask, split_samples,
+                                            textured)
+from dataloaders.panoptic import segments_info, semantic_class_names
 from dataloaders.registry import DatasetInfo, register_dataset
 from utils.errors import UserError
 
@@ -46,6 +50,10 @@ STUFF_LOOKS = (("sky", (125.0, 175.0, 235.0), "gradient"),
 LAYOUT_STUFF = ("sky", "water", "ground")
 BANDS_BY_COUNT = {2: ("sky", "ground"), 3: ("sky", "water", "ground")}
 COLOUR_JITTER, STUFF_AMPLITUDE = 20.0, 30.0
+# synthetic_panoptic_context's colours: stuff near-grey (a grey level, each channel within the jitter of it, bands
+# at least MIN_GREY_DISTANCE apart), things vivid (one channel in VIVID_HIGH, one in VIVID_LOW).
+MUTED_GREY, MUTED_JITTER, MIN_GREY_DISTANCE = (30.0, 225.0), 12.0, 40.0
+VIVID_HIGH, VIVID_LOW = (190.0, 255.0), (0.0, 50.0)
 MIN_BANDS, MAX_BANDS = 2, 3
 BORDER_WAVE = 0.04  # amplitude of a band border's wave, as a fraction of the side
 MIN_THINGS, MAX_THINGS = 1, 5
@@ -56,6 +64,7 @@ VOID_BORDER_PROBABILITY, VOID_BORDER_WIDTH = 0.5, (2, 5)  # pixels: low inclusiv
 
 
 BandCategories = Callable[[np.random.Generator, int], list[int]]
+ThingColour = Callable[[np.random.Generator, list[np.ndarray]], np.ndarray]
 BandTexture = Callable[[np.random.Generator, int, list[np.ndarray], int], np.ndarray]
 
 
@@ -66,7 +75,8 @@ class PanopticLook:
 
     ``band_categories(rng, count)`` gives the stuff positions (in ``stuff_names``) of ``count`` bands from top to
     bottom; ``band_texture(rng, position, used_colours, side)`` a float [side, side, 3] texture for a band of stuff
-    ``position``, appending its base colour to ``used_colours`` (which things keep away from).
+    ``position``, appending its base colour to ``used_colours`` (which things keep away from);
+    ``thing_colour(rng, used_colours)`` a thing's base colour.
     """
 
     name: str
@@ -74,6 +84,7 @@ class PanopticLook:
     band_categories: BandCategories
     band_texture: BandTexture
     thing_diameter: tuple[float, float]  # low, high: thing size as a fraction of the side
+    thing_colour: ThingColour = pick_colour  # (rng, colours on the canvas) -> a thing's base colour
 
     @property
     def categories(self) -> tuple[dict[str, Any], ...]:
@@ -107,18 +118,39 @@ def _categories_by_position(rng: np.random.Generator, count: int) -> list[int]:
     return [LAYOUT_STUFF.index(name) for name in BANDS_BY_COUNT[count]]
 
 
+def _muted_colour(rng: np.random.Generator) -> np.ndarray:
+    """A near-grey colour: one grey level, each channel off it by at most MUTED_JITTER."""
+    return (rng.uniform(*MUTED_GREY) + rng.uniform(-MUTED_JITTER, MUTED_JITTER, size=3)).astype(np.float32)
+
+
 def _texture_of_any_band(rng: np.random.Generator, position: int, used_colours: list[np.ndarray],
                          side: int) -> np.ndarray:
-    """The same distribution for every stuff category, kept apart in colour from the bands above it."""
-    base = pick_colour(rng, used_colours) if used_colours else rng.uniform(0, 255, size=3).astype(np.float32)
+    """The same muted distribution for every stuff category, kept apart in grey level from the bands above it."""
+    candidates = [_muted_colour(rng) for _ in range(COLOUR_CANDIDATES)]
+    base = next((colour for colour in candidates
+                 if all(abs(colour.mean() - used.mean()) >= MIN_GREY_DISTANCE for used in used_colours)),
+                candidates[0])
     used_colours.append(base)
     return textured(rng, base, BACKGROUND_PATTERNS, STUFF_AMPLITUDE, side, side)
+
+
+def _saturated_colour(rng: np.random.Generator, used_colours: list[np.ndarray]) -> np.ndarray:
+    """A vivid colour (one channel high, one low, the third anywhere), kept away from the colours on the canvas."""
+    candidates = []
+    for _ in range(COLOUR_CANDIDATES):
+        high, low, free = rng.permutation(3)
+        colour = np.empty(3, dtype=np.float32)
+        colour[high], colour[low], colour[free] = rng.uniform(*VIVID_HIGH), rng.uniform(*VIVID_LOW), rng.uniform(0, 255)
+        candidates.append(colour)
+    distances = [min(float(np.linalg.norm(colour - used)) for used in used_colours) for colour in candidates]
+    return candidates[int(np.argmax(np.asarray(distances) >= MIN_COLOUR_DISTANCE))
+                      if max(distances) >= MIN_COLOUR_DISTANCE else int(np.argmax(distances))]
 
 
 STUFF_BY_APPEARANCE = PanopticLook("synthetic_panoptic", tuple(name for name, _, _ in STUFF_LOOKS),
                                    _categories_at_random, _texture_of_its_family, thing_diameter=(0.15, 0.40))
 STUFF_BY_LAYOUT = PanopticLook("synthetic_panoptic_context", LAYOUT_STUFF, _categories_by_position,
-                               _texture_of_any_band, thing_diameter=(0.06, 0.40))
+                               _texture_of_any_band, thing_diameter=(0.06, 0.40), thing_colour=_saturated_colour)
 
 
 def _stuff_bands(rng: np.random.Generator, side: int, look: PanopticLook) -> list[tuple[int, np.ndarray]]:
@@ -171,7 +203,7 @@ def generate(rng: np.random.Generator, side: int,
         paint(region, look.stuff_id(stuff), 0, look.band_texture(rng, stuff, used_colours, side))
 
     def thing_texture() -> np.ndarray:
-        base = pick_colour(rng, used_colours)
+        base = look.thing_colour(rng, used_colours)
         used_colours.append(base)
         return textured(rng, base, OBJECT_PATTERNS, OBJECT_AMPLITUDE, side, side)
 
