@@ -34,12 +34,10 @@ from dataloaders.transforms import eval_transform
 from engine.cli import resolve_device, run_cli
 from engine.distributed import DistributedContext
 from evaluation.metrics import ConfusionMatrix
-from evaluation.panoptic import evaluate_panoptic
+from evaluation.panoptic import evaluate_panoptic, write_panoptic_report
 from evaluation.panoptic_quality import PanopticQuality, area_note
-from evaluation.semantic import evaluate, write_report
-from modeling.registry import checkpoint_classes, load_trained_model
-from retrain import panoptic as panoptic_retrain
-from retrain.panoptic import write_report as write_panoptic_report
+from evaluation.semantic import evaluate, write_semantic_report
+from modeling.registry import checkpoint_classes, checkpoint_model, load_trained_model
 from utils.errors import UserError
 from utils.output_path import check_output_path
 
@@ -150,7 +148,7 @@ def score_semantic_files(args: argparse.Namespace, info: DatasetInfo, out_dir: P
     summary = matrix.summary() | {"confusion_matrix": matrix.matrix.tolist()}
     details = {"prediction_dir": str(Path(args.pred_dir).resolve()), "dataset": args.dataset, "split": args.split,
                "images": len(source)}
-    print(write_report(summary, list(source.class_names)[:num_classes], out_dir, details))
+    print(write_semantic_report(summary, list(source.class_names)[:num_classes], out_dir, details))
     return summary
 
 
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path:
         return score_prediction_files(args, out_dir)
     device = resolve_device(args.device)
     model, checkpoint = load_trained_model(args.ckpt, device)
-    if checkpoint.get("system") == panoptic_retrain.SYSTEM:
+    if checkpoint_model(checkpoint, args.ckpt)[0].task == "panoptic":
         inherit_dataset_flags(args, checkpoint["args"], explicit_dests(parser, argv))
         return evaluate_panoptic_network(args, model, checkpoint, device, out_dir)
     trained_classes = checkpoint["args"]["num_classes"]
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> Path:
     details = {"checkpoint": str(Path(args.ckpt).resolve()), "epoch": checkpoint["epoch"], "dataset": args.dataset,
                "split": args.split, "images": len(source), "eval_scales": list(args.eval_scales), "flip": args.flip,
                "resize": args.resize}
-    table = write_report(summary, checkpoint_classes(checkpoint)[0], out_dir, details)
+    table = write_semantic_report(summary, checkpoint_classes(checkpoint)[0], out_dir, details)
     print(table)
     print(f"report written to {out_dir}")
     return out_dir

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -10,8 +9,6 @@ from collections.abc import Callable
 
 import torch
 
-from engine.distributed import (DistributedContext, check_batchnorm_batch, per_process_batch, process_device,
-                                uses_sync_batchnorm)
 from engine.interrupt import RunInterrupted
 from utils.errors import UserError
 
@@ -49,15 +46,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return device
-
-
-def process_setup(args: argparse.Namespace, context: DistributedContext, min_batch: int,
-                  why: str) -> tuple[torch.device, int, bool]:
-    """This process's device (its own GPU under a launcher with ``--device auto``), its share of the global
-    ``--batch_size``, and whether BatchNorm statistics are synchronised over the processes. A batch too small
-    for the network's BatchNorm (``min_batch`` images, ``why``) is refused here, before the run starts."""
-    device = process_device(context, args.device) or resolve_device(args.device)
-    batch_size = per_process_batch(args.batch_size, context)
-    sync_bn = uses_sync_batchnorm(context, device, args.sync_bn)
-    check_batchnorm_batch(args.batch_size, context, sync_bn, min_batch, why)
-    return device, batch_size, sync_bn

@@ -12,15 +12,18 @@ scores are exact.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from engine.distributed import DistributedContext, all_reduce_sum
+from engine.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from evaluation.metrics import ConfusionMatrix
 from evaluation.panoptic_quality import PanopticQuality
 from modeling.autopanoptic.merge import STUFF_AREA_LIMIT, merge_panoptic
@@ -115,3 +118,50 @@ def evaluate_panoptic(model: torch.nn.Module, loader: torch.utils.data.DataLoade
     if keep_predictions:
         result["predictions"] = predictions
     return result
+
+
+VALIDATION_KEYS = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")  # what a validation records
+
+
+class PanopticValidation:
+    """An epoch's validation for the ``Validation`` hook: PQ/SQ/RQ and the semantic mIoU on the whole split."""
+
+    def __init__(self, model: torch.nn.Module, loader: torch.utils.data.DataLoader, categories: list[dict[str, Any]],
+                 device: torch.device, context: DistributedContext, stuff_area_limit: int) -> None:
+        self.model, self.loader, self.categories, self.device = model, loader, categories, device
+        self.context, self.stuff_area_limit = context, stuff_area_limit
+
+    def __call__(self, epoch: int, writer: SummaryWriter | None) -> dict[str, Any]:
+        broadcast_from_main(self.model, self.context)
+        scores = evaluate_panoptic(self.model, self.loader, self.categories, self.device, context=self.context,
+                                   stuff_area_limit=self.stuff_area_limit)
+        return {key: scores[key] for key in VALIDATION_KEYS}
+
+
+def pq_table(summary: dict[str, Any], names: dict[int, str]) -> str:
+    """PQ, SQ and RQ for all categories, things and stuff, then per category, as a fixed-width table."""
+    width = max(12, *(len(name) for name in names.values()))
+    lines = [f"{'':<{width}}  {'PQ':>6}  {'SQ':>6}  {'RQ':>6}  {'n':>4}"]
+    for group in ("All", "Things", "Stuff"):
+        scores = summary[group]
+        lines.append(f"{group:<{width}}  {100 * scores['pq']:6.2f}  {100 * scores['sq']:6.2f}  "
+                     f"{100 * scores['rq']:6.2f}  {scores['n']:>4}")
+    lines.append("")
+    for category, scores in summary["per_class"].items():
+        lines.append(f"{names.get(int(category), str(category)):<{width}}  {100 * scores['pq']:6.2f}  "
+                     f"{100 * scores['sq']:6.2f}  {100 * scores['rq']:6.2f}")
+    return "\n".join(lines)
+
+
+def write_panoptic_report(scores: dict[str, Any], categories: list[dict[str, Any]], out_dir: Path,
+                 details: dict[str, Any]) -> str:
+    """``metrics.json`` (PQ per group and per category, and the semantic mIoU where ``scores`` has one: a network's,
+    not a prediction folder's) in ``out_dir``; returns the table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {**details, "categories": categories, **{key: scores[key] for key in VALIDATION_KEYS if key in scores},
+              "panoptic": scores["panoptic"]}
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = pq_table(scores["panoptic"], {category["id"]: category["name"] for category in categories})
+    if "semantic_miou" not in scores:
+        return table
+    return f"{table}\n\nsemantic mIoU (things merged, stuff) {100 * scores['semantic_miou']:.2f}"

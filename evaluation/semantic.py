@@ -23,7 +23,6 @@ from tqdm import tqdm
 from engine.distributed import DistributedContext, all_reduce_sum, broadcast_from_main
 from evaluation.metrics import ConfusionMatrix
 from utils.labels import IGNORE_INDEX, colorize
-from utils.registry import Registry
 
 TENSORBOARD_EXAMPLES = 4  # validation images shown with their ground truth and prediction each validation
 PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finite on a confident mistake
@@ -121,11 +120,7 @@ class SemanticValidation:
                 "val_per_class_iou": val["per_class_iou"]}
 
 
-EVALUATORS: Registry[type] = Registry("evaluator")  # task -> an epoch's validation (PQ for "panoptic" to come)
-EVALUATORS.register("semantic", SemanticValidation)
-
-
-def report_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:
+def semantic_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:
     """Per-class IoU and accuracy, then the four overall scores, as a fixed-width text table."""
     matrix = ConfusionMatrix.from_counts(summary["confusion_matrix"])
     width = max(12, *(len(name) for name in class_names))
@@ -140,7 +135,7 @@ def report_table(summary: dict[str, Any], class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(summary: dict[str, Any], class_names: Sequence[str], out_dir: Path,
+def write_semantic_report(summary: dict[str, Any], class_names: Sequence[str], out_dir: Path,
                  details: dict[str, Any] | None = None) -> str:
     """Write ``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``out_dir``; return the table."""
     from utils.plots import plot_confusion, save_figure  # matplotlib only where a report is written
@@ -159,7 +154,7 @@ def write_report(summary: dict[str, Any], class_names: Sequence[str], out_dir: P
             writer.writerow([class_id, name, _csv_float(iou), _csv_float(accuracy), int(gt_pixels),
                              int(predicted_pixels)])
     save_figure(plot_confusion(matrix.matrix.numpy(), class_names), out_dir / "confusion_matrix.png")
-    return report_table(summary, class_names)
+    return semantic_table(summary, class_names)
 
 
 def _percent(value: float) -> str:

@@ -36,6 +36,8 @@ class ModelSpec:
     ``flags`` names the retrain flags (destinations) that shape this network and no other, such as
     ``filter_multiplier``; with the architecture file of a searched network and ``--summary``'s, they are the
     flags it ``reads``, and ``refuse_unread_flags`` refuses the other networks' flags instead of ignoring them.
+    ``task`` is what it predicts, and so how it is retrained, validated, evaluated and run: ``semantic`` (class
+    scores per pixel) or ``panoptic`` (instances and stuff segments).
     """
 
     name: str
@@ -45,6 +47,7 @@ class ModelSpec:
     genotype_system: str | None = None
     summary: Callable[[ModelArgs, Genotype, tuple[int, int]], str] | None = None  # the --summary table
     flags: frozenset[str] = frozenset()
+    task: str = "semantic"
 
     def reads(self) -> frozenset[str]:
         """Every network flag this network reads: its own ``flags``, the architecture file of a searched one, and

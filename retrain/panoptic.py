@@ -11,33 +11,27 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from config_utils.autopanoptic_args import RETRAIN_RECIPE_FLAGS, autopanoptic_retrain_parser, check_group_norm_widths
 from config_utils.common import parse_stage_args
 from config_utils.recipes import recipe
 from dataloaders import SeededSampler, make_loader, require_panoptic_dataset, training_sources
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
-from engine.checkpoint import Checkpointer, load_checkpoint
-from engine.cli import resolve_device
-from engine.distributed import (DistributedContext, broadcast_from_main, per_process_batch, process_device,
-                                uses_sync_batchnorm)
+from engine.checkpoint import Checkpointer
+from engine.distributed import DistributedContext
 from engine.hooks import fit_stage, resume_point
-from engine.precision import PrecisionStep, amp_dtype
-from engine.run_dir import LOGGER_NAME, RunDir, open_run
+from engine.run_dir import RunDir
+from engine.stage import open_stage_run, process_setup, report_best
 from engine.trainer import Hook
-from evaluation.panoptic import evaluate_panoptic
+from evaluation.panoptic import PanopticValidation, evaluate_panoptic, write_panoptic_report
 from modeling.architecture_file import (architecture_from_json, architecture_to_json, load_architecture,
                                         save_architecture)
 from modeling.autopanoptic.genotype import PanopticGenotype
-from modeling.autopanoptic.network import AutoPanoptic, build
+from modeling.autopanoptic.network import build
 from search.autopanoptic.one_shot import lr_param_groups
 from search.autopanoptic.stage import PanopticStep, class_counts, deterministic_algorithms
 from utils.errors import UserError
@@ -46,7 +40,6 @@ SYSTEM = "autopanoptic"
 WARMUP_FACTOR = 0.1
 SUMMARY_DATASET = "coco_panoptic"  # --summary describes the network on COCO panoptic, at the paper's sizes
 COCO_THING_CLASSES, COCO_STUFF_CLASSES = 80, 53
-VALIDATION_KEYS = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")
 
 
 def warmup_multistep_factor(iteration: int, milestones: Sequence[int], gamma: float, warmup_iters: int,
@@ -96,50 +89,6 @@ def summary_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class PanopticValidation:
-    """An epoch's validation for the ``Validation`` hook: PQ/SQ/RQ and the semantic mIoU on the whole split."""
-
-    def __init__(self, model: AutoPanoptic, loader: torch.utils.data.DataLoader, categories: list[dict[str, Any]],
-                 device: torch.device, context: DistributedContext, stuff_area_limit: int) -> None:
-        self.model, self.loader, self.categories, self.device = model, loader, categories, device
-        self.context, self.stuff_area_limit = context, stuff_area_limit
-
-    def __call__(self, epoch: int, writer: SummaryWriter | None) -> dict[str, Any]:
-        broadcast_from_main(self.model, self.context)
-        scores = evaluate_panoptic(self.model, self.loader, self.categories, self.device, context=self.context,
-                                   stuff_area_limit=self.stuff_area_limit)
-        return {key: scores[key] for key in VALIDATION_KEYS}
-
-
-def report_table(summary: dict[str, Any], names: dict[int, str]) -> str:
-    """PQ, SQ and RQ for all categories, things and stuff, then per category, as a fixed-width table."""
-    width = max(12, *(len(name) for name in names.values()))
-    lines = [f"{'':<{width}}  {'PQ':>6}  {'SQ':>6}  {'RQ':>6}  {'n':>4}"]
-    for group in ("All", "Things", "Stuff"):
-        scores = summary[group]
-        lines.append(f"{group:<{width}}  {100 * scores['pq']:6.2f}  {100 * scores['sq']:6.2f}  "
-                     f"{100 * scores['rq']:6.2f}  {scores['n']:>4}")
-    lines.append("")
-    for category, scores in summary["per_class"].items():
-        lines.append(f"{names.get(int(category), str(category)):<{width}}  {100 * scores['pq']:6.2f}  "
-                     f"{100 * scores['sq']:6.2f}  {100 * scores['rq']:6.2f}")
-    return "\n".join(lines)
-
-
-def write_report(scores: dict[str, Any], categories: list[dict[str, Any]], out_dir: Path,
-                 details: dict[str, Any]) -> str:
-    """``metrics.json`` (PQ per group and per category, and the semantic mIoU where ``scores`` has one: a network's,
-    not a prediction folder's) in ``out_dir``; returns the table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = {**details, "categories": categories, **{key: scores[key] for key in VALIDATION_KEYS if key in scores},
-              "panoptic": scores["panoptic"]}
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = report_table(scores["panoptic"], {category["id"]: category["name"] for category in categories})
-    if "semantic_miou" not in scores:
-        return table
-    return f"{table}\n\nsemantic mIoU (things merged, stuff) {100 * scores['semantic_miou']:.2f}"
-
-
 def genotype_of(args: argparse.Namespace, resumed: dict[str, Any] | None) -> PanopticGenotype:
     if resumed is not None:
         return architecture_from_json(resumed["architecture"], f"{args.resume} (architecture)")
@@ -148,8 +97,8 @@ def genotype_of(args: argparse.Namespace, resumed: dict[str, Any] | None) -> Pan
 
 def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
             argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
-    device = process_device(context, args.device) or resolve_device(args.device)
-    batch_size = per_process_batch(args.batch_size, context)
+    process = process_setup(args, context, sync_bn=True)  # the original's SyncBN, where several GPUs run
+    device = process.device
     genotype = genotype_of(args, resumed)
     sources = training_sources(args, context, task="panoptic")
     categories = sources.train.categories
@@ -160,7 +109,7 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
         raise UserError(f"--batch-size {args.batch_size}: the training split has only {len(indices)} usable images")
     train_set = PanopticDataset(sources.train, PanopticTransform(args.min_size, args.max_size, train=True))
     loader = make_loader(train_set, SeededSampler(indices, args.seed, shuffle=True, num_replicas=context.world_size,
-                                                  rank=context.rank, drop_last=True), batch_size, args.workers,
+                                                  rank=context.rank, drop_last=True), process.batch_size, args.workers,
                          drop_last=True, collate_fn=collate)
     val_set = PanopticDataset(sources.val, PanopticTransform(args.min_size, args.max_size, train=False))
     val_loader = make_loader(val_set, SeededSampler(range(context.rank, len(val_set), context.world_size), 0,
@@ -168,19 +117,16 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                              collate_fn=collate)
     torch.manual_seed(args.seed)  # built before the run directory: a bad --backbone-weights file leaves none
     model = build(vars(args), genotype, args.backbone_weights if resumed is None else None).to(device)
-    sync_bn = uses_sync_batchnorm(context, device, requested=True)
-    if sync_bn:  # the original's SyncBN: the backbone's statistics over every GPU's images
+    if process.sync_bn:  # the backbone's statistics over every GPU's images
         model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
-    run_dir, logger = (open_run(args, argv, SYSTEM, "retrain") if context.is_main
-                       else (None, logging.getLogger(LOGGER_NAME)))
+    run_dir, logger = open_stage_run(args, argv, SYSTEM, "retrain", context)
     if run_dir is not None:
         save_architecture(genotype, run_dir.architecture)
     optimizer = torch.optim.SGD(lr_param_groups(model.named_parameters(), None, args.base_lr, args.weight_decay),
                                 lr=args.base_lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: warmup_multistep_factor(
         iteration, args.lr_steps, args.lr_gamma, args.warmup_iters))
-    dtype = amp_dtype(args.amp_dtype, device)
-    precision = PrecisionStep(args.amp, device, dtype)
+    precision = process.precision()
     step = PanopticStep(model, optimizer, scheduler, None, precision, device, context)
     checkpointer = Checkpointer(
         {"system": SYSTEM, "stage": "retrain", "args": vars(args), "categories": categories,
@@ -192,7 +138,7 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                 f"{len(indices)} / val {len(val_set)} images, Auto-Panoptic network of {sum(genotype.stage_repeats)} "
                 f"blocks at widths {list(args.widths)}, {sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"{args.max_iter} iterations of {args.batch_size} image(s), device {device}, {context.world_size} "
-                f"process(es){', SyncBatchNorm' if sync_bn else ''}, amp {dtype if args.amp else 'off'}; run directory "
+                f"process(es){', SyncBatchNorm' if process.sync_bn else ''}, amp {process.amp_text}; run directory "
                 f"{run_dir}")
     validate = PanopticValidation(model, val_loader, categories, device, context, args.stuff_area_limit)
     with deterministic_algorithms(args.deterministic):
@@ -201,15 +147,8 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                                eval_interval=args.eval_every, best_metric="pq", resume=resume,
                                curves=(["train_loss", "pq", "pq_things", "pq_stuff"], "retrain"), extra=hooks,
                                checkpoint_period=args.checkpoint_period)
-    if run_dir is not None:
-        best_state = load_checkpoint(run_dir.best, stage="retrain")
-        model.load_state_dict(best_state["model"])
-    broadcast_from_main(model, context, parameters=True)
-    final = evaluate_panoptic(model, val_loader, categories, device, context=context, desc="report",
-                              stuff_area_limit=args.stuff_area_limit)
-    if run_dir is None:
-        return None
-    table = write_report(final, categories, run_dir.report, {"checkpoint": str(run_dir.best)})
-    logger.info(f"best checkpoint on val, report in {run_dir.report}:\n{table}")
-    logger.info(f"retrain finished: best val PQ {checkpoint.best_text()}; checkpoints in {run_dir}")
-    return run_dir
+    return report_best(model, run_dir, context,
+                       lambda: evaluate_panoptic(model, val_loader, categories, device, context=context, desc="report",
+                                                 stuff_area_limit=args.stuff_area_limit),
+                       lambda scores, folder, details: write_panoptic_report(scores, categories, folder, details),
+                       logger, "PQ", checkpoint)

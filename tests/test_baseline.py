@@ -13,6 +13,7 @@ import export as export_script
 import inference as inference_script
 import train_new_model
 from engine.checkpoint import load_checkpoint
+from retrain import semantic as semantic_retrain
 from utils.errors import UserError
 from utils.torchvision_compat import import_torchvision
 
@@ -58,7 +59,7 @@ def test_baseline_trains_evaluates_and_segments(tmp_path):
 ])
 def test_options_that_only_searched_networks_have(extra, message):
     with pytest.raises(UserError, match=message):
-        train_new_model.parse_args(BASELINE + extra)
+        semantic_retrain.parse_args(BASELINE + extra)
 
 
 def test_bad_backbone_file_is_one_line(tmp_path):

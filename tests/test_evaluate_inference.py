@@ -15,7 +15,7 @@ import inference as inference_script
 from dataloaders.transforms import image_to_input
 from engine.checkpoint import save_checkpoint
 from evaluation.metrics import ConfusionMatrix
-from evaluation.semantic import evaluate, predict, report_table, write_report
+from evaluation.semantic import evaluate, predict, semantic_table, write_semantic_report
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.registry import load_trained_model
@@ -111,7 +111,7 @@ def test_report_files_hold_the_hand_computed_values(tmp_path):
     counts = [[6, 2, 0], [1, 3, 0], [0, 0, 0]]  # class 2 never appears
     matrix = ConfusionMatrix.from_counts(counts)
     summary = matrix.summary() | {"loss": 0.5, "confusion_matrix": counts}
-    table = write_report(summary, CLASS_NAMES, tmp_path / "report", {"split": "val"})
+    table = write_semantic_report(summary, CLASS_NAMES, tmp_path / "report", {"split": "val"})
     rows = list(csv.DictReader(open(tmp_path / "report" / "per_class.csv")))
     assert [row["class"] for row in rows] == CLASS_NAMES
     assert float(rows[0]["iou"]) == pytest.approx(6 / 9) and float(rows[1]["iou"]) == pytest.approx(3 / 6)
@@ -124,7 +124,7 @@ def test_report_files_hold_the_hand_computed_values(tmp_path):
     assert metrics["miou"] == pytest.approx((6 / 9 + 3 / 6) / 2)
     assert metrics["fw_iou"] == pytest.approx(8 / 12 * 6 / 9 + 4 / 12 * 3 / 6)
     assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 1000
-    assert table == report_table(summary, CLASS_NAMES)
+    assert table == semantic_table(summary, CLASS_NAMES)
     assert "cat" in table and "66.67" in table and "58.33" in table  # IoU of background, mIoU
 
 

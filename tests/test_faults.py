@@ -42,6 +42,7 @@ from evaluation.semantic import evaluate
 from modeling.architecture_file import architecture_to_json, load_architecture, save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
+from retrain import semantic as semantic_retrain
 from tests.conftest import (AUTOPANOPTIC_SEARCH, NAS_SEGM_SEARCH, ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH,
                             PreemptAfterStep, PreemptBeforeEpoch, Preempted, SignalAtStep)
 from tests.test_evaluate_inference import CLASS_NAMES, PALETTE, make_folder_dataset, tiny_checkpoint
@@ -395,7 +396,7 @@ class RedChannelClasses(nn.Module):
 
 
 def test_a_16_bit_images_prediction_equals_its_8_bit_versions(tmp_path, monkeypatch):
-    checkpoint = {"classes": {"names": CLASS_NAMES, "palette": PALETTE}}
+    checkpoint = {"args": {"model": "deeplabv3plus"}, "classes": {"names": CLASS_NAMES, "palette": PALETTE}}
     monkeypatch.setattr(inference_script, "load_trained_model", lambda path, device: (RedChannelClasses(), checkpoint))
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -452,11 +453,11 @@ def test_a_flag_the_chosen_network_does_not_read_is_refused_naming_its_system(tm
 def test_flags_from_a_replayed_run_count_only_where_they_change_a_default(tmp_path):
     replay = {"saved_arch_path": str(NAS_SEGM_FILE), "filter_multiplier": 20, "drop_path_prob": 0.0, "epochs": 1}
     (tmp_path / "args.json").write_text(json.dumps(replay))
-    args, _ = train_new_model.parse_args(["--config", str(tmp_path / "args.json")])
+    args, _ = semantic_retrain.parse_args(["--config", str(tmp_path / "args.json")])
     assert args.model == "nas-segm" and args.filter_multiplier == 20
     (tmp_path / "args.json").write_text(json.dumps(replay | {"filter_multiplier": 48}))
     with pytest.raises(UserError, match="^--filter_multiplier: does not apply to nas-segm architectures"):
-        train_new_model.parse_args(["--config", str(tmp_path / "args.json")])
+        semantic_retrain.parse_args(["--config", str(tmp_path / "args.json")])
 
 
 # ---------------------------------------------------------------- masks without a labelled pixel
@@ -496,7 +497,7 @@ def test_a_validation_image_without_a_labelled_pixel_leaves_the_loss_finite():
 
 
 def test_data_whose_masks_are_all_ignore_is_refused_by_the_data_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_new_model, "open_run", not_reached)
+    monkeypatch.setattr("engine.stage.open_run", not_reached)
     make_folder_dataset(tmp_path / "data")
     for mask in (tmp_path / "data" / "masks" / "train").iterdir():
         shape = np.asarray(Image.open(mask)).shape

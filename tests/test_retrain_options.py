@@ -12,6 +12,7 @@ from engine.lr_schedule import lr_factor
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.drop_path import drop_path, scheduled_probability
+from retrain import semantic as semantic_retrain
 from utils.errors import UserError
 
 
@@ -99,4 +100,4 @@ def test_retrain_with_every_option(tmp_path):
 ])
 def test_bad_option_values(flag, value, message):
     with pytest.raises(UserError, match=message):
-        train_new_model.parse_args([flag, value])
+        semantic_retrain.parse_args([flag, value])

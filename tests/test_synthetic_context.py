@@ -8,7 +8,6 @@ import torch
 import train_autodeeplab
 import train_autopanoptic
 import train_nas_segm
-import train_new_model
 from config_utils.recipes import recipe
 from dataloaders import (PanopticDataset, PanopticTransform, SegmentationDataset, add_dataset_arguments,
                          get_dataset_info, resolve_num_classes, training_sources)
@@ -21,6 +20,7 @@ from dataloaders.panoptic import check_segment_ids
 from dataloaders.transforms import search_train_transform
 from engine.distributed import DistributedContext
 from retrain import panoptic as panoptic_retrain
+from retrain import semantic as semantic_retrain
 from utils.errors import UserError
 from utils.flags import Parser
 
@@ -275,7 +275,8 @@ def test_the_variants_train_with_their_base_recipes(system, stage, variant, base
     assert recipe(system, stage, variant) == recipe(system, stage, base) != {}
 
 
-@pytest.mark.parametrize("parse", [train_autodeeplab.parse_args, train_new_model.parse_args, train_nas_segm.parse_args])
+@pytest.mark.parametrize("parse", [train_autodeeplab.parse_args, semantic_retrain.parse_args,
+                                   train_nas_segm.parse_args])
 def test_the_semantic_stages_load_synthetic_context_with_their_recipes(parse):
     args, _ = parse(["--dataset", "synthetic_context"] + DATA)
     crop = args.crop_size if isinstance(args.crop_size, int) else args.crop_size[0]

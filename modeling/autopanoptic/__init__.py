@@ -35,4 +35,5 @@ register_model(ModelSpec(
     genotype_system=PanopticGenotype.system,
     summary=_summary,
     flags=frozenset({"backbone_weights"}),
+    task="panoptic",
 ))

@@ -5,7 +5,6 @@ search checkpoint into ``architecture.json``."""
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,13 +17,13 @@ from dataloaders import (SeededSampler, SegmentationDataset, get_dataset_info, k
                          split_indices, training_sources, validation_loader)
 from dataloaders.transforms import denormalize, eval_transform, search_train_transform
 from engine.checkpoint import Checkpointer, load_model_state
-from engine.cli import process_setup, resolve_device
+from engine.cli import resolve_device
 from engine.distributed import DistributedContext, wrap_ddp
 from engine.hooks import TensorBoardLog, fit_stage, resume_point
-from engine.precision import PrecisionStep, amp_dtype
-from engine.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
+from engine.run_dir import RunDir, append_jsonl
+from engine.stage import open_stage_run, process_setup
 from engine.trainer import Hook, SupervisedStep, Trainer
-from evaluation.semantic import EVALUATORS, evaluate
+from evaluation.semantic import SemanticValidation, evaluate
 from modeling.autodeeplab.decoding import decode_architecture
 from modeling.autodeeplab.genotype import Architecture
 from modeling.autodeeplab.model_search import AutoDeepLabSearch
@@ -69,7 +68,8 @@ class ArchitectureLog(Hook):
 def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
            argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
     """Run (or resume) the search; rank 0 returns the run directory. ``hooks`` run before the built-in ones."""
-    device, batch_size, sync_bn = process_setup(args, context, ASPP_MIN_BATCH, ASPP_MIN_BATCH_REASON)
+    process = process_setup(args, context, sync_bn=args.sync_bn, min_batch=ASPP_MIN_BATCH, why=ASPP_MIN_BATCH_REASON)
+    device, batch_size, sync_bn = process.device, process.batch_size, process.sync_bn
     sources = training_sources(args, context, args.crop_size, args.resize)
     train_set = SegmentationDataset(sources.train, search_train_transform(args.resize, args.crop_size),
                                     args.num_classes)
@@ -86,8 +86,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                     drop_last=True)
         for split, seed in ((split_a, args.seed), (split_b, args.seed + 1)))
     val_loader = validation_loader(val_set, args.workers, context)
-    run_dir, logger = (open_run(args, argv, SYSTEM, "search") if context.is_main
-                       else (None, logging.getLogger(LOGGER_NAME)))
+    run_dir, logger = open_stage_run(args, argv, SYSTEM, "search", context)
     keep_data_split(sources, resumed, run_dir, args.resume)
     torch.manual_seed(args.seed)
     model = AutoDeepLabSearch(args.num_classes, args.num_layers, filter_multiplier=args.filter_multiplier,
@@ -97,8 +96,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     weight_params, arch_params = model.weight_parameters(), model.arch_parameters()
     weight_optimizer, arch_optimizer, scheduler = search_optimizers(weight_params, arch_params, args,
                                                                     args.epochs * len(loader_a))
-    dtype = amp_dtype(args.amp_dtype, device)
-    weight_precision, arch_precision = PrecisionStep(args.amp, device, dtype), PrecisionStep(args.amp, device, dtype)
+    weight_precision, arch_precision = process.precision(), process.precision()
     checkpointer = Checkpointer(
         {"system": SYSTEM, "stage": "search", "args": vars(args), "classes": sources.classes,
          "data_split": sources.data_split,
@@ -116,7 +114,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}, {context.world_size} "
                 f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
-                f"{dtype if args.amp else 'off'}; run directory {run_dir}")
+                f"{process.amp_text}; run directory {run_dir}")
     if args.alpha_epoch >= args.epochs:
         logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "
                        "will run, and the decoded architecture will reflect the random initial α and β")
@@ -125,7 +123,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                                       params=weight_params, grad_clip=args.grad_clip, what="weight"),
                        Architect(model, arch_params, arch_optimizer, arch_precision, loader_b, device, context,
                                  args.alpha_epoch))
-    validate = EVALUATORS["semantic"](model, val_loader, args.num_classes, device, context, sources.palette,
+    validate = SemanticValidation(model, val_loader, args.num_classes, device, context, sources.palette,
                                       denormalize)
     checkpoint = fit_stage(step, loader_a, epochs=args.epochs, desc="search", run_dir=run_dir,
                            checkpointer=checkpointer, context=context, evaluate=validate,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import signal
 import time
 import warnings
@@ -31,12 +30,12 @@ from dataloaders import SeededSampler, get_dataset_info, make_loader, training_s
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
 from engine.checkpoint import Checkpointer, load_model_state
 from engine.cli import resolve_device
-from engine.distributed import (DistributedContext, all_reduce_mean, per_process_batch, process_device,
-                                uses_sync_batchnorm)
+from engine.distributed import DistributedContext, all_reduce_mean
 from engine.hooks import fit_stage, resume_point
 from engine.interrupt import RunInterrupted, StopRequest
-from engine.precision import PrecisionStep, amp_dtype
-from engine.run_dir import LOGGER_NAME, RunDir, open_run
+from engine.precision import PrecisionStep
+from engine.run_dir import RunDir
+from engine.stage import open_stage_run, process_setup
 from engine.trainer import Hook, NonFiniteLoss, cycle_batches
 from evaluation.panoptic import evaluate_panoptic
 from modeling.autopanoptic.genotype import PanopticGenotype, layer_choices
@@ -164,8 +163,8 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
            argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
     """Train (or resume training) the supernet; rank 0 returns the run directory."""
-    device = process_device(context, args.device) or resolve_device(args.device)
-    batch_size = per_process_batch(args.batch_size, context)
+    process = process_setup(args, context, sync_bn=True)  # the original's SyncBN, where several GPUs run
+    device, batch_size = process.device, process.batch_size
     sources = training_sources(args, context, task="panoptic")
     categories = sources.train.categories
     if resumed is not None:
@@ -182,23 +181,20 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                                                   num_replicas=context.world_size, rank=context.rank,
                                                   drop_last=True), batch_size, args.workers, drop_last=True,
                          collate_fn=collate)
-    run_dir, logger = (open_run(args, argv, SYSTEM, "search") if context.is_main
-                       else (None, logging.getLogger(LOGGER_NAME)))
+    run_dir, logger = open_stage_run(args, argv, SYSTEM, "search", context)
     torch.manual_seed(args.seed)
     things, stuff = class_counts(categories)
     model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
     if args.backbone_weights and resumed is None:
         load_backbone_weights(model, args.backbone_weights)
     model.to(device)
-    sync_bn = uses_sync_batchnorm(context, device, requested=True)
-    if sync_bn:  # the original's SyncBN: the backbone's statistics over every GPU's images
+    if process.sync_bn:  # the backbone's statistics over every GPU's images
         model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
     sampler = FairPathSampler(layer_choices(tuple(args.stage_repeats)), args.seed)
     optimizer = torch.optim.SGD(lr_param_groups(model.named_parameters(), parameter_group, args.base_lr,
                                                 args.weight_decay), lr=args.base_lr, momentum=args.momentum)
     scheduler = warmup_cosine_scheduler(optimizer, args.max_iter, args.warmup_iters)
-    dtype = amp_dtype(args.amp_dtype, device)
-    precision = PrecisionStep(args.amp, device, dtype)
+    precision = process.precision()
     step = PanopticStep(model, optimizer, scheduler, sampler, precision, device, context)
     checkpointer = Checkpointer(
         {"system": SYSTEM, "stage": "search", "args": vars(args), "categories": categories,
@@ -209,8 +205,8 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 f"training / {len(held_out)} held-out images, {sum(args.stage_repeats)} backbone blocks, "
                 f"{sum(p.numel() for p in model.parameters()):,} weights, {args.max_iter} iterations of "
                 f"{args.batch_size} image(s) ({args.max_iter // step.window} optimiser steps), device {device}, "
-                f"{context.world_size} process(es){', SyncBatchNorm' if sync_bn else ''}, amp "
-                f"{dtype if args.amp else 'off'}; run directory {run_dir}")
+                f"{context.world_size} process(es){', SyncBatchNorm' if process.sync_bn else ''}, amp "
+                f"{process.amp_text}; run directory {run_dir}")
     with deterministic_algorithms(args.deterministic):
         fit_stage(step, loader, max_iters=args.max_iter, desc="supernet", run_dir=run_dir,
                   checkpointer=checkpointer, context=context, evaluate=None, eval_interval=1, best_metric="pq",

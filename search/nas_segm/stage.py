@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from torch.utils.tensorboard import SummaryWriter
 from dataloaders import SeededSampler, SegmentationDataset, keep_data_split, make_loader, training_sources
 from dataloaders.transforms import candidate_eval_transform, candidate_train_transform
 from engine.checkpoint import save_checkpoint
-from engine.cli import resolve_device
-from engine.distributed import DistributedContext, broadcast_object, gather_objects, process_device
+from engine.distributed import DistributedContext, broadcast_object, gather_objects
 from engine.interrupt import RunInterrupted, StopRequest
 from engine.precision import PrecisionStep, amp_dtype
-from engine.run_dir import LOGGER_NAME, RunDir, append_jsonl, open_run
+from engine.run_dir import RunDir, append_jsonl
+from engine.stage import open_stage_run, stage_device
 from engine.trainer import Hook, NonFiniteLoss, Trainer
 from evaluation.semantic import evaluate
 from modeling.nas_segm.encoder import CVPR_TAPS, WACV_TAPS, MobileNetV2Encoder, load_encoder_weights
@@ -255,7 +254,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
            argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
     """Run (or resume) the decoder search; rank 0 returns the run directory. ``hooks`` join every candidate's
     training loop (before its own)."""
-    device = process_device(context, args.device) or resolve_device(args.device)
+    device = stage_device(args, context)
     recipe = candidate_recipe(args)
     sources = training_sources(args, context)
     meta_train, meta_val = ((resumed["split"]["meta_train"], resumed["split"]["meta_val"]) if resumed is not None
@@ -267,8 +266,7 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
     if not meta_val:
         raise UserError(f"--meta-train-prct {args.meta_train_prct}: leaves none of the {len(sources.train)} training "
                         "images to score the candidates")
-    run_dir, logger = (open_run(args, argv, SYSTEM, "search") if context.is_main
-                       else (None, logging.getLogger(LOGGER_NAME)))
+    run_dir, logger = open_stage_run(args, argv, SYSTEM, "search", context)
     keep_data_split(sources, resumed, run_dir, args.resume)
 
     encoder_state = initial_encoder(args)
