@@ -21,11 +21,12 @@ from engine.checkpoint import load_checkpoint
 from engine.cli import run_cli
 from engine.run_dir import check_run_output
 from engine.trainer import Hook
+from modeling.autodeeplab.genotype import Architecture
 from search.registry import run_search
 from utils.errors import UserError
 from utils.flags import locked_dests
 
-SYSTEM = "autodeeplab"
+SYSTEM = Architecture.system
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:

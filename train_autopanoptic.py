@@ -20,10 +20,11 @@ from dataloaders import require_panoptic_dataset
 from engine.cli import run_cli
 from engine.run_dir import check_run_output
 from engine.trainer import Hook
+from modeling.autopanoptic.genotype import PanopticGenotype
 from search.registry import run_search
 from utils.errors import UserError
 
-SYSTEM = "autopanoptic"
+SYSTEM = PanopticGenotype.system
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -21,10 +21,11 @@ from config_utils.recipes import SPACE_DEFAULTS, recipe
 from engine.cli import run_cli
 from engine.run_dir import check_run_output
 from engine.trainer import Hook
+from modeling.nas_segm.genotype import DecoderGenotype
 from search.registry import run_search
 from utils.errors import UserError
 
-SYSTEM = "nas-segm"
+SYSTEM = DecoderGenotype.system
 RECIPE_FLAGS = ("space", "num_candidates", "n_task0", "batch_size", "crop_size", "resize_side", "resize_longer_side",
                 "val_resize_side", "val_crop_size", "val_batch_size", "val_omit_classes", "num_segm_epochs",
                 "val_every", "enc_optim", "dec_optim", "enc_lr", "dec_lr", "enc_mom", "dec_mom", "enc_wd", "dec_wd",

@@ -36,7 +36,7 @@ from search.autopanoptic.one_shot import lr_param_groups
 from search.autopanoptic.stage import PanopticStep, class_counts, deterministic_algorithms
 from utils.errors import UserError
 
-SYSTEM = "autopanoptic"
+SYSTEM = PanopticGenotype.system
 WARMUP_FACTOR = 0.1
 SUMMARY_DATASET = "coco_panoptic"  # --summary describes the network on COCO panoptic, at the paper's sizes
 COCO_THING_CLASSES, COCO_STUFF_CLASSES = 80, 53

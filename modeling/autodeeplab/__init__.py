@@ -18,10 +18,11 @@ def _build(args: ModelArgs, arch: Architecture, backbone_weights: str | None) ->
 
 
 register_model(ModelSpec(
-    name="autodeeplab",
+    name=Architecture.system,
     build=_build,
     describe=lambda args, arch: f"path {list(arch.network_path)}, F={args['filter_multiplier']}",
-    export_metadata=lambda args, arch: {"model": "autodeeplab", "architecture": json.dumps(architecture_to_json(arch)),
+    export_metadata=lambda args, arch: {"model": Architecture.system,
+                                        "architecture": json.dumps(architecture_to_json(arch)),
                                         "filter_multiplier": str(args["filter_multiplier"])},
     genotype_system=Architecture.system,
     summary=lambda args, arch, size: summary(AutoDeepLab(arch, args["num_classes"], args["filter_multiplier"]), size),

@@ -27,7 +27,7 @@ def _summary(args: ModelArgs, genotype: PanopticGenotype, input_size: tuple[int,
 
 
 register_model(ModelSpec(
-    name="autopanoptic",
+    name=PanopticGenotype.system,
     build=build,
     describe=lambda args, genotype: (f"Auto-Panoptic network, {sum(genotype.stage_repeats)} backbone blocks at widths "
                                      f"{list(args['widths'])}"),

@@ -62,10 +62,10 @@ def build(args: dict, genotype: DecoderGenotype, encoder_weights: str | None) ->
 
 
 register_model(ModelSpec(
-    name="nas-segm",
+    name=DecoderGenotype.system,
     build=build,
-    describe=lambda args, genotype: f"nas-segm {genotype.space} decoder on MobileNetV2",
-    export_metadata=lambda args, genotype: {"model": "nas-segm",
+    describe=lambda args, genotype: f"{DecoderGenotype.system} {genotype.space} decoder on MobileNetV2",
+    export_metadata=lambda args, genotype: {"model": DecoderGenotype.system,
                                             "architecture": json.dumps(architecture_to_json(genotype))},
     genotype_system=DecoderGenotype.system,
     summary=lambda args, genotype, size: summary(DecoderSearchNetwork(genotype, args["num_classes"])),

@@ -37,7 +37,7 @@ from utils.errors import UserError
 from utils.plots import save_figure
 from utils.seeds import derived_seed
 
-SYSTEM = "autodeeplab"
+SYSTEM = Architecture.system
 
 
 class ArchitectureLog(Hook):

@@ -48,7 +48,7 @@ from search.registry import SearchSystem, register_system
 from utils.atomic import atomic_path
 from utils.errors import UserError
 
-SYSTEM = "autopanoptic"
+SYSTEM = PanopticGenotype.system
 GREEDY_STATE, GREEDY_FORMAT = "greedy_search.json", "autopanoptic-greedy-search"
 SCORES = ("pq", "sq", "rq", "pq_things", "pq_stuff", "semantic_miou")
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",

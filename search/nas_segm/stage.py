@@ -54,7 +54,7 @@ from utils.errors import UserError
 from utils.plots import plot_curves, save_figure
 from utils.seeds import derived_seed
 
-SYSTEM = "nas-segm"
+SYSTEM = DecoderGenotype.system
 SAMPLING, TRAINING, DECIDING, CACHING, CONTROLLER = 1, 2, 3, 4, 5  # keys of the seeds derived from --seed
 
 
