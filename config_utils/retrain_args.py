@@ -9,7 +9,7 @@ from dataloaders import add_dataset_arguments
 from engine.lr_schedule import SCHEDULES
 from modeling.autodeeplab.genotype import PAPER_ARCHITECTURE_PATH
 from modeling.deeplabv3plus import BACKBONES, OUTPUT_STRIDES
-from modeling.registry import MODELS
+from modeling.registry import MODELS, SEARCHED_MODEL
 from utils.flags import Parser, add_flag, non_negative_int, positive_int
 
 
@@ -20,9 +20,9 @@ def retrain_parser() -> argparse.ArgumentParser:
     parser.add_config_flag()
     add_dataset_arguments(parser)
     add_training_flags(parser, experiment="retrain")
-    add_flag(parser, "model", default="autodeeplab", choices=sorted(MODELS), locked=True,
-             help="autodeeplab (a searched architecture: the network registered for the architecture file's search "
-                  "system) or deeplabv3plus (the ResNet baseline) (default: %(default)s)")
+    add_flag(parser, "model", default=SEARCHED_MODEL, choices=[SEARCHED_MODEL, *sorted(MODELS)], locked=True,
+             help=f"{SEARCHED_MODEL} (the network that --saved_arch_path's search system registers; a system's own "
+                  "name, such as autodeeplab, works too) or deeplabv3plus (the ResNet baseline) (default: %(default)s)")
     baseline = parser.add_argument_group("deeplabv3plus baseline")
     add_flag(baseline, "backbone", default="resnet101", choices=sorted(BACKBONES), locked=True,
              help="torchvision ResNet backbone (default: %(default)s)")

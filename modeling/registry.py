@@ -60,6 +60,7 @@ class ModelSpec:
         return f"{self.genotype_system} architectures" if self.genotype_system is not None else f"--model {self.name}"
 
 MODELS: Registry[ModelSpec] = Registry("model")
+SEARCHED_MODEL = "searched"  # --model's name for the network registered for the architecture file's search system
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

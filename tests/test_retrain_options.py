@@ -12,7 +12,9 @@ from engine.lr_schedule import lr_factor
 from modeling.autodeeplab.genotype import paper_architecture
 from modeling.autodeeplab.model_retrain import AutoDeepLab
 from modeling.drop_path import drop_path, scheduled_probability
+from retrain import network
 from retrain import semantic as semantic_retrain
+from tests.conftest import ROOT
 from utils.errors import UserError
 
 
@@ -101,3 +103,20 @@ def test_retrain_with_every_option(tmp_path):
 def test_bad_option_values(flag, value, message):
     with pytest.raises(UserError, match=message):
         semantic_retrain.parse_args([flag, value])
+
+
+@pytest.mark.parametrize("model", [[], ["--model", "searched"], ["--model", "autodeeplab"], ["--model", "nas-segm"]],
+                         ids=["default", "searched", "another-systems-name", "its-own-name"])
+def test_a_searched_model_is_the_network_of_the_architecture_files_system(model):
+    decoder = ROOT / "modeling" / "architectures" / "nas_segm_wacv_arch0.json"
+    args, _ = semantic_retrain.parse_args(["--saved_arch_path", str(decoder), *model])
+    assert args.model == "nas-segm"
+    paper = ROOT / "modeling" / "architectures" / "autodeeplab_paper.json"
+    args, _ = semantic_retrain.parse_args(["--saved_arch_path", str(paper), *model])
+    assert args.model == "autodeeplab"
+
+
+def test_the_baseline_is_chosen_by_name_and_reads_no_architecture_file():
+    args, _ = semantic_retrain.parse_args(["--model", "deeplabv3plus"])
+    spec, genotype = network(args, None)
+    assert args.model == spec.name == "deeplabv3plus" and genotype is None
