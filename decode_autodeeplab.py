@@ -24,15 +24,14 @@ from utils.errors import UserError
 from utils.output_path import check_output_path
 from utils.plots import save_figure
 
-DEFAULT_SYSTEM = "autodeeplab"
-
 
 def find_latest_checkpoint(dataset: str, root: str = "run") -> Path:
-    """The newest search checkpoint under ``root/dataset``."""
-    run = RunDir.latest(root, dataset, DEFAULT_SYSTEM, "search")
+    """The newest search checkpoint of any system under ``root/dataset``."""
+    run = RunDir.latest(root, dataset, None, "search")
     if run is None:
-        raise UserError(f"--resume: no search checkpoint given and none found under {root}/{dataset}/; "
-                        "run train_autodeeplab.py first or pass --resume RUN/checkpoint.pth.tar")
+        raise UserError(f"--resume: no search checkpoint given and none found under {root}/{dataset}/; run a search "
+                        "first (train_autodeeplab.py, train_nas_segm.py or train_autopanoptic.py) or pass --resume "
+                        "RUN/checkpoint.pth.tar")
     return run.checkpoint
 
 

@@ -122,16 +122,16 @@ class RunDir:
             return {}
 
     @classmethod
-    def latest(cls, root: str | Path, dataset: str, system: str, stage: str) -> RunDir | None:
-        """The newest run under ``root/dataset`` of this system and stage that holds a checkpoint.
+    def latest(cls, root: str | Path, dataset: str, system: str | None, stage: str) -> RunDir | None:
+        """The newest run under ``root/dataset`` of this system (None: of any) and stage that holds a checkpoint.
 
         Runs written before ``args.json`` named them are Auto-DeepLab runs; a search run among them is
         known by its search log."""
         def matches(run: RunDir) -> bool:
             info = run.run_info()
             if "stage" in info:
-                return info.get("system") == system and info["stage"] == stage
-            return system == "autodeeplab" and (stage == "search") == run.search_log.is_file()
+                return system in (None, info.get("system")) and info["stage"] == stage
+            return system in (None, "autodeeplab") and (stage == "search") == run.search_log.is_file()
 
         runs = [RunDir(p) for p in Path(root, dataset).glob("*/experiment_*") if (p / "checkpoint.pth.tar").is_file()]
         runs = sorted((run for run in runs if matches(run)), key=lambda run: run.checkpoint.stat().st_mtime)

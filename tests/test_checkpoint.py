@@ -113,6 +113,7 @@ def test_run_dir_names_every_artefact_and_finds_the_newest_run_of_a_system_and_s
     root = tmp_path / "run"
     assert RunDir.latest(root, "synthetic", "autodeeplab", "search").path == new_search
     assert RunDir.latest(root, "synthetic", "nas-segm", "search").path.name == "experiment_0"
+    assert RunDir.latest(root, "synthetic", None, "search").path.parent.name == "nas"  # the newest of any system
     (new_search / "checkpoint.pth.tar").unlink()
     assert RunDir.latest(root, "synthetic", "autodeeplab", "search").path == old_search
     assert RunDir.latest(root, "cityscapes", "autodeeplab", "search") is None

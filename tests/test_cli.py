@@ -120,3 +120,11 @@ def test_decode_without_resume_takes_the_newest_search_run(tmp_path):
         os.utime(run_dir / "checkpoint.pth.tar", (now - age, now - age))
     found = decode_autodeeplab.find_latest_checkpoint("synthetic", root=str(tmp_path))
     assert found == search_new / "checkpoint.pth.tar"
+    for system, age in (("nas-segm", 5), ("autopanoptic", 1)):  # every system's search runs are found
+        run_dir = tmp_path / "synthetic" / system / "experiment_0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.pth.tar").write_bytes(b"")
+        (run_dir / "args.json").write_text(json.dumps({"system": system, "stage": "search"}))
+        os.utime(run_dir / "checkpoint.pth.tar", (now - age, now - age))
+        assert decode_autodeeplab.find_latest_checkpoint("synthetic", root=str(tmp_path)) == \
+            run_dir / "checkpoint.pth.tar"
