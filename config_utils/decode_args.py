@@ -15,7 +15,8 @@ def decode_parser() -> argparse.ArgumentParser:
                                 "second); for the nas-segm decoder search the best-scored candidate (the ranking is "
                                 "printed; a second); for Auto-Panoptic the path-priority greedy search on the trained "
                                 "supernet, which scores cycles of candidate paths by held-out PQ (the paper: 60 "
-                                "candidates on 5,000 images, hours on one GPU) and resumes where it stopped.")
+                                "candidates, each scored on 5,000 held-out images after 500 batches of BatchNorm "
+                                "recalibration) and resumes where it stopped.")
     parser.add_config_flag()
     add_flag(parser, "resume", type=resume_checkpoint, default=None, metavar="CHECKPOINT",
              help="search checkpoint, or its run directory (default: the newest "
