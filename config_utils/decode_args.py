@@ -11,9 +11,9 @@ from utils.flags import Parser, add_flag, non_negative_int, positive_int
 def decode_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="decode_autodeeplab.py",
                     description="Decode a search checkpoint of any system into architecture.json and "
-                                "architecture.png: for Auto-DeepLab the Viterbi network path and cell genotype (a "
-                                "second); for the nas-segm decoder search the best-scored candidate (the ranking is "
-                                "printed; a second); for Auto-Panoptic the path-priority greedy search on the trained "
+                                "architecture.png: for Auto-DeepLab the Viterbi network path and cell genotype (quick"
+                                "); for the nas-segm decoder search the best-scored candidate (the ranking is "
+                                "printed; quick); for Auto-Panoptic the path-priority greedy search on the trained "
                                 "supernet, which scores cycles of candidate paths by held-out PQ (the paper: 60 "
                                 "candidates, each scored on 5,000 held-out images after 500 batches of BatchNorm "
                                 "recalibration) and resumes where it stopped.")

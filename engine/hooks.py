@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class Checkpoint(Hook):
     ``run_dir`` is None on ranks other than 0."""
 
     def __init__(self, checkpointer: Checkpointer, run_dir: RunDir | None, context: DistributedContext,
-                 metric: str, best: float | None = None, stop: StopRequest | None = None,
+                 metric: str | None, best: float | None = None, stop: StopRequest | None = None,
                  period: int | None = None) -> None:
         self.checkpointer, self.run_dir, self.context = checkpointer, run_dir, context
         self.metric, self.best, self.stop, self.period = metric, best, stop, period
@@ -148,30 +149,56 @@ class Curves(Hook):
         save_figure(plot_curves(read_jsonl(self.metrics), self.keys, title=self.title), self.path)
 
 
-def fit_stage(step: TrainStep, loader: DataLoader, *, epochs: int | None = None, max_iters: int | None = None,
-              desc: str, run_dir: RunDir | None, checkpointer: Checkpointer, context: DistributedContext,
-              evaluate: Evaluate | None, eval_interval: int, best_metric: str,
-              resume: tuple[int, EpochProgress | None, float | None], curves: tuple[Sequence[str], str],
+@dataclass(frozen=True)
+class StageRun:
+    """What a stage's loop saves and resumes: rank 0's run directory (None on the other ranks), the state its
+    checkpoints hold (also every ``checkpoint_period`` steps, where given), the processes, where it resumes
+    (``resume_point``), and the curves drawn at the end (the record's keys, the picture's name)."""
+
+    run_dir: RunDir | None
+    checkpointer: Checkpointer
+    context: DistributedContext
+    resume: tuple[int, EpochProgress | None, float | None]
+    curves: tuple[Sequence[str], str]
+    checkpoint_period: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """``evaluate(epoch, writer)`` every ``every`` epochs (and after the last); the best checkpoint is the one with
+    the highest ``best_metric``."""
+
+    evaluate: Evaluate
+    every: int
+    best_metric: str
+
+
+def fit_stage(step: TrainStep, loader: DataLoader, run: StageRun, validation: ValidationPlan | None, *,
+              epochs: int | None = None, max_iters: int | None = None, desc: str,
               system_hooks: Callable[[TensorBoardLog], Sequence[Hook]] = lambda tensorboard: (),
-              extra: Sequence[Hook] = (), checkpoint_period: int | None = None) -> Checkpoint:
-    """Run a stage (search or retrain) on the loop for ``epochs`` (or ``max_iters`` steps), from ``resume``
-    (``resume_point``), stopping cleanly on SIGTERM/SIGINT. The hooks, in order: ``extra`` (e.g. a test's fault
-    injection), TensorBoard, validation (none when ``evaluate`` is None), the system's own
-    (``system_hooks(tensorboard)``, rank 0; e.g. the search's architecture log), the metrics record, the
-    checkpoint (also every ``checkpoint_period`` steps) and stop hook, the curves picture. ``run_dir`` is None on
-    ranks other than 0. Returns the checkpoint hook, which knows the best score."""
+              extra: Sequence[Hook] = ()) -> Checkpoint:
+    """Run a stage (search or retrain) on the loop for ``epochs`` (or ``max_iters`` steps), from ``run.resume``,
+    stopping cleanly on SIGTERM/SIGINT. The hooks, in order: ``extra`` (e.g. a test's fault injection),
+    TensorBoard, validation (none without a plan), the system's own (``system_hooks(tensorboard)``, rank 0; e.g.
+    the search's architecture log), the metrics record, the checkpoint and stop hook, the curves picture. Returns
+    the checkpoint hook, which knows the best score."""
+    run_dir = run.run_dir
     tensorboard = TensorBoardLog(run_dir.tensorboard if run_dir else None)
-    hooks = [*extra, tensorboard] + ([Validation(evaluate, eval_interval, tensorboard)] if evaluate else [])
+    hooks = [*extra, tensorboard]
+    if validation is not None:
+        hooks.append(Validation(validation.evaluate, validation.every, tensorboard))
     if run_dir is not None:
         hooks += [*system_hooks(tensorboard), MetricsLog(run_dir.metrics, tensorboard)]
-    start_epoch, partial, best = resume
+    start_epoch, partial, best = run.resume
     with StopRequest(run_dir.checkpoint if run_dir else None) as stop:
-        checkpoint = Checkpoint(checkpointer, run_dir, context, best_metric, best, stop, checkpoint_period)
+        checkpoint = Checkpoint(run.checkpointer, run_dir, run.context,
+                                validation.best_metric if validation is not None else None, best, stop,
+                                run.checkpoint_period)
         hooks.append(checkpoint)
         if run_dir is not None:
-            keys, stage = curves
+            keys, stage = run.curves
             hooks.append(Curves(run_dir.metrics, keys, stage, run_dir.curves(stage)))
-        Trainer(step, loader, epochs=epochs, max_iters=max_iters, hooks=hooks, context=context, desc=desc,
+        Trainer(step, loader, epochs=epochs, max_iters=max_iters, hooks=hooks, context=run.context, desc=desc,
                 last_checkpoint=run_dir.checkpoint if run_dir else None).fit(start_epoch, partial)
     return checkpoint
 

@@ -1,6 +1,6 @@
-"""The retrain stage of Auto-Panoptic (Wu et al., NeurIPS 2020, Sec. 4; the original's configs for the searched COCO model): the searched network trained
-from scratch (or from a local backbone file) with the original's multi-step schedule, validated by PQ, and
-reported per category. ``train_new_model.py`` runs it for an Auto-Panoptic architecture.
+"""The retrain stage of Auto-Panoptic (Wu et al., NeurIPS 2020, Sec. 4; the original's configs for the searched
+COCO model): the searched network trained from scratch (or from a local backbone file) with the original's
+multi-step schedule, validated by PQ, and reported per category. ``train_new_model.py`` runs it for an Auto-Panoptic architecture.
 
 Every parameter takes the base learning rate (no per-group division: one network, one path), biases twice it
 without weight decay; the rate warms up linearly over ``--warmup-iters`` from 0.1 and drops by
@@ -23,7 +23,7 @@ from dataloaders import SeededSampler, make_loader, require_panoptic_dataset, tr
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
 from engine.checkpoint import Checkpointer
 from engine.distributed import DistributedContext
-from engine.hooks import fit_stage, resume_point
+from engine.hooks import StageRun, ValidationPlan, fit_stage, resume_point
 from engine.run_dir import RunDir
 from engine.stage import open_stage_run, process_setup, report_best
 from engine.trainer import Hook
@@ -142,11 +142,11 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                 f"{run_dir}")
     validate = PanopticValidation(model, val_loader, categories, device, context, args.stuff_area_limit)
     with deterministic_algorithms(args.deterministic):
-        checkpoint = fit_stage(step, loader, max_iters=args.max_iter, desc="retrain", run_dir=run_dir,
-                               checkpointer=checkpointer, context=context, evaluate=validate,
-                               eval_interval=args.eval_every, best_metric="pq", resume=resume,
-                               curves=(["train_loss", "pq", "pq_things", "pq_stuff"], "retrain"), extra=hooks,
-                               checkpoint_period=args.checkpoint_period)
+        checkpoint = fit_stage(step, loader, StageRun(run_dir, checkpointer, context, resume,
+                                                      (["train_loss", "pq", "pq_things", "pq_stuff"], "retrain"),
+                                                      args.checkpoint_period),
+                               ValidationPlan(validate, args.eval_every, "pq"), max_iters=args.max_iter,
+                               desc="retrain", extra=hooks)
     return report_best(model, run_dir, context,
                        lambda: evaluate_panoptic(model, val_loader, categories, device, context=context, desc="report",
                                                  stuff_area_limit=args.stuff_area_limit),

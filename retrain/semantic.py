@@ -24,7 +24,7 @@ from dataloaders import (SeededSampler, SegmentationDataset, keep_data_split, ma
 from dataloaders.transforms import denormalize, eval_transform, retrain_train_transform
 from engine.checkpoint import Checkpointer, load_checkpoint
 from engine.distributed import DistributedContext, wrap_ddp
-from engine.hooks import fit_stage, resume_point
+from engine.hooks import StageRun, ValidationPlan, fit_stage, resume_point
 from engine.losses import make_criterion
 from engine.lr_schedule import build_scheduler
 from engine.run_dir import RunDir
@@ -114,10 +114,10 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                           before_forward=drop_path if args.drop_path_prob > 0 else None)
     validate = SemanticValidation(model, val_loader, args.num_classes, device, context, sources.palette,
                                       denormalize)
-    checkpoint = fit_stage(step, train_loader, epochs=args.epochs, desc="retrain", run_dir=run_dir,
-                           checkpointer=checkpointer, context=context, evaluate=validate,
-                           eval_interval=args.eval_interval, best_metric="val_miou", resume=resume,
-                           curves=(["train_loss", "val_loss", "val_miou"], "retrain"), extra=hooks)
+    checkpoint = fit_stage(step, train_loader, StageRun(run_dir, checkpointer, context, resume,
+                                                        (["train_loss", "val_loss", "val_miou"], "retrain")),
+                           ValidationPlan(validate, args.eval_interval, "val_miou"), epochs=args.epochs,
+                           desc="retrain", extra=hooks)
 
     # The final report: the best checkpoint's network on the whole validation split, per class.
     return report_best(model, run_dir, context,

@@ -19,7 +19,7 @@ from dataloaders.transforms import denormalize, eval_transform, search_train_tra
 from engine.checkpoint import Checkpointer, load_model_state
 from engine.cli import resolve_device
 from engine.distributed import DistributedContext, wrap_ddp
-from engine.hooks import TensorBoardLog, fit_stage, resume_point
+from engine.hooks import StageRun, TensorBoardLog, ValidationPlan, fit_stage, resume_point
 from engine.run_dir import RunDir, append_jsonl
 from engine.stage import open_stage_run, process_setup
 from engine.trainer import Hook, SupervisedStep, Trainer
@@ -125,12 +125,11 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                                  args.alpha_epoch))
     validate = SemanticValidation(model, val_loader, args.num_classes, device, context, sources.palette,
                                       denormalize)
-    checkpoint = fit_stage(step, loader_a, epochs=args.epochs, desc="search", run_dir=run_dir,
-                           checkpointer=checkpointer, context=context, evaluate=validate,
-                           eval_interval=args.eval_interval, best_metric="val_miou", resume=resume,
-                           curves=(["train_loss", "arch_loss", "val_loss", "val_miou"], "search"),
-                           system_hooks=lambda tensorboard: [ArchitectureLog(model, run_dir, tensorboard)],
-                           extra=hooks)
+    checkpoint = fit_stage(step, loader_a, StageRun(run_dir, checkpointer, context, resume,
+                                                    (["train_loss", "arch_loss", "val_loss", "val_miou"], "search")),
+                           ValidationPlan(validate, args.eval_interval, "val_miou"), epochs=args.epochs,
+                           desc="search", extra=hooks,
+                           system_hooks=lambda tensorboard: [ArchitectureLog(model, run_dir, tensorboard)])
     if run_dir is None:
         return None
     logger.info(f"search finished: best val mIoU {checkpoint.best_text()}; checkpoint {run_dir.checkpoint}; "

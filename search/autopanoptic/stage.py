@@ -1,5 +1,6 @@
 """Auto-Panoptic (NeurIPS 2020) as a search system: the one-shot supernet trained with fair path sampling, then
-the path-priority greedy search that decodes it (Wu et al., NeurIPS 2020, Sec. 3; the original's engine/trainer.py and engine/architecture_search.py).
+the path-priority greedy search that decodes it (Wu et al., NeurIPS 2020, Sec. 3; the original's engine/trainer.py
+and engine/architecture_search.py).
 
 Supernet training: iteration ``it`` (from 1) runs the ``FairPathSampler``'s path on every process; gradients
 are summed over each window of 12 iterations and the optimiser steps at its end, with the original's
@@ -31,7 +32,7 @@ from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, tr
 from engine.checkpoint import Checkpointer, load_model_state
 from engine.cli import resolve_device
 from engine.distributed import DistributedContext, all_reduce_mean
-from engine.hooks import fit_stage, resume_point
+from engine.hooks import StageRun, fit_stage, resume_point
 from engine.interrupt import RunInterrupted, StopRequest
 from engine.precision import PrecisionStep
 from engine.run_dir import RunDir
@@ -208,10 +209,10 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 f"{context.world_size} process(es){', SyncBatchNorm' if process.sync_bn else ''}, amp "
                 f"{process.amp_text}; run directory {run_dir}")
     with deterministic_algorithms(args.deterministic):
-        fit_stage(step, loader, max_iters=args.max_iter, desc="supernet", run_dir=run_dir,
-                  checkpointer=checkpointer, context=context, evaluate=None, eval_interval=1, best_metric="pq",
-                  resume=resume, curves=(["train_loss", "loss_segmentation", "loss_mask"], "supernet"), extra=hooks,
-                  checkpoint_period=args.checkpoint_period)
+        fit_stage(step, loader, StageRun(run_dir, checkpointer, context, resume,
+                                         (["train_loss", "loss_segmentation", "loss_mask"], "supernet"),
+                                         args.checkpoint_period),
+                  None, max_iters=args.max_iter, desc="supernet", extra=hooks)
     if run_dir is None:
         return None
     logger.info(f"supernet trained; checkpoint {run_dir.checkpoint}; search it with: python decode_autodeeplab.py "
