@@ -1,6 +1,7 @@
 """The retrain stage of Auto-Panoptic (Wu et al., NeurIPS 2020, Sec. 4; the original's configs for the searched
 COCO model): the searched network trained from scratch (or from a local backbone file) with the original's
-multi-step schedule, validated by PQ, and reported per category. ``train_new_model.py`` runs it for an Auto-Panoptic architecture.
+multi-step schedule, validated by PQ, and reported per category. ``train_new_model.py`` runs it for an
+Auto-Panoptic architecture.
 
 Every parameter takes the base learning rate (no per-group division: one network, one path), biases twice it
 without weight decay; the rate warms up linearly over ``--warmup-iters`` from 0.1 and drops by
