@@ -139,15 +139,24 @@ class Stage0Data:
         return self.cache.nbytes if self.cache is not None else 0
 
 
+@dataclass(frozen=True)
+class CandidateData:
+    """What every candidate trains and is scored on: stage 0's data, stage 1's images (``train_set`` at the
+    ``meta_train`` positions), the held-out images that score it, and the encoder's starting weights."""
+
+    stage0: Stage0Data
+    train_set: SegmentationDataset
+    meta_train: Sequence[int]
+    val_loader: DataLoader
+    encoder_state: dict[str, torch.Tensor]
+
+
 class CandidateRunner:
     """Builds, trains and scores one candidate (one process, no collective), and returns its record."""
 
-    def __init__(self, args: argparse.Namespace, recipe: CandidateRecipe, stage0: Stage0Data,
-                 train_set: SegmentationDataset, meta_train: Sequence[int], val_loader: DataLoader,
-                 encoder_state: dict[str, torch.Tensor], device: torch.device, rank: int, stop: StopRequest,
-                 hooks: Sequence[Hook]) -> None:
-        self.args, self.recipe, self.stage0, self.train_set, self.meta_train = args, recipe, stage0, train_set, meta_train
-        self.val_loader, self.encoder_state, self.device, self.rank = val_loader, encoder_state, device, rank
+    def __init__(self, args: argparse.Namespace, recipe: CandidateRecipe, data: CandidateData, device: torch.device,
+                 rank: int, stop: StopRequest, hooks: Sequence[Hook]) -> None:
+        self.args, self.recipe, self.data, self.device, self.rank = args, recipe, data, device, rank
         self.stop, self.hooks = stop, list(hooks)
         self.dtype = amp_dtype(args.amp_dtype, device)
 
@@ -167,12 +176,12 @@ class CandidateRunner:
             network = DecoderSearchNetwork(genotype, args.num_classes, args.agg_cell_size, args.sep_repeats,
                                            aux_heads=args.space == "cvpr" and args.dec_aux_weight > 0,
                                            aux_cell=bool(args.aux_cell))
-            network.encoder.load_state_dict(self.encoder_state)
+            network.encoder.load_state_dict(self.data.encoder_state)
             network.to(self.device)
             self._train(network, index, monitors, record)
             record.update(candidate_costs(network, args.val_crop_size, self.device), status="ok")
         except CandidateInterrupted:
-            return {"candidate": index, "status": "interrupted"}
+            return {"candidate": index, "status": "interrupted", "signal": self.stop.signum}
         except (RuntimeError, NonFiniteLoss) as error:  # torch.OutOfMemoryError is a RuntimeError
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             record.update(status="failed", failure=f"{type(error).__name__}: {reason}")
@@ -190,15 +199,17 @@ class CandidateRunner:
         recipe, args, seed = self.recipe, self.args, derived_seed(self.args.seed, index, TRAINING)
 
         def score() -> dict[str, float]:
-            summary = evaluate(network, self.val_loader, args.num_classes, self.device, desc=f"candidate {index} score")
+            summary = evaluate(network, self.data.val_loader, args.num_classes, self.device,
+                               desc=f"candidate {index} score")
             return geometric_reward(summary["confusion_matrix"], recipe.omitted)
 
         def decide(stage: int, point: int, value: float) -> bool:
             rng = np.random.default_rng([args.seed, index, DECIDING, stage, point])
             return copy.deepcopy(monitors[stage][point]).step(value, rng)
 
-        stage0 = self.stage0.loader(seed, recipe.batch_size[0], args.workers)
-        images = make_loader(self.train_set, SeededSampler(self.meta_train, seed, shuffle=True, drop_last=True),
+        stage0 = self.data.stage0.loader(seed, recipe.batch_size[0], args.workers)
+        images = make_loader(self.data.train_set,
+                             SeededSampler(self.data.meta_train, seed, shuffle=True, drop_last=True),
                              recipe.batch_size[1], args.workers, drop_last=True)
         for stage, loader in enumerate((stage0, images)):
             precision = PrecisionStep(args.amp, self.device, self.dtype)
@@ -206,8 +217,8 @@ class CandidateRunner:
                                                recipe.decoder_lr[stage], recipe.decoder_momentum[stage],
                                                recipe.decoder_wd[stage])
             if stage == 0:
-                prepare = None if self.stage0.cache is not None else EncoderFeatures(network.encoder,
-                                                                                     self.stage0.teacher, self.device)
+                prepare = (None if self.data.stage0.cache is not None
+                           else EncoderFeatures(network.encoder, self.data.stage0.teacher, self.device))
                 step = DecoderStep(network.decoder, decoder_optimizer, precision, self.device, recipe, prepare)
                 averaged = network.decoder
             else:
@@ -220,7 +231,8 @@ class CandidateRunner:
             if recipe.polyak:
                 hooks.append(PolyakAverage(averaged.parameters(), recipe.POLYAK_DECAYS[stage]))
             hooks.append(ScoreAndDecide(stage, recipe.val_every[stage], score, decide, record))
-            Trainer(step, loader, epochs=recipe.epochs[stage], hooks=hooks, desc=f"candidate {index} stage {stage}").fit()
+            Trainer(step, loader, epochs=recipe.epochs[stage], hooks=hooks,
+                    desc=f"candidate {index} stage {stage}").fit()
             if record["stopped_early"]:
                 return
 
@@ -329,8 +341,8 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 "cache_bytes": stage0.nbytes}
 
     with StopRequest(run_dir.checkpoint if run_dir else None) as stop:
-        runner = CandidateRunner(args, recipe, stage0, train_set, meta_train, val_loader, encoder_state, device,
-                                 context.rank, stop, hooks)
+        runner = CandidateRunner(args, recipe, CandidateData(stage0, train_set, meta_train, val_loader, encoder_state),
+                                 device, context.rank, stop, hooks)
         while next_candidate < args.num_candidates:
             indices = range(next_candidate, min(next_candidate + args.parallel_candidates, args.num_candidates))
             plans = broadcast_object(sample_round(agent, args.space, indices, args.seed) if context.is_main else None,
@@ -340,10 +352,12 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                     if (plan["candidate"] - indices.start) % context.world_size == context.rank]
             results = sorted((r for part in gather_objects(mine, context) for r in part), key=lambda r: r["candidate"])
             signum = stop.requested(context)
-            if signum is not None or any(r["status"] == "interrupted" for r in results):
+            signals = [r["signal"] for r in results if r["status"] == "interrupted"]  # the ranks that saw it
+            if signum is not None or signals:
                 path = run_dir.checkpoint if run_dir else "rank 0's checkpoint.pth.tar"
-                raise RunInterrupted(f"stopped during candidates {indices.start}..{indices.stop - 1}, which are dropped "
-                                     f"and redone on resume; continue with --resume {path}", signum or 15)
+                raise RunInterrupted(f"stopped during candidates {indices.start}..{indices.stop - 1}, which are "
+                                     f"dropped and redone on resume; continue with --resume {path}",
+                                     signum if signum is not None else signals[0])
             for result, plan in zip(results, plans):
                 for check in result.get("checks", []):  # the state only moves: the draw is unused
                     monitors[check["stage"]][check["point"]].step(check["reward"], np.random.default_rng(0))
@@ -363,7 +377,8 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 save_checkpoint(checkpoint_state(), run_dir.checkpoint)
             if failures_in_a_row >= args.max_failures:
                 raise UserError(f"{failures_in_a_row} candidates in a row failed, the last with "
-                                f"{results[-1]['failure']}; see {run_dir.candidates if run_dir else 'candidates.jsonl'}. "
+                                f"{results[-1]['failure']}; see "
+                                f"{run_dir.candidates if run_dir else 'candidates.jsonl'}. "
                                 "Lower --batch-size or --crop-size, or raise --max_failures; --resume continues")
     if run_dir is None:
         return None
@@ -400,7 +415,8 @@ def ranking_table(checkpoint: dict[str, Any], top_k: int) -> str:
     records = checkpoint["candidates"]
     ranked = ranked_candidates(records)
     failed = sum(r["status"] != "ok" for r in records)
-    lines = [f"{len(records)} candidates, {len(ranked)} distinct scored, {failed} failed; the best {min(top_k, len(ranked))}:",
+    lines = [f"{len(records)} candidates, {len(ranked)} distinct scored, {failed} failed; the best "
+             f"{min(top_k, len(ranked))}:",
              f"{'rank':>4} {'cand.':>5} {'reward':>7} {'mIoU':>7} {'mAcc':>7} {'fwIoU':>7} {'stage':>5} {'seen':>4} "
              f"{'params':>10} {'GMAdds':>7} {'ms':>7}  genotype"]
     for rank, r in enumerate(ranked[:top_k], start=1):
