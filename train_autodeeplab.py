@@ -13,36 +13,28 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from config_utils.common import explicit_dests, resumed_arguments
-from config_utils.recipes import fill_recipe_defaults
+from config_utils.common import parse_stage_args
 from config_utils.search_args import search_parser
-from dataloaders import resolve_num_classes
-from engine.checkpoint import load_checkpoint
 from engine.cli import run_cli
 from engine.run_dir import check_run_output
 from engine.trainer import Hook
 from modeling.autodeeplab.genotype import Architecture
 from search.registry import run_search
 from utils.errors import UserError
-from utils.flags import locked_dests
 
 SYSTEM = Architecture.system
+RECIPE_FLAGS = ("epochs", "alpha_epoch", "batch_size", "crop_size")  # the recipe must fill them
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.filter_multiplier % args.partial_channels:
+        raise UserError(f"--partial_channels {args.partial_channels}: must divide --filter_multiplier "
+                        f"{args.filter_multiplier} (the channels of every level)")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """The arguments, and the checkpoint being resumed (whose own arguments fill unset flags)."""
-    parser = search_parser()
-    args = parser.parse_args(argv)
-    if args.filter_multiplier % args.partial_channels:
-        raise UserError(f"--partial_channels {args.partial_channels}: must divide --filter_multiplier "
-                        f"{args.filter_multiplier} (the channels of every level)")
-    if args.resume:
-        resumed = load_checkpoint(args.resume, stage="search", system=SYSTEM)
-        return resumed_arguments(args.resume, resumed["args"], args, explicit_dests(parser, argv),
-                                 locked_dests(parser)), resumed
-    fill_recipe_defaults(args, SYSTEM, "search", required=("epochs", "alpha_epoch", "batch_size", "crop_size"))
-    args.num_classes = resolve_num_classes(args)
-    return args, None
+    return parse_stage_args(search_parser(), argv, SYSTEM, "search", RECIPE_FLAGS, check=check_args)
 
 
 def main(argv: list[str] | None = None, hooks: Sequence[Hook] = ()) -> Path | None:
