@@ -128,3 +128,9 @@ def test_decode_without_resume_takes_the_newest_search_run(tmp_path):
         os.utime(run_dir / "checkpoint.pth.tar", (now - age, now - age))
         assert decode_autodeeplab.find_latest_checkpoint("synthetic", root=str(tmp_path)) == \
             run_dir / "checkpoint.pth.tar"
+
+
+def test_partial_channels_that_do_not_divide_the_width_are_refused():
+    with pytest.raises(UserError, match="^--partial_channels 3: must divide --filter_multiplier 8"):
+        train_autodeeplab.parse_args(["--partial_channels", "3", "--filter_multiplier", "8"])
+    assert train_autodeeplab.parse_args(["--partial_channels", "4", "--filter_multiplier", "8"])[0].partial_channels == 4
