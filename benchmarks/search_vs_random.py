@@ -11,7 +11,12 @@ architecture search") for one search system of this project:
    distribution, the searched mean's percentile among them, and the ranking fidelity of the search's own estimate
    (Kendall's tau-b between what the search believed of every architecture and its retrained score: the supernet's
    validation mIoU with alpha and beta one-hot for Auto-DeepLab, the candidate reward for the decoder search, the
-   supernet's held-out PQ after BatchNorm recalibration for Auto-Panoptic), and each part's cost in CPU seconds.
+   supernet's held-out PQ after BatchNorm recalibration for Auto-Panoptic), and each part's cost in CPU seconds;
+5. with ``--random-search``, Sciuto et al.'s random policy beside the search, per search seed: random search with
+   the search's own budget and estimate (Li and Talwalkar, UAI 2019), its pick retrained like the rest. For the
+   decoder search that is the search run again with ``--agent random`` (as many candidates, the same reward); for
+   the one-shot systems, architectures drawn uniformly and scored by that seed's supernet as the search scores its
+   candidates (Auto-Panoptic: as many as its greedy search scored), the best kept.
 
 Every stage runs as a user runs it, in a fresh process (one at a time: two torch processes on two cores slow each
 other down many times), and the CPU seconds of each are taken from the kernel's accounting of the child. Each part's
@@ -74,6 +79,9 @@ class Budget:
     search: tuple[str, ...]
     retrain: tuple[str, ...]
     decode: tuple[str, ...] = ()
+    # Architectures a one-shot random search scores with the supernet; None: as many as the search itself scored
+    # (recorded by Auto-Panoptic's greedy search as ``candidates_scored``).
+    random_search_candidates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,13 +105,16 @@ SYSTEMS = {
             search=("--num_layers", "4", "--filter_multiplier", "4", "--crop_size", "64", "--batch_size", "4",
                     "--epochs", "10", "--alpha_epoch", "3"),
             retrain=("--filter_multiplier", "8", "--crop_size", "64", "--batch_size", "8", "--epochs", "20",
-                     "--base_lr", "0.02", "--scale_range", "0.8", "1.25")),
+                     "--base_lr", "0.02", "--scale_range", "0.8", "1.25"),
+            # The gradient search scores no candidates; ten supernet evaluations cost about a tenth of the search.
+            random_search_candidates=10),
         "toy": Budget(
             data=("--dataset", "synthetic_context", "--synthetic_size", "40", "--synthetic_train_samples", "8",
                   "--synthetic_val_samples", "2"),
             search=("--num_layers", "2", "--steps", "2", "--block_multiplier", "2", "--filter_multiplier", "2",
                     "--crop_size", "32", "--batch_size", "2", "--epochs", "2", "--alpha_epoch", "1"),
-            retrain=("--filter_multiplier", "2", "--crop_size", "32", "--batch_size", "2", "--epochs", "1")),
+            retrain=("--filter_multiplier", "2", "--crop_size", "32", "--batch_size", "2", "--epochs", "1"),
+            random_search_candidates=2),
     }),
     "nas-segm": System("nas-segm", "train_nas_segm.py", "val_miou", {
         "default": Budget(
@@ -171,15 +182,21 @@ def kendall_tau(first: Sequence[float], second: Sequence[float]) -> float:
     return float(concordant_minus_discordant / math.sqrt(untied_first * untied_second))
 
 
-def summarise(searched: Sequence[float], random: Sequence[float]) -> dict[str, Any]:
-    """The searched scores beside the random ones' distribution."""
+def summarise(searched: Sequence[float], random: Sequence[float],
+              random_search: Sequence[float] = ()) -> dict[str, Any]:
+    """The searched scores beside the random ones' distribution (and the random search's picks, where given)."""
     mean = float(np.mean(searched))
-    return {"searched_mean": mean, "searched_std": float(np.std(searched)), "searched_min": float(min(searched)),
-            "searched_max": float(max(searched)), "random_min": float(min(random)),
-            "random_median": float(np.median(random)), "random_p75": float(np.percentile(random, 75)),
-            "random_max": float(max(random)), "random_spread": float(max(random) - min(random)),
-            "searched_mean_percentile": percentile_of(mean, random),
-            "searched_percentiles": [percentile_of(score, random) for score in searched]}
+    summary = {"searched_mean": mean, "searched_std": float(np.std(searched)), "searched_min": float(min(searched)),
+               "searched_max": float(max(searched)), "random_min": float(min(random)),
+               "random_median": float(np.median(random)), "random_p75": float(np.percentile(random, 75)),
+               "random_max": float(max(random)), "random_spread": float(max(random) - min(random)),
+               "searched_mean_percentile": percentile_of(mean, random),
+               "searched_percentiles": [percentile_of(score, random) for score in searched]}
+    if random_search:
+        random_search_mean = float(np.mean(random_search))
+        summary |= {"random_search_mean": random_search_mean, "random_search_std": float(np.std(random_search)),
+                    "random_search_mean_percentile": percentile_of(random_search_mean, random)}
+    return summary
 
 
 # --- running the stages -----------------------------------------------------------------------------------------
@@ -342,6 +359,33 @@ class Benchmark:
             files.append(RunDir(out_dir).architecture)
         return files
 
+    def random_search(self, seed: int, search_dir: Path, search_key: str, searched: Path) -> Path:
+        """The architecture file of random search with the search's budget and estimate, for search seed ``seed``:
+        the decoder search with ``--agent random`` (same flags, so as many candidates and the same reward); for a
+        one-shot system, architectures drawn uniformly and scored by the supernet in ``search_dir``, the best kept.
+        The one-shot random search reuses that supernet: Auto-Panoptic's is trained on uniformly sampled paths, as
+        a random search's own would be; Auto-DeepLab's weights were trained beside the search's alpha and beta."""
+        out_dir = self.out / f"random_search_seed{seed}"
+        if self.system.name == "nas-segm":
+            ran = self.part(f"random_search_seed{seed}", self.system.search_script,
+                            [*self.budget.data, *self.budget.search, "--agent", "random", "--seed", str(seed),
+                             "--out-dir", str(out_dir)], out_dir)
+            self.part(f"random_search_decode_seed{seed}", "decode_autodeeplab.py",
+                      ["--resume", str(out_dir), *self.budget.decode], None, [ran["key"]])
+            return RunDir(out_dir).architecture
+        from modeling.architecture_file import load_architecture
+
+        candidates = self.budget.random_search_candidates
+        if candidates is None:
+            candidates = load_architecture(searched).source.get("candidates_scored")
+            if not isinstance(candidates, int) or candidates < 1:
+                raise BenchmarkError(f"{searched}: records no number of candidates its search scored "
+                                     "('candidates_scored'); give the budget a random_search_candidates")
+        self.part(f"random_search_seed{seed}", "decode_autodeeplab.py",
+                  ["--resume", str(search_dir), "--strategy", "random", "--random-candidates", str(candidates),
+                   "--seed", str(seed), "--out-dir", str(out_dir)], out_dir, [search_key])
+        return RunDir(out_dir).architecture
+
     def retrain(self, label: str, architecture: Path, seed: int) -> float | None:
         """The retrained score of ``architecture`` with retrain seed ``seed`` (the last validation's metric), or None
         where the retrain diverged (recorded as such)."""
@@ -402,6 +446,10 @@ def plot_result(result: dict[str, Any]) -> Any:
                zorder=2)
     ax.scatter(searched, np.zeros(len(searched)), s=140, marker="*", color="tab:red", zorder=3,
                label=f"searched ({len(searched)} search seeds)")
+    if result.get("random_search_scores"):
+        picks = result["random_search_scores"]
+        ax.scatter(picks, np.full(len(picks), 0.25), s=70, marker="D", color="tab:blue", zorder=3,
+                   label=f"random search's picks, same budget ({len(picks)})")
     stats = result["summary"]
     ax.axvline(stats["random_median"], color="0.3", linestyle="--", linewidth=1, label="random median")
     ax.axvline(stats["random_p75"], color="0.3", linestyle=":", linewidth=1, label="random 75th percentile")
@@ -449,9 +497,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     files = searched_files + random_files
     retrained = {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
                  for label, path in zip(labels, files)}
-    failures = [f"{label} (retrain seed {seed})" for label in labels
+    # The random search's picks are retrained and reported beside the searched ones, but stay out of Kendall's tau:
+    # its estimate is the same as for the random architectures, so tau keeps one meaning with and without them.
+    random_search = {f"random_search_seed{seed}": bench.random_search(seed, out / f"search_seed{seed}",
+                                                                       searches[seed][1], searches[seed][0])
+                     for seed in (args.search_seeds if args.random_search else ())}
+    retrained |= {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
+                  for label, path in random_search.items()}
+    failures = [f"{label} (retrain seed {seed})" for label in [*labels, *random_search]
                 for seed, score in zip(args.retrain_seeds, retrained[label]) if score is None]
-    scores = {label: [score for score in retrained[label] if score is not None] for label in labels}
+    scores = {label: [score for score in retrained[label] if score is not None] for label in retrained}
     # An architecture none of whose retrains trained has no score: it is listed among the failures instead.
     mean_scores = [float(np.mean(scores[label])) if scores[label] else math.nan for label in labels]
 
@@ -477,22 +532,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     searched_scores = [score for score in mean_scores[:len(args.search_seeds)] if not math.isnan(score)]
     random_scores = [score for label in labels[len(args.search_seeds):] for score in scores[label]]
+    random_search_scores = [float(np.mean(scores[label])) for label in random_search if scores[label]]
     if not searched_scores or not random_scores:
         raise BenchmarkError(f"no {'searched' if not searched_scores else 'random'} architecture could be "
                              f"retrained ({', '.join(failures)} diverged); see {out / 'logs'}")
     cpu = {"search": 0.0, "decode": 0.0, "random_draw": 0.0, "retrain_searched": 0.0, "retrain_random": 0.0,
-           "estimates": 0.0}
+           "estimates": 0.0} | ({"random_search": 0.0, "retrain_random_search": 0.0} if random_search else {})
     used = ({f"search_seed{seed}" for seed in args.search_seeds} | {f"decode_seed{seed}" for seed in args.search_seeds}
             | {f"draw_random_{k}" for k in range(args.random)} | {"random_search"}
-            | {f"retrain_{label}_seed{seed}" for label in labels for seed in args.retrain_seeds}
+            | {f"retrain_{label}_seed{seed}" for label in retrained for seed in args.retrain_seeds}
             | ({f"estimate_supernet{seed}_{label}" for seed in args.search_seeds for label in labels}
-               if system.name != "nas-segm" else set()))
+               if system.name != "nas-segm" else set())
+            | {name for label in random_search for name in (label, label.replace("_seed", "_decode_seed"))})
     for name, part in state.parts.items():
         if name not in used:
             continue
         kind = ("search" if name.startswith("search_") else "decode" if name.startswith("decode_")
-                else "random_draw" if name.startswith(("draw_random", "random_search")) else
+                else "random_search" if name.startswith("random_search_") else
+                "random_draw" if name.startswith(("draw_random", "random_search")) else
                 "retrain_searched" if name.startswith("retrain_searched") else
+                "retrain_random_search" if name.startswith("retrain_random_search") else
                 "retrain_random" if name.startswith("retrain_random") else "estimates")
         cpu[kind] += part["cpu_s"]
     result = {
@@ -501,11 +560,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "flags": {"data": list(budget.data), "search": list(budget.search), "retrain": list(budget.retrain)},
         "search_seeds": list(args.search_seeds), "retrain_seeds": list(args.retrain_seeds),
         "random_seed": args.random_seed, "searched_scores": searched_scores, "random_scores": random_scores,
+        **({"random_search_scores": random_search_scores} if random_search else {}),
         "failed_retrains": failures,
         "architectures": [{"label": label, "file": str(path), "scores": scores[label],
                            **{key: values[i] for key, values in believed.items()}}
-                          for i, (label, path) in enumerate(zip(labels, files))],
-        "summary": summarise(searched_scores, random_scores),
+                          for i, (label, path) in enumerate(zip(labels, files))]
+        + [{"label": label, "file": str(path), "scores": scores[label]} for label, path in random_search.items()],
+        "summary": summarise(searched_scores, random_scores, random_search_scores),
         "kendall_tau": float(np.nanmean(list(taus.values()))) if not all(map(math.isnan, taus.values()))
         else math.nan, "kendall_tau_by_estimate": taus,
         "cpu_seconds": {key: round(value, 1) for key, value in cpu.items()} | {"total": round(sum(cpu.values()), 1)},
@@ -534,6 +595,10 @@ def describe(result: dict[str, Any]) -> str:
         f"{stats['random_median']:.4f}, 75th percentile {stats['random_p75']:.4f}, max {stats['random_max']:.4f} "
         f"(spread {stats['random_spread']:.4f})",
         f"  the searched mean is at the {stats['searched_mean_percentile']:.1f}th percentile of the random ones",
+        *([f"  random search with the search's budget: mean {stats['random_search_mean']:.4f} "
+           f"({', '.join(f'{s:.4f}' for s in result['random_search_scores'])}), at the "
+           f"{stats['random_search_mean_percentile']:.1f}th percentile of the random architectures"]
+          if "random_search_mean" in stats else []),
         f"  Kendall tau, the search's estimate vs the retrained score: {result['kendall_tau']:.3f} "
         f"({', '.join(f'{k} {v:.3f}' for k, v in result['kendall_tau_by_estimate'].items())})",
         f"  retrains that diverged (no score): {', '.join(result['failed_retrains']) or 'none'}",
@@ -550,6 +615,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random", type=int, default=8, help="random architectures (default: %(default)s)")
     parser.add_argument("--random-seed", type=int, default=1000,
                         help="seed of the random architectures, apart from the search seeds (default: %(default)s)")
+    parser.add_argument("--random-search", action="store_true",
+                        help="also run random search with the search's own budget and estimate once per search seed "
+                             "and retrain its pick (Sciuto et al.'s random policy beside the search)")
     parser.add_argument("--retrain-seeds", type=int, nargs="+", default=[0],
                         help="every architecture is retrained once per seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="OMP threads of every stage (default: %(default)s)")
