@@ -154,7 +154,8 @@ def test_random_search_runs_each_system_with_the_searchs_own_budget(tmp_path, mo
     monkeypatch.setattr("modeling.architecture_file.load_architecture",
                         lambda path: type("Genotype", (), {"source": json.loads(path.read_text())["source"]}))
     panoptic = SYSTEMS["autopanoptic"]
-    Benchmark(panoptic, panoptic.budgets["default"], tmp_path, 1, None).random_search(1, tmp_path / "s", "key", searched)
+    panoptic_bench = Benchmark(panoptic, panoptic.budgets["default"], tmp_path, 1, None)
+    panoptic_bench.random_search(1, tmp_path / "s", "key", searched)
     (name, script, flags, run_dir, inputs), = calls
     assert (name, script, inputs) == ("random_search_seed1", "decode_autodeeplab.py", ["key"])
     assert flags == ["--resume", str(tmp_path / "s"), "--strategy", "random", "--random-candidates", "24", "--seed",
@@ -167,4 +168,4 @@ def test_random_search_runs_each_system_with_the_searchs_own_budget(tmp_path, mo
 
     searched.write_text(json.dumps({"source": {}}))
     with pytest.raises(BenchmarkError, match="candidates_scored"):
-        Benchmark(panoptic, panoptic.budgets["default"], tmp_path, 1, None).random_search(0, tmp_path, "k", searched)
+        panoptic_bench.random_search(0, tmp_path, "k", searched)
