@@ -62,6 +62,10 @@ def add_training_flags(parser: argparse.ArgumentParser, experiment: str) -> None
              help="mixed precision with torch.autocast (α, β and their softmax stay float32)")
     add_flag(scale, "amp_dtype", default="auto", choices=("auto", "bf16", "fp16"),
              help="autocast dtype: auto = fp16 with loss scaling on CUDA, bf16 on CPU")
+    add_flag(scale, "compile", action=argparse.BooleanOptionalAction, default=False,
+             help="compile the training step with torch.compile (inductor; on CPU it needs a C++ compiler): the "
+                  "first steps pay the compile time; docs/benchmarks.md measures when that pays off (default: off; "
+                  "a resumed run keeps its choice unless given --compile or --no-compile)")
 
 
 _UNSET = object()

@@ -248,18 +248,21 @@ class SupervisedStep:
 
     ``params`` limits backward and gradient clipping (``grad_clip`` > 0) to those tensors (a search's weights,
     not its architecture); ``before_forward(global_step)`` adjusts the model first (scheduled drop-path).
-    The schedule advances only when the optimizer stepped (float16 overflow skips a step).
+    The schedule advances only when the optimizer stepped (float16 overflow skips a step). ``compile`` runs the
+    forward (and so its backward) through ``torch.compile`` (inductor): the same module and weights, so
+    checkpoints, validation and the architecture step are those of the plain model.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: PrecisionStep, device: torch.device,
                  criterion: Criterion = cross_entropy, *, params: Sequence[torch.Tensor] | None = None,
                  grad_clip: float = 0.0, what: str = "training",
-                 before_forward: Callable[[int], None] | None = None) -> None:
+                 before_forward: Callable[[int], None] | None = None, compile: bool = False) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.precision, self.device, self.criterion = precision, device, criterion
         self.params, self.grad_clip, self.what = params, grad_clip, what
         self.before_forward = before_forward
+        self.forward = torch.compile(model) if compile else model
 
     def train(self) -> None:
         self.model.train()
@@ -271,11 +274,24 @@ class SupervisedStep:
         images, masks = batch
         if self.before_forward is not None:
             self.before_forward(global_step)
-        loss = batch_loss(self.model, images, masks, self.device, self.precision.autocast(), self.criterion, self.what)
+        loss = self._loss(images, masks)
         self.precision.backward(loss, inputs=self.params)
         if self.precision.step(self.optimizer, self.params or (), self.grad_clip):
             self.scheduler.step()
         return {"train_loss": loss.item()}
+
+    def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if self.forward is self.model:
+            return batch_loss(self.model, images, masks, self.device, self.precision.autocast(), self.criterion,
+                              self.what)
+        try:
+            return batch_loss(self.forward, images, masks, self.device, self.precision.autocast(), self.criterion,
+                              self.what)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, an unsupported op, ...
+            cause = getattr(error, "inner_exception", error)
+            reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+            raise UserError(f"--compile: torch.compile could not compile the {self.what} step ({reason}); run "
+                            "without --compile") from None
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]

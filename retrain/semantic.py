@@ -104,14 +104,14 @@ def retrain(args: argparse.Namespace, resumed: dict[str, Any] | None, context: D
                 f"{len(val_set)} images, {spec.describe(vars(args), genotype)}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, {context.world_size} "
                 f"process(es) of {process.batch_size} images{', SyncBatchNorm' if process.sync_bn else ''}, amp "
-                f"{process.amp_text}; run directory {run_dir}")
+                f"{process.amp_text}{', compiled step' if args.compile else ''}; run directory {run_dir}")
 
     def drop_path(global_step: int) -> None:
         model.set_drop_path_prob(scheduled_probability(args.drop_path_prob, global_step, total_steps))
 
     step = SupervisedStep(ddp_model, optimizer, scheduler, precision, device,
                           make_criterion(args.loss, args.ohem_thresh, args.ohem_min_kept),
-                          before_forward=drop_path if args.drop_path_prob > 0 else None)
+                          before_forward=drop_path if args.drop_path_prob > 0 else None, compile=args.compile)
     validate = SemanticValidation(model, val_loader, args.num_classes, device, context, sources.palette,
                                       denormalize)
     checkpoint = fit_stage(step, train_loader, StageRun(run_dir, checkpointer, context, resume,

@@ -30,7 +30,8 @@ def test_training_loop_reports_seconds_per_step_of_both_stages():
     figures = [json.loads(line) for line in result.stdout.splitlines()]
     assert [f["stage"] for f in figures] == ["search", "retrain"]
     assert [f["steps_per_epoch"] for f in figures] == [1, 2]
-    assert all(f["step_s"] > 0 and f["wall_s"] > f["step_s"] for f in figures)
+    assert all(f["step_s"] > 0 and f["wall_s"] > f["step_s"] and f["flags"] == "" for f in figures)
+    assert all(isinstance(f["first_epoch_extra_s"], float) for f in figures)
 
 
 @pytest.mark.slow

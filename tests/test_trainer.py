@@ -236,3 +236,52 @@ def test_the_best_checkpoint_follows_the_named_metric_and_a_stop_request_saves_t
     start, partial, best = resume_point(state, Checkpointer({}, fresh.model, optimizer=fresh), None, "test")
     assert (start, partial.epoch, partial.steps, best) == (0, 0, 1, 0.7)
     assert fresh.learning_rate() == 0.1  # the optimizer's state came back too
+
+
+def small_segmenter():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 4, 1))
+
+
+def supervised_step(model, compile):
+    from engine.precision import PrecisionStep
+    from engine.trainer import SupervisedStep
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - 0.1 * step)
+    precision = PrecisionStep(False, torch.device("cpu"), torch.float32)
+    return SupervisedStep(model, optimizer, scheduler, precision, torch.device("cpu"), compile=compile)
+
+
+def test_a_compiled_step_trains_as_the_plain_one_and_checkpoints_the_plain_module():
+    """--compile: inductor's kernels reorder floating-point sums, so the losses and weights agree to rounding,
+    step by step; the module's own state dict (what checkpoints hold) keeps its plain keys."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(2, 3, 12, 12, generator=generator), torch.randint(0, 4, (2, 12, 12), generator=generator))
+               for _ in range(3)]
+    plain_model, compiled_model = small_segmenter(), small_segmenter()
+    plain, compiled = supervised_step(plain_model, False), supervised_step(compiled_model, True)
+    assert compiled.forward is not compiled_model and plain.forward is plain_model
+    for step, batch in enumerate(batches):
+        expected, got = plain(batch, step), compiled(batch, step)
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5, abs=1e-6)
+    assert compiled_model.state_dict().keys() == plain_model.state_dict().keys()
+    for name, value in plain_model.state_dict().items():
+        torch.testing.assert_close(compiled_model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled.learning_rate() == pytest.approx(plain.learning_rate())
+
+
+def test_a_step_that_cannot_compile_says_so_in_one_line(monkeypatch):
+    import torch._dynamo.exc
+
+    from utils.errors import UserError
+
+    def fails(*args, **kwargs):
+        raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler found"), None)
+
+    monkeypatch.setattr(torch, "compile", lambda model: fails)
+    step = supervised_step(small_segmenter(), True)
+    with pytest.raises(UserError, match=r"^--compile: torch.compile could not compile the training step "
+                                        r"\(RuntimeError: no C\+\+ compiler found\); run without --compile$"):
+        step((torch.randn(2, 3, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)), 0)

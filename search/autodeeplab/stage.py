@@ -114,13 +114,14 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 f"{len(split_b)} / val {len(val_set)} images, F={args.filter_multiplier}, L={args.num_layers}, "
                 f"{sum(p.numel() for p in weight_params):,} weights, device {device}, {context.world_size} "
                 f"process(es) of {batch_size} images{', SyncBatchNorm' if sync_bn else ''}, amp "
-                f"{process.amp_text}; run directory {run_dir}")
+                f"{process.amp_text}{', compiled step' if args.compile else ''}; run directory {run_dir}")
     if args.alpha_epoch >= args.epochs:
         logger.warning(f"warning: --alpha_epoch {args.alpha_epoch} >= --epochs {args.epochs}: no architecture step "
                        "will run, and the decoded architecture will reflect the random initial α and β")
 
     step = BilevelStep(SupervisedStep(ddp_model, weight_optimizer, scheduler, weight_precision, device,
-                                      params=weight_params, grad_clip=args.grad_clip, what="weight"),
+                                      params=weight_params, grad_clip=args.grad_clip, what="weight",
+                                      compile=args.compile),
                        Architect(model, arch_params, arch_optimizer, arch_precision, loader_b, device, context,
                                  args.alpha_epoch))
     validate = SemanticValidation(model, val_loader, args.num_classes, device, context, sources.palette,
