@@ -58,13 +58,28 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     return total / (len(scales) * (2 if flip else 1))
 
 
+def class_scores(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
+                 resize: int | None = None, probabilities: bool = True) -> torch.Tensor:
+    """``predict``'s probabilities; without ``probabilities``, for a single pass at the input size, its logits
+    resized to the input size instead: the same argmax, without the softmax (what a reward that reads only the
+    predicted classes needs)."""
+    if probabilities or len(scales) != 1 or flip or resize is not None or scales[0] != 1.0:
+        return predict(model, images, scales, flip, resize)
+    logits = model(images).float()
+    if logits.shape[-2:] != images.shape[-2:]:
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes: int, device: torch.device,
              scales: Sequence[float] = (1.0,), flip: bool = False, keep_examples: int = 0,
-             desc: str = "val", context: DistributedContext | None = None, resize: int | None = None) -> dict[str, Any]:
+             desc: str = "val", context: DistributedContext | None = None, resize: int | None = None,
+             loss: bool = True) -> dict[str, Any]:
     """Metrics of ``model`` on ``loader`` (see ``ConfusionMatrix.summary``) plus the mean loss and the
     confusion matrix; with ``keep_examples``, the first images with their ground truth and prediction
-    (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode.
+    (``examples``: (image, mask, prediction) CPU tensors). Leaves the model in eval mode. ``loss=False`` skips
+    the loss (and, for a single pass, the softmax): the same confusion matrix, for scores that need nothing else.
 
     Under several processes each evaluates its own shard and the counts and losses are summed here."""
     model.eval()
@@ -73,8 +88,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     context = context or DistributedContext()
     for images, masks in tqdm(loader, desc=desc, leave=False, disable=None if context.is_main else True):
         images, masks = images.to(device), masks.to(device)
-        probabilities = predict(model, images, scales, flip, resize)
-        if (masks != IGNORE_INDEX).any():  # no labelled pixel, no loss (the mean over none is NaN)
+        probabilities = class_scores(model, images, scales, flip, resize, probabilities=loss)
+        if loss and (masks != IGNORE_INDEX).any():  # no labelled pixel, no loss (the mean over none is NaN)
             log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
             total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
             batches += 1
@@ -86,7 +101,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     matrix = ConfusionMatrix.from_counts(all_reduce_sum(matrix.matrix.cpu(), context))
     loss_sum, batch_count = all_reduce_sum(torch.tensor([total_loss, batches], dtype=torch.float64), context).tolist()
     summary: dict[str, Any] = matrix.summary()
-    summary["loss"] = loss_sum / max(batch_count, 1)
+    if loss:
+        summary["loss"] = loss_sum / max(batch_count, 1)
     summary["confusion_matrix"] = matrix.matrix.tolist()
     if keep_examples:
         summary["examples"] = examples

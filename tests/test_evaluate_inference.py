@@ -107,6 +107,23 @@ def test_evaluate_matches_hand_computed_scores():
     assert torch.equal(kept_mask, mask) and torch.equal(prediction, torch.zeros(2, 2, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("scales, flip", [((1.0,), False), ((0.5, 1.0), True)])
+def test_evaluate_without_the_loss_counts_the_same_predictions(scales, flip):
+    """``loss=False`` (the decoder search's reward, the supernet's estimates) skips the loss and, for one pass, the
+    softmax: the same confusion matrix as the full evaluation, on a network whose logits come out at half the
+    input size (so they are resized first), and no loss in the summary."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 1))
+    generator = torch.Generator().manual_seed(2)
+    loader = [(torch.randn(2, 3, 10, 14, generator=generator), torch.randint(0, 4, (2, 10, 14), generator=generator))
+              for _ in range(3)]
+    full = evaluate(model, loader, 4, torch.device("cpu"), scales=scales, flip=flip)
+    light = evaluate(model, loader, 4, torch.device("cpu"), scales=scales, flip=flip, loss=False)
+    assert light["confusion_matrix"] == full["confusion_matrix"] and light["miou"] == full["miou"]
+    assert sum(map(sum, light["confusion_matrix"])) == 3 * 2 * 10 * 14
+    assert "loss" in full and "loss" not in light
+
+
 def test_report_files_hold_the_hand_computed_values(tmp_path):
     counts = [[6, 2, 0], [1, 3, 0], [0, 0, 0]]  # class 2 never appears
     matrix = ConfusionMatrix.from_counts(counts)

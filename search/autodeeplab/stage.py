@@ -176,7 +176,8 @@ def supernet_estimates(checkpoint: dict[str, Any], path: Path, architectures: Se
                                   args.num_classes)
     loader = validation_loader(val_set, args.workers, DistributedContext())
     return [evaluate(FixedArchitecture(supernet, architecture), loader, args.num_classes, device,
-                     desc=f"architecture {index}")["miou"] for index, architecture in enumerate(architectures)]
+                     desc=f"architecture {index}", loss=False)["miou"]
+            for index, architecture in enumerate(architectures)]
 
 
 def random_decode(checkpoint: dict[str, Any], path: Path, candidates: int | None, seed: int) -> Architecture:

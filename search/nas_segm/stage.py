@@ -200,7 +200,7 @@ class CandidateRunner:
 
         def score() -> dict[str, float]:
             summary = evaluate(network, self.data.val_loader, args.num_classes, self.device,
-                               desc=f"candidate {index} score")
+                               desc=f"candidate {index} score", loss=False)
             return geometric_reward(summary["confusion_matrix"], recipe.omitted)
 
         def decide(stage: int, point: int, value: float) -> bool:
