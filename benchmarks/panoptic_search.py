@@ -14,6 +14,12 @@ aside from it as the search does). Prints one table (or, with --json, one JSON o
 - ``weights``: the supernet's parameters (every op of every choice layer); the peak memory: the process's peak
   RSS on CPU (``peak_rss_mb``), ``torch.cuda.max_memory_allocated`` on CUDA (``peak_cuda_mb``).
 
+``--profile`` then profiles one more supernet iteration and one more candidate evaluation by part (backbone, FPN,
+RPN, box head, mask head, the rest of the RoI heads, semantic subnet, attentions, the losses, and our NMS,
+RoIAlign and deformable convolution where they stand in for torchvision's kernels), backward included
+(``benchmarks/part_profile.py``), and prints the two tables (with --json, under ``profile``). The profiler's own
+overhead makes these totals larger than the timings above; the shares are what it is for.
+
 The defaults are the ``synthetic_panoptic`` scale-down recipe (``config_utils.recipes``). --rpn-proposals sets
 the RPN's proposals before and after NMS in training and test alike (the paper: 2000 in training, 1000 in
 test). The paper's sizes, on a GPU (2 images per GPU, as the paper's 16 on 8 GPUs; the generated images are
@@ -39,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.part_profile import PartProfile  # noqa: E402
 from benchmarks.search_step import peak_rss_mb, print_result, synchronize  # noqa: E402
 from config_utils.autopanoptic_args import check_group_norm_widths  # noqa: E402
 from config_utils.common import add_device_flag  # noqa: E402
@@ -48,6 +55,8 @@ from dataloaders.datasets.synthetic_panoptic import SyntheticPanoptic  # noqa: E
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices  # noqa: E402
 from engine.cli import resolve_device, run_cli  # noqa: E402
 from engine.trainer import cycle_batches  # noqa: E402
+from modeling import detection_ops  # noqa: E402
+from modeling.autopanoptic import network as panoptic_network  # noqa: E402
 from modeling.autopanoptic.genotype import layer_choices  # noqa: E402
 from modeling.autopanoptic.network import AutoPanoptic, PanopticSizes  # noqa: E402
 from search.autopanoptic.one_shot import SEARCH_STREAM, FairPathSampler  # noqa: E402
@@ -89,8 +98,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "warmup", type=non_negative_int, default=1, help="unmeasured supernet iterations first")
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_device_flag(parser)
+    add_flag(parser, "profile", action="store_true",
+             help="also profile one supernet iteration and one candidate evaluation by part")
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
+
+
+def part_profile(model: AutoPanoptic) -> PartProfile:
+    """The supernet's parts, and our detection ops wherever ``detection_ops.install`` put them."""
+    heads = model.roi_heads
+    ours = {detection_ops.nms: "NMS (ours)", detection_ops.roi_align: "RoIAlign (ours)",
+            detection_ops.deform_conv2d: "deformable conv (ours)"}
+    functions: dict[str, list] = {name: [] for name in ours.values()}
+    for module_name, attribute, replacement in detection_ops.ENTRY_POINTS:
+        owner = sys.modules[module_name]
+        if replacement in ours and getattr(owner, attribute) is replacement:
+            functions[ours[replacement]].append((owner, attribute))
+    roi_heads_module = sys.modules[type(heads).__module__]
+    functions |= {"losses (box, mask)": [(roi_heads_module, "fastrcnn_loss"), (roi_heads_module, "maskrcnn_loss")],
+                  "loss (segmentation)": [(panoptic_network, "segmentation_loss")]}
+    return PartProfile({
+        "backbone": [model.backbone], "FPN": [model.fpn], "RPN": [model.rpn],
+        "RoI heads (sampling, post-processing)": [heads], "box head": [heads.box_head, heads.box_predictor],
+        "mask head": [heads.mask_head, heads.mask_predictor],
+        "semantic subnet": [*model.subnet, model.semantic_score],
+        "attentions": [*model.things_to_stuff, *model.stuff_to_things],
+    }, {name: places for name, places in functions.items() if places})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -148,6 +181,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     iteration_s = statistics.median(seconds)
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+    profiles = {}
+    if args.profile:
+        images, targets = to_device(*next(cycle_batches(train_loader, 1)), device)
+        model.train()
+        with part_profile(model) as iteration_profile:
+            sum(model(images, targets, sampler.path(iterations + 1)).values()).backward()
+        model.zero_grad(set_to_none=True)
+        with part_profile(model) as candidate_profile:
+            evaluator(candidate)
+        profiles = {"supernet_iteration": iteration_profile, "candidate_evaluation": candidate_profile}
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "widths": list(args.widths),
         "stage_repeats": list(args.stage_repeats), "fpn_channels": args.fpn_channels,
@@ -160,7 +203,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "candidate_eval_s": round(candidate_s, 3),
         "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),
     }
+    if profiles:
+        result["profile"] = {name: profile.seconds for name, profile in profiles.items()}
     print_result(result, args.json)
+    if profiles and not args.json:
+        for name, profile in profiles.items():
+            print("\n" + profile.table(name.replace("_", " ")))
     return result
 
 

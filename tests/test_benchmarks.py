@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from modeling.detection_ops import native_ops_available
 from tests.conftest import run_script
@@ -68,11 +69,19 @@ def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the
     flags = [text for key, value in sizes.items()
              for text in ["--" + key.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]]
     result = run_script("benchmarks/panoptic_search.py", *flags, "--steps", "1",
-                        "--warmup", "0", "--threads", "1", "--json")
+                        "--warmup", "0", "--threads", "1", "--json", "--profile")
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     figures = json.loads(line)
     assert {key: figures[key] for key in sizes} == sizes
+    iteration, candidate = figures["profile"]["supernet_iteration"], figures["profile"]["candidate_evaluation"]
+    for part in ("backbone", "FPN", "RPN", "box head", "mask head", "semantic subnet", "attentions",
+                 "loss (segmentation)", "NMS (ours)", "RoIAlign (ours)"):
+        assert iteration[part]["forward"] > 0, part
+    for part in ("backbone", "FPN", "box head", "mask head", "semantic subnet", "attentions", "RoIAlign (ours)"):
+        assert iteration[part]["backward"] > 0, part  # every trained part's backward is charged back to it
+    assert all("backward" not in times for times in candidate.values())  # scoring runs no backward
+    assert candidate["backbone"]["forward"] > 0 and "loss (segmentation)" not in candidate
     assert figures["device"] == "cpu" and figures["threads"] == 1 and figures["steps"] == 1
     for key in ("weights", "supernet_iteration_s", "images_per_s", "candidate_eval_s", "peak_rss_mb"):
         assert figures[key] > 0, key
@@ -119,3 +128,29 @@ def test_detection_ops_table_says_unavailable_where_the_native_kernels_do_not_lo
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:4] == ["case", "sizes", "ours_s", "native_s"] and row.startswith("nms ")
     assert ("unavailable" in row) == (not native_ops_available())
+
+
+def test_part_profile_charges_forward_and_backward_to_the_part_that_ran_them():
+    import torch.nn.functional as F
+
+    from benchmarks.part_profile import OTHER, PartProfile
+
+    torch.manual_seed(0)
+    first, second, frozen = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(3, 3, 1)
+    frozen.requires_grad_(False)
+    x = torch.randn(2, 3, 16, 16)
+    relu = F.relu
+    with PartProfile({"first": [first], "second": [second], "frozen": [frozen]},
+                     functions={"relu": [(F, "relu")]}) as profile:
+        with torch.no_grad():
+            context = frozen(x)
+        (F.relu(second(F.relu(first(x + context)))).sum() * 2).backward()
+    seconds = profile.seconds
+    for part in ("first", "second", "relu"):
+        assert seconds[part]["forward"] > 0 and seconds[part]["backward"] > 0, part
+    assert "backward" not in seconds["frozen"]  # run under no_grad: nothing of it in backward
+    assert seconds[OTHER]["forward"] > 0  # the addition, the sum and the product belong to no part
+    assert F.relu is relu and not first._forward_hooks and not first._forward_pre_hooks  # all put back
+    table = profile.table("toy").splitlines()
+    assert table[0].split()[0] == "toy" and [row.split()[0] for row in table[1:5]] == ["first", "second", "frozen",
+                                                                                         "relu"]
