@@ -37,7 +37,7 @@ from evaluation.metrics import ConfusionMatrix
 from evaluation.panoptic import evaluate_panoptic, write_panoptic_report
 from evaluation.panoptic_quality import PanopticQuality, area_note
 from evaluation.semantic import evaluate, write_semantic_report
-from modeling.registry import checkpoint_classes, checkpoint_model, load_trained_model
+from modeling.registry import checkpoint_classes, load_trained_model
 from utils.errors import UserError
 from utils.output_path import check_output_path
 
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.pred_dir is not None:
         return score_prediction_files(args, out_dir)
     device = resolve_device(args.device)
-    model, checkpoint = load_trained_model(args.ckpt, device)
-    if checkpoint_model(checkpoint, args.ckpt)[0].task == "panoptic":
+    model, checkpoint, spec = load_trained_model(args.ckpt, device)
+    if spec.task == "panoptic":
         inherit_dataset_flags(args, checkpoint["args"], explicit_dests(parser, argv))
         return evaluate_panoptic_network(args, model, checkpoint, device, out_dir)
     trained_classes = checkpoint["args"]["num_classes"]

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt = Path(args.ckpt)
     out = check_output_path("--out", args.out or default_output_path(ckpt), folder=False)
     require_onnx_packages()
-    model, checkpoint = load_trained_model(ckpt, "cpu")
+    model, checkpoint, _ = load_trained_model(ckpt, "cpu")
     input_size = tuple(args.input_size)
     metadata = onnx_metadata(checkpoint, input_size, args.ckpt)
     program = export_onnx(model, input_size, args.opset)

@@ -37,7 +37,7 @@ from engine.cli import resolve_device, run_cli
 from evaluation.panoptic import panoptic_prediction
 from evaluation.panoptic_quality import id_to_rgb
 from evaluation.semantic import predict
-from modeling.registry import checkpoint_classes, checkpoint_model, load_trained_model
+from modeling.registry import checkpoint_classes, load_trained_model
 from utils.errors import UserError
 from utils.labels import overlay, palette_bytes, panoptic_colours
 from utils.output_path import check_output_path
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> Path:
     images, base = list_images(Path(args.in_path)) if args.in_path is not None else ([], Path())
     out = check_output_path("--out-path", args.out_path)
     device = resolve_device(args.device)
-    model, checkpoint = load_trained_model(args.ckpt, device)
-    if checkpoint_model(checkpoint, args.ckpt)[0].task == "panoptic":
+    model, checkpoint, spec = load_trained_model(args.ckpt, device)
+    if spec.task == "panoptic":
         writer = PanopticWriter(args, model, checkpoint, device)
         if args.split is not None:
             return segment_panoptic_split(args, writer, explicit_dests(parser, argv))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -101,14 +101,23 @@ def checkpoint_model(checkpoint: dict[str, Any], source: str) -> tuple[ModelSpec
     return spec, genotype
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+class TrainedModel(NamedTuple):
+    """A retrained network in eval mode, the checkpoint it came from, and its kind (``spec.task`` says whether it
+    segments semantically or panoptically)."""
+
+    model: nn.Module
+    checkpoint: dict[str, Any]
+    spec: ModelSpec
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """The network a retrain checkpoint holds (``model_best.pth.tar`` or ``checkpoint.pth.tar``), in
-    eval mode on ``device``, and the checkpoint itself."""
+    eval mode on ``device``, with the checkpoint itself and the network's kind."""
     checkpoint = load_checkpoint(path, stage="retrain")
     spec, genotype = checkpoint_model(checkpoint, str(path))
     model = spec.build(checkpoint["args"], genotype, None)
     load_model_state(model, checkpoint["model"], str(path))
-    return model.to(device).eval(), checkpoint
+    return TrainedModel(model.to(device).eval(), checkpoint, spec)
 
 
 def checkpoint_classes(checkpoint: dict[str, Any]) -> tuple[list[str], np.ndarray]:

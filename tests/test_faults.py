@@ -42,6 +42,7 @@ from evaluation.semantic import evaluate
 from modeling.architecture_file import architecture_to_json, load_architecture, save_architecture
 from modeling.autopanoptic.genotype import RELEASED, RELEASED_FILES, PanopticGenotype, layer_choices
 from modeling.autopanoptic.network import segmentation_loss
+from modeling.registry import get_model
 from retrain import semantic as semantic_retrain
 from tests.conftest import (AUTOPANOPTIC_SEARCH, NAS_SEGM_SEARCH, ROOT, TINY_DATA, TINY_RETRAIN, TINY_SEARCH,
                             PreemptAfterStep, PreemptBeforeEpoch, Preempted, SignalAtStep)
@@ -397,7 +398,8 @@ class RedChannelClasses(nn.Module):
 
 def test_a_16_bit_images_prediction_equals_its_8_bit_versions(tmp_path, monkeypatch):
     checkpoint = {"args": {"model": "deeplabv3plus"}, "classes": {"names": CLASS_NAMES, "palette": PALETTE}}
-    monkeypatch.setattr(inference_script, "load_trained_model", lambda path, device: (RedChannelClasses(), checkpoint))
+    monkeypatch.setattr(inference_script, "load_trained_model",
+                        lambda path, device: (RedChannelClasses(), checkpoint, get_model("deeplabv3plus")))
     photos = tmp_path / "photos"
     photos.mkdir()
     image_cases(photos)

@@ -80,7 +80,7 @@ def test_a_released_decoder_retrains_and_loads_through_the_same_scripts(tmp_path
     state = load_checkpoint(run / "model_best.pth.tar", stage="retrain")
     assert (state["system"], state["args"]["model"]) == ("nas-segm", "nas-segm")
     assert load_architecture(run) == released("wacv_arch1")
-    model, _ = load_trained_model(run / "model_best.pth.tar")
+    model, _, _ = load_trained_model(run / "model_best.pth.tar")
     assert sum(p.numel() for p in model.parameters()) == 268_235 - 19 * (64 * 9 + 1) + 4 * (64 * 9 + 1)  # 4 classes
     with pytest.raises(UserError, match="--drop_path_prob: does not apply to nas-segm architectures"):
         train_new_model.main(TINY_DATA + ["--saved_arch_path", str(path), "--drop_path_prob", "0.1"])

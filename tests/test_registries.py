@@ -96,8 +96,8 @@ def test_a_registered_systems_architecture_retrains_and_evaluates_through_the_sa
     state = load_checkpoint(run / "model_best.pth.tar", stage="retrain")
     assert (state["system"], state["args"]["model"], state["architecture"]["genotype"]) == ("toy", "toy", {"width": 8})
     assert "toy network of width 8" in (run / "log.txt").read_text()
-    model, _ = load_trained_model(run / "model_best.pth.tar")
-    assert isinstance(model, ToyNet) and model.layers[0].out_channels == 8
+    model, _, spec = load_trained_model(run / "model_best.pth.tar")
+    assert isinstance(model, ToyNet) and model.layers[0].out_channels == 8 and spec.name == "toy"
     report = evaluate_script.main(["--ckpt", str(run / "model_best.pth.tar")])
     assert json.loads((report / "metrics.json").read_text())["miou"] >= 0
 

@@ -88,7 +88,7 @@ def initial_encoder(args: argparse.Namespace) -> dict[str, torch.Tensor]:
 def load_teacher(args: argparse.Namespace, device: torch.device) -> torch.nn.Module | None:
     if not args.do_kd:
         return None
-    teacher, checkpoint = load_trained_model(args.kd_teacher, device)
+    teacher, checkpoint, _ = load_trained_model(args.kd_teacher, device)
     if checkpoint["args"]["num_classes"] != args.num_classes:
         raise UserError(f"--kd-teacher {args.kd_teacher}: predicts {checkpoint['args']['num_classes']} classes, the "
                         f"search has {args.num_classes}")
