@@ -1,6 +1,6 @@
-"""What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), Auto-Panoptic
-on torchvision's compiled detection ops, and NCCL with SyncBatchNorm on 2 GPUs matching 1 GPU. Skipped without
-CUDA (CI has none); `make test` on a GPU machine runs them."""
+"""What only a GPU can check: float16 with loss scaling on CUDA (the searches and the retrain), a compiled retrain
+step, Auto-Panoptic on torchvision's compiled detection ops, and NCCL with SyncBatchNorm on 2 GPUs matching 1 GPU.
+Skipped without CUDA (CI has none); `make test` on a GPU machine runs them."""
 
 import pytest
 import torch
@@ -31,6 +31,17 @@ def test_float16_with_loss_scaling_on_cuda(tmp_path, module, args, scalers):
     state = load_checkpoint(run_dir / "checkpoint.pth.tar")
     assert all(value.dtype == torch.float32 for value in state["model"].values() if value.is_floating_point())
     assert all("scale" in state[name] for name in scalers)
+
+
+@pytest.mark.slow
+def test_a_compiled_retrain_on_cuda_trains_like_the_plain_one(tmp_path):
+    """--compile on CUDA (inductor's Triton kernels): the same losses as the plain run to rounding."""
+    plain = train_new_model.main(DISTRIBUTED_RETRAIN + ["--device", "cuda", "--out-dir", str(tmp_path / "plain")])
+    compiled = train_new_model.main(DISTRIBUTED_RETRAIN + ["--device", "cuda", "--compile", "--out-dir",
+                                                           str(tmp_path / "compiled")])
+    assert "compiled step" in (compiled / "log.txt").read_text()
+    for expected, got in zip(records(plain), records(compiled), strict=True):
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-2)
 
 
 @pytest.mark.slow
