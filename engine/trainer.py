@@ -281,9 +281,6 @@ class SupervisedStep:
         return {"train_loss": loss.item()}
 
     def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        if self.forward is self.model:
-            return batch_loss(self.model, images, masks, self.device, self.precision.autocast(), self.criterion,
-                              self.what)
         try:
             return batch_loss(self.forward, images, masks, self.device, self.precision.autocast(), self.criterion,
                               self.what)
