@@ -32,29 +32,39 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(first), int(second)
 
 
+NMS_ROWS_PER_BLOCK = 512  # IoU rows computed at once: a block of 512 × N float32, so memory grows with N only
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression, as torchvision's CPU kernel.
 
     Boxes are visited by decreasing score (a stable sort, so equal scores keep their input order); a box is
     kept unless its IoU with an already kept box exceeds ``iou_threshold``. Returns the kept indices (int64)
     in that visiting order.
+
+    The IoUs are computed a block of rows at a time with the kernel's arithmetic (so every decision is the
+    kernel's), and the greedy pass reads one row per kept box: a few tensor operations per block instead of
+    ten per kept box.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = scores.sort(stable=True, descending=True).indices
-    x1, y1, x2, y2 = boxes.unbind(1)
+    x1, y1, x2, y2 = boxes[order].unbind(1)
     areas = (x2 - x1) * (y2 - y1)
+    count = order.numel()
+    suppressed = torch.zeros(count, dtype=torch.bool).numpy()
     kept = []
-    remaining = order
-    while remaining.numel() > 0:
-        best, others = remaining[0], remaining[1:]
-        kept.append(best)
-        width = (torch.minimum(x2[best], x2[others]) - torch.maximum(x1[best], x1[others])).clamp(min=0)
-        height = (torch.minimum(y2[best], y2[others]) - torch.maximum(y1[best], y1[others])).clamp(min=0)
+    for start in range(0, count, NMS_ROWS_PER_BLOCK):
+        rows = slice(start, min(start + NMS_ROWS_PER_BLOCK, count))
+        width = (torch.minimum(x2[rows, None], x2) - torch.maximum(x1[rows, None], x1)).clamp(min=0)
+        height = (torch.minimum(y2[rows, None], y2) - torch.maximum(y1[rows, None], y1)).clamp(min=0)
         intersection = width * height
-        iou = intersection / (areas[best] + areas[others] - intersection)
-        remaining = others[~(iou > iou_threshold)]  # a NaN IoU (two empty boxes) suppresses nothing
-    return torch.stack(kept)
+        overlaps = (intersection / (areas[rows, None] + areas - intersection) > iou_threshold).cpu().numpy()
+        for row, i in enumerate(range(rows.start, rows.stop)):
+            if not suppressed[i]:  # a NaN IoU (two empty boxes) is not above the threshold: suppresses nothing
+                kept.append(i)
+                suppressed |= overlaps[row]  # boxes before i are decided already; i itself is kept
+    return order[torch.tensor(kept, dtype=torch.int64, device=order.device)]
 
 
 def _as_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:

@@ -42,7 +42,8 @@ def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -
         for j in order[position + 1:]:
             bx1, by1, bx2, by2 = rows[j]
             inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-            if inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter) > threshold:
+            union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+            if union != 0 and inter / union > threshold:  # 0 / 0 is the kernel's NaN: never above the threshold
                 suppressed.add(j)
     return kept
 
@@ -177,6 +178,23 @@ def test_nms_equals_brute_force_on_random_boxes(threshold):
     boxes = torch.cat([corner, corner + 1 + torch.rand(300, 2, generator=generator, dtype=torch.float64) * 40], 1)
     scores = torch.randint(20, (300,), generator=generator).double() / 20  # many ties: the order must be stable
     assert nms(boxes, scores, threshold).tolist() == reference_nms(boxes, scores, threshold)
+
+
+def test_nms_across_blocks_of_rows_equals_brute_force():
+    """More boxes than one block of IoU rows (three blocks), clustered so that boxes of one block suppress boxes of
+    the next, with empty boxes among them (their IoU with each other is NaN: no suppression)."""
+    from modeling.detection_ops import NMS_ROWS_PER_BLOCK
+
+    count = 2 * NMS_ROWS_PER_BLOCK + 176
+    generator = torch.Generator().manual_seed(3)
+    corner = torch.rand(count, 2, generator=generator, dtype=torch.float64) * 60
+    boxes = torch.cat([corner, corner + 2 + torch.rand(count, 2, generator=generator, dtype=torch.float64) * 20], 1)
+    boxes[::97, 2:] = boxes[::97, :2]  # empty boxes
+    scores = torch.rand(count, generator=generator, dtype=torch.float64)
+    for threshold in (0.3, 0.6):
+        kept = nms(boxes, scores, threshold)
+        assert kept.tolist() == reference_nms(boxes, scores, threshold)
+        assert kept.max() >= 2 * NMS_ROWS_PER_BLOCK  # the last block decided some
 
 
 @needs_native
