@@ -315,13 +315,15 @@ class Benchmark:
             result["score"] = scores[-1]
         return self.state.record(name, result)
 
-    def search(self, seed: int) -> tuple[Path, str]:
-        """The search of ``seed`` and its decoded architecture file, with the search part's key."""
-        run_dir = self.out / f"search_seed{seed}"
-        searched = self.part(f"search_seed{seed}", self.system.search_script,
-                             [*self.budget.data, *self.budget.search, "--seed", str(seed), "--out-dir", str(run_dir)],
-                             run_dir)
-        self.part(f"decode_seed{seed}", "decode_autodeeplab.py", ["--resume", str(run_dir), *self.budget.decode],
+    def search(self, seed: int, label: str = "search", extra: Sequence[str] = ()) -> tuple[Path, str]:
+        """The search of ``seed`` (given ``extra`` flags; ``label`` names its parts) and its decoded architecture
+        file, with the search part's key."""
+        run_dir = self.out / f"{label}_seed{seed}"
+        searched = self.part(f"{label}_seed{seed}", self.system.search_script,
+                             [*self.budget.data, *self.budget.search, *extra, "--seed", str(seed), "--out-dir",
+                              str(run_dir)], run_dir)
+        decode = "decode" if label == "search" else f"{label}_decode"
+        self.part(f"{decode}_seed{seed}", "decode_autodeeplab.py", ["--resume", str(run_dir), *self.budget.decode],
                   None, [searched["key"]])
         return RunDir(run_dir).architecture, searched["key"]
 
@@ -365,14 +367,8 @@ class Benchmark:
         one-shot system, architectures drawn uniformly and scored by the supernet in ``search_dir``, the best kept.
         The one-shot random search reuses that supernet: Auto-Panoptic's is trained on uniformly sampled paths, as
         a random search's own would be; Auto-DeepLab's weights were trained beside the search's alpha and beta."""
-        out_dir = self.out / f"random_search_seed{seed}"
         if self.system.name == "nas-segm":
-            ran = self.part(f"random_search_seed{seed}", self.system.search_script,
-                            [*self.budget.data, *self.budget.search, "--agent", "random", "--seed", str(seed),
-                             "--out-dir", str(out_dir)], out_dir)
-            self.part(f"random_search_decode_seed{seed}", "decode_autodeeplab.py",
-                      ["--resume", str(out_dir), *self.budget.decode], None, [ran["key"]])
-            return RunDir(out_dir).architecture
+            return self.search(seed, "random_search", ("--agent", "random"))[0]
         from modeling.architecture_file import load_architecture
 
         candidates = self.budget.random_search_candidates
@@ -381,6 +377,7 @@ class Benchmark:
             if not isinstance(candidates, int) or candidates < 1:
                 raise BenchmarkError(f"{searched}: records no number of candidates its search scored "
                                      "('candidates_scored'); give the budget a random_search_candidates")
+        out_dir = self.out / f"random_search_seed{seed}"
         self.part(f"random_search_seed{seed}", "decode_autodeeplab.py",
                   ["--resume", str(search_dir), "--strategy", "random", "--random-candidates", str(candidates),
                    "--seed", str(seed), "--out-dir", str(out_dir)], out_dir, [search_key])
@@ -495,15 +492,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               searches[first][1])
     labels = [f"searched_seed{seed}" for seed in args.search_seeds] + [f"random_{k}" for k in range(args.random)]
     files = searched_files + random_files
-    retrained = {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
-                 for label, path in zip(labels, files)}
     # The random search's picks are retrained and reported beside the searched ones, but stay out of Kendall's tau:
     # its estimate is the same as for the random architectures, so tau keeps one meaning with and without them.
     random_search = {f"random_search_seed{seed}": bench.random_search(seed, out / f"search_seed{seed}",
                                                                        searches[seed][1], searches[seed][0])
                      for seed in (args.search_seeds if args.random_search else ())}
-    retrained |= {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
-                  for label, path in random_search.items()}
+    retrained = {label: [bench.retrain(label, path, seed) for seed in args.retrain_seeds]
+                 for label, path in [*zip(labels, files), *random_search.items()]}
     failures = [f"{label} (retrain seed {seed})" for label in [*labels, *random_search]
                 for seed, score in zip(args.retrain_seeds, retrained[label]) if score is None]
     scores = {label: [score for score in retrained[label] if score is not None] for label in retrained}

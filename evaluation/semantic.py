@@ -29,13 +29,16 @@ PROBABILITY_FLOOR = 1e-12  # log of averaged probabilities: keeps the loss finit
 
 
 def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-            flip: bool = False, resize: int | None = None) -> torch.Tensor:
+            flip: bool = False, resize: int | None = None, probabilities: bool = True) -> torch.Tensor:
     """Class probabilities [N, C, H, W] at the input size, averaged over ``scales`` (and mirrored inputs).
 
     Each scaled input is resized bilinearly, its logits resized back to the input size and
     softmaxed; averaging probabilities (not logits) is DeepLab's multi-scale test. ``resize`` first
     brings the short side to that many pixels (the scales apply to that size); the probabilities still
-    come back at the input size, so scores are taken against the full-size labels.
+    come back at the input size, so scores are taken against the full-size labels. Without ``probabilities``, a
+    single pass (one scale, no flip) returns its logits at the input size instead: the same argmax, without the
+    softmax (what a score that reads only the predicted classes needs); several passes still average
+    probabilities.
     """
     height, width = images.shape[-2:]
     base = (height, width)
@@ -43,6 +46,7 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
         factor = resize / min(height, width)
         base = (max(1, round(height * factor)), max(1, round(width * factor)))
     total = None
+    softmax = probabilities or len(scales) > 1 or flip
     for scale in scales:
         size = (max(1, math.ceil(base[0] * scale)), max(1, math.ceil(base[1] * scale)))
         scaled = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear",
@@ -53,22 +57,9 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            probabilities = logits.softmax(dim=1)
-            total = probabilities if total is None else total + probabilities
+            scores = logits.softmax(dim=1) if softmax else logits
+            total = scores if total is None else total + scores
     return total / (len(scales) * (2 if flip else 1))
-
-
-def class_scores(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
-                 resize: int | None = None, probabilities: bool = True) -> torch.Tensor:
-    """``predict``'s probabilities; without ``probabilities``, for a single pass at the input size, its logits
-    resized to the input size instead: the same argmax, without the softmax (what a reward that reads only the
-    predicted classes needs)."""
-    if probabilities or len(scales) != 1 or flip or resize is not None or scales[0] != 1.0:
-        return predict(model, images, scales, flip, resize)
-    logits = model(images).float()
-    if logits.shape[-2:] != images.shape[-2:]:
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
 
 
 @torch.no_grad()
@@ -88,7 +79,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, num_classes:
     context = context or DistributedContext()
     for images, masks in tqdm(loader, desc=desc, leave=False, disable=None if context.is_main else True):
         images, masks = images.to(device), masks.to(device)
-        probabilities = class_scores(model, images, scales, flip, resize, probabilities=loss)
+        probabilities = predict(model, images, scales, flip, resize, probabilities=loss)
         if loss and (masks != IGNORE_INDEX).any():  # no labelled pixel, no loss (the mean over none is NaN)
             log_probabilities = probabilities.clamp_min(PROBABILITY_FLOOR).log()
             total_loss += F.nll_loss(log_probabilities, masks, ignore_index=IGNORE_INDEX).item()
