@@ -82,24 +82,27 @@ class Checkpointer:
     """The state of a run, named once for saving and for restoring (detectron2's ``Checkpointer``).
 
     ``header`` holds what describes the run (system, stage, arguments, classes, its data split...);
-    ``model`` and every object in ``stateful`` (optimizers, schedulers, loss scalers: anything with
-    ``state_dict``/``load_state_dict``) are saved under their keyword, with the RNG state.
+    ``model`` (if any: the decoder search trains its candidates' networks apart) and every object in
+    ``stateful`` (optimizers, schedulers, loss scalers: anything with ``state_dict``/``load_state_dict``) are
+    saved under their keyword, with the RNG state.
     """
 
-    def __init__(self, header: dict[str, Any], model: torch.nn.Module, **stateful: Any) -> None:
+    def __init__(self, header: dict[str, Any], model: torch.nn.Module | None = None, **stateful: Any) -> None:
         self.header = header
         self.model = model
         self.stateful = stateful
 
     def state(self, **progress: Any) -> dict[str, Any]:
-        """Everything to save, plus ``progress`` (epoch, best score, partial epoch)."""
-        return {**self.header, "model": self.model.state_dict(),
-                **{key: obj.state_dict() for key, obj in self.stateful.items()}, "rng": rng_state(), **progress}
+        """Everything to save, plus ``progress`` (epoch, best score, partial epoch, a search's own state)."""
+        model = {} if self.model is None else {"model": self.model.state_dict()}
+        return {**self.header, **model, **{key: obj.state_dict() for key, obj in self.stateful.items()},
+                "rng": rng_state(), **progress}
 
     def restore(self, checkpoint: dict[str, Any], source: str) -> None:
         """Load a checkpoint written from ``state`` into the model and every stateful object, and restore
         the RNG; a model whose weights do not fit is one UserError naming ``source``."""
-        load_model_state(self.model, checkpoint["model"], source)
+        if self.model is not None:
+            load_model_state(self.model, checkpoint["model"], source)
         for key, obj in self.stateful.items():
             obj.load_state_dict(checkpoint[key])
         restore_rng_state(checkpoint["rng"])

@@ -31,26 +31,41 @@ Evaluate = Callable[[int, "SummaryWriter | None"], dict[str, Any]]
 
 class TensorBoardLog(Hook):
     """Each step's first scalar as ``train/loss`` and the learning rate as ``train/lr``; a resumed run
-    first drops the events past its checkpoint. ``writer`` is None without a log folder (ranks > 0)."""
+    first drops the events past its checkpoint. ``writer`` is None without a log folder (ranks > 0).
+    A loop that is not the ``Trainer``'s (the decoder search's rounds) calls ``open``, ``add_scalars`` and
+    ``close`` itself."""
 
     def __init__(self, log_dir: Path | None) -> None:
         self.log_dir = log_dir
         self.writer: SummaryWriter | None = None
 
-    def before_train(self, trainer: Trainer) -> None:
+    def open(self, purge_step: int) -> None:
+        """Start writing; the events at ``purge_step`` and later (an interrupted run's) are dropped."""
         if self.log_dir is not None:
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=trainer.global_step)
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
+
+    def add_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """Each of ``values`` as ``prefix/name`` at ``step`` (nothing without a writer)."""
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.open(trainer.global_step)
 
     def after_step(self, trainer: Trainer) -> None:
         if self.writer is None or not trainer.last:
             return
         step = trainer.global_step - 1
-        self.writer.add_scalar("train/loss", next(iter(trainer.last.values())), step)
-        self.writer.add_scalar("train/lr", trainer.step.learning_rate(), step)
+        self.add_scalars("train", {"loss": next(iter(trainer.last.values())), "lr": trainer.step.learning_rate()},
+                         step)
 
     def after_train(self, trainer: Trainer) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.close()
 
 
 class Validation(Hook):
@@ -77,9 +92,7 @@ class MetricsLog(Hook):
         record, epoch = trainer.record, trainer.epoch
         append_jsonl(self.path, record)
         scalars = {key: value for key, value in record.items() if isinstance(value, float)}
-        if self.tensorboard.writer is not None:
-            for key, value in scalars.items():
-                self.tensorboard.writer.add_scalar(f"epoch/{key}", value, epoch)
+        self.tensorboard.add_scalars("epoch", scalars, epoch)
         logging.getLogger(LOGGER_NAME).info(
             f"epoch {epoch}: " + ", ".join(f"{key} {value:.4f}" for key, value in scalars.items())
             + "".join(trainer.notes))

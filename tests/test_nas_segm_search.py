@@ -19,7 +19,8 @@ from modeling.architecture_file import load_architecture
 from modeling.nas_segm.genotype import DecoderGenotype
 from search.nas_segm.agents import UniformPolicy
 from search.nas_segm.controller import action_to_config
-from search.nas_segm.stage import SAMPLING, ranked_candidates
+from search.nas_segm.stage import ranked_candidates
+from search.nas_segm.strategy import SAMPLING
 from tests.conftest import NAS_SEGM_DATA, NAS_SEGM_SEARCH, ROOT, PreemptAfterStep, Preempted, SignalAtStep, launch
 from utils.errors import UserError
 from utils.seeds import derived_seed

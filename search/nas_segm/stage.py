@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
-from torch.utils.tensorboard import SummaryWriter
 
 from dataloaders import SeededSampler, SegmentationDataset, keep_data_split, make_loader, training_sources
 from dataloaders.transforms import candidate_eval_transform, candidate_train_transform
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import Checkpointer, save_checkpoint
 from engine.distributed import DistributedContext, broadcast_object, gather_objects
+from engine.hooks import TensorBoardLog
 from engine.interrupt import RunInterrupted, StopRequest
 from engine.precision import PrecisionStep, amp_dtype
 from engine.run_dir import RunDir, append_jsonl
@@ -43,19 +43,19 @@ from modeling.nas_segm.genotype import DecoderGenotype
 from modeling.nas_segm.network import DecoderSearchNetwork
 from modeling.nas_segm.plots import plot_decoder
 from modeling.registry import load_trained_model
-from search.nas_segm.agents import Agent, RandomSearch, make_agent
+from search.nas_segm.agents import make_agent
 from search.nas_segm.candidates import (CachedFeatures, CandidateInterrupted, CandidateRecipe, DecoderStep,
                                         EncoderFeatures, EndToEndStep, FeatureCache, PolyakAverage, RunningMaxStop,
                                         ScoreAndDecide, StopBetweenSteps, build_feature_cache, geometric_reward,
                                         make_optimizer)
-from search.nas_segm.controller import action_to_config
+from search.nas_segm.strategy import CACHING, CONTROLLER, DECIDING, TRAINING, ControllerSearch
 from search.registry import SearchSystem, register_system
 from utils.errors import UserError
 from utils.plots import plot_curves, save_figure
 from utils.seeds import derived_seed
 
 SYSTEM = DecoderGenotype.system
-SAMPLING, TRAINING, DECIDING, CACHING, CONTROLLER = 1, 2, 3, 4, 5  # keys of the seeds derived from --seed
+CURVES = ("reward", "miou", "baseline", "entropy", "latency_ms")  # TensorBoard's scalars of a scored candidate
 
 
 def candidate_recipe(args: argparse.Namespace) -> CandidateRecipe:
@@ -237,17 +237,6 @@ class CandidateRunner:
                 return
 
 
-def sample_round(agent: Agent | RandomSearch, space: str, indices: range, seed: int) -> list[dict[str, Any]]:
-    """The round's candidates, each drawn from the policy with a generator seeded by its index."""
-    plans = []
-    for index in indices:
-        generator = torch.Generator().manual_seed(derived_seed(seed, index, SAMPLING))
-        action, log_prob, entropy = agent.controller.sample(generator)
-        plans.append({"candidate": index, "action": action, "config": action_to_config(space, action),
-                      "log_prob": float(log_prob), "entropy": float(entropy)})
-    return plans
-
-
 def compact(config: Any) -> str:
     return json.dumps(config, separators=(",", ":"))
 
@@ -306,21 +295,18 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
 
     torch.manual_seed(derived_seed(args.seed, CONTROLLER))  # whatever was built before (a teacher or not)
     agent = make_agent(args.agent, args.space, args.lstm_hidden_size, args.ctrl_lr, args.seed, args.ctrl_baseline_decay)
-    monitors = [[RunningMaxStop() for _ in range(recipe.checks(stage))] for stage in (0, 1)]
-    records: list[dict[str, Any]] = []
-    next_candidate, failures_in_a_row = 0, 0
+    strategy = ControllerSearch(agent, args.space, args.seed, [recipe.checks(stage) for stage in (0, 1)])
     if resumed is not None:
-        agent.load_state_dict(resumed["agent"])
-        for stage, states in zip(monitors, resumed["monitors"]):
-            for monitor, state in zip(stage, states):
-                monitor.load_state_dict(state)
-        records, next_candidate = list(resumed["candidates"]), resumed["next_candidate"]
-        failures_in_a_row = resumed["failures_in_a_row"]
-        logger.info(f"resumed at candidate {next_candidate} ({len(records)} recorded)")
-    writer = None
+        strategy.load_state_dict(resumed)
+        logger.info(f"resumed at candidate {strategy.next_candidate} ({len(strategy.records)} recorded)")
+    checkpointer = Checkpointer({"system": SYSTEM, "stage": "search", "args": vars(args), "classes": sources.classes,
+                                 "data_split": sources.data_split,
+                                 "split": {"meta_train": list(meta_train), "meta_val": list(meta_val)},
+                                 "cache_bytes": stage0.nbytes})
+    tensorboard = TensorBoardLog(run_dir.tensorboard if run_dir else None)
+    tensorboard.open(purge_step=strategy.next_candidate)
     if run_dir is not None:
-        run_dir.candidates.write_text("".join(json.dumps(r) + "\n" for r in records))
-        writer = SummaryWriter(str(run_dir.tensorboard), purge_step=next_candidate)
+        run_dir.candidates.write_text("".join(json.dumps(r) + "\n" for r in strategy.records))
         logger.info(f"decoder search ({args.space} space, {args.agent}): {args.dataset} ({args.num_classes} classes), "
                     f"{len(meta_train)} images train the candidates and {len(meta_val)} score them; stage 0 on "
                     f"{len(chosen)} of them, " + (f"cached: {stage0.nbytes / 2**20:.1f} MiB on {device}"
@@ -333,21 +319,13 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
         logger.warning(f"warning: --parallel_candidates {args.parallel_candidates} is below the {context.world_size} "
                        "processes: some will wait idle")
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {"system": SYSTEM, "stage": "search", "args": vars(args), "classes": sources.classes,
-                "data_split": sources.data_split, "split": {"meta_train": list(meta_train), "meta_val": list(meta_val)},
-                "agent": agent.state_dict(), "monitors": [[m.state_dict() for m in stage] for stage in monitors],
-                "candidates": records, "next_candidate": next_candidate, "failures_in_a_row": failures_in_a_row,
-                "cache_bytes": stage0.nbytes}
-
     with StopRequest(run_dir.checkpoint if run_dir else None) as stop:
         runner = CandidateRunner(args, recipe, CandidateData(stage0, train_set, meta_train, val_loader, encoder_state),
                                  device, context.rank, stop, hooks)
-        while next_candidate < args.num_candidates:
-            indices = range(next_candidate, min(next_candidate + args.parallel_candidates, args.num_candidates))
-            plans = broadcast_object(sample_round(agent, args.space, indices, args.seed) if context.is_main else None,
-                                     context)
-            snapshot = copy.deepcopy(monitors)
+        while strategy.next_candidate < args.num_candidates:
+            indices = strategy.next_round(args.parallel_candidates, args.num_candidates)
+            plans = broadcast_object(strategy.sample(indices) if context.is_main else None, context)
+            snapshot = copy.deepcopy(strategy.monitors)
             mine = [runner.run(plan, snapshot) for plan in plans
                     if (plan["candidate"] - indices.start) % context.world_size == context.rank]
             results = sorted((r for part in gather_objects(mine, context) for r in part), key=lambda r: r["candidate"])
@@ -358,31 +336,23 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                 raise RunInterrupted(f"stopped during candidates {indices.start}..{indices.stop - 1}, which are "
                                      f"dropped and redone on resume; continue with --resume {path}",
                                      signum if signum is not None else signals[0])
-            for result, plan in zip(results, plans):
-                for check in result.get("checks", []):  # the state only moves: the draw is unused
-                    monitors[check["stage"]][check["point"]].step(check["reward"], np.random.default_rng(0))
-                failures_in_a_row = 0 if result["status"] == "ok" else failures_in_a_row + 1
-                if result["status"] == "ok" and context.is_main:
-                    agent.update(result["reward"], plan["action"], plan["log_prob"])
-                    result["baseline"] = agent.baseline
-                records.append(result)
-                if run_dir is not None:
+            strategy.record(plans, results, learn=context.is_main)
+            if run_dir is not None:
+                for result in results:
                     append_jsonl(run_dir.candidates, result)
                     logger.info(describe_record(result))
                     if result["status"] == "ok":
-                        for key in ("reward", "miou", "baseline", "entropy", "latency_ms"):
-                            writer.add_scalar(f"candidate/{key}", result[key], result["candidate"])
-            next_candidate = indices.stop
-            if run_dir is not None:
-                save_checkpoint(checkpoint_state(), run_dir.checkpoint)
-            if failures_in_a_row >= args.max_failures:
-                raise UserError(f"{failures_in_a_row} candidates in a row failed, the last with "
+                        tensorboard.add_scalars("candidate", {key: result[key] for key in CURVES}, result["candidate"])
+                save_checkpoint(checkpointer.state(**strategy.state_dict()), run_dir.checkpoint)
+            if strategy.failures_in_a_row >= args.max_failures:
+                raise UserError(f"{strategy.failures_in_a_row} candidates in a row failed, the last with "
                                 f"{results[-1]['failure']}; see "
                                 f"{run_dir.candidates if run_dir else 'candidates.jsonl'}. "
                                 "Lower --batch-size or --crop-size, or raise --max_failures; --resume continues")
+    tensorboard.close()
     if run_dir is None:
         return None
-    writer.close()
+    records = strategy.records
     save_figure(plot_curves(records, ["reward", "baseline"], x_key="candidate", title="decoder search"),
                 run_dir.curves("search"))
     scored = [r for r in records if r["status"] == "ok"]
