@@ -4,8 +4,10 @@ The checkpoint names its search system, whose registered decoder derives the arc
 (``search.registry``). For Auto-DeepLab the network path is the Viterbi path over the normalised β,
 and the cell keeps, per block, the two incoming edges whose strongest non-`none` op weighs most
 (paper Sec. 4.3). For the nas-segm decoder search it is the best-scored candidate (each distinct decoder
-counted once), and the best ones are printed as a table. For Auto-Panoptic it runs the path-priority greedy search
-on the trained supernet. ``--strategy random`` writes the random-search baseline of the same space instead.
+counted once), and the best ones are printed as a table. For Auto-Panoptic it is each layer's best op on the
+path-priority greedy search's scoreboard (``greedy_search.json``, filled by the search stage); what the search stage
+did not score (``--no-greedy-search``, or a search stopped during it) is scored here first, on one process.
+``--strategy random`` writes the random-search baseline of the same space instead.
 """
 
 from __future__ import annotations

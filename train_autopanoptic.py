@@ -1,11 +1,14 @@
 """Stage 1 of Auto-Panoptic (Wu et al., NeurIPS 2020): train the one-shot Panoptic-FPN supernet with fair path
-sampling. Its 56 choice layers (40 backbone blocks of 4 ops, 4 mask-head and 3 semantic-subnet layers of 6 ops, 9
-inter-modular attention layers of 3 reductions at the paper's sizes) take one op each per iteration; over every
-12 iterations each op of each layer is used equally often, and the optimiser steps once on the summed gradients.
+sampling, then run the path-priority greedy search on it. The supernet's 56 choice layers (40 backbone blocks of 4
+ops, 4 mask-head and 3 semantic-subnet layers of 6 ops, 9 inter-modular attention layers of 3 reductions at the
+paper's sizes) take one op each per iteration; over every 12 iterations each op of each layer is used equally often,
+and the optimiser steps once on the summed gradients. The greedy search then scores cycles of 12 fairly sampled
+candidate paths by held-out PQ after BatchNorm recalibration, one candidate per process at a time under torchrun.
 
 ``checkpoint.pth.tar`` is written every ``--checkpoint-period`` iterations, after each pass over the data and on
-SIGTERM; ``--resume`` continues exactly. ``decode_autodeeplab.py --resume RUN`` then runs the path-priority greedy
-search and writes ``architecture.json``. The training itself is ``search.autopanoptic.stage.search``.
+SIGTERM, and ``greedy_search.json`` after every round of candidates; ``--resume`` continues either exactly.
+``decode_autodeeplab.py --resume RUN`` then writes ``architecture.json`` from the search's scoreboard. The stage
+itself is ``search.autopanoptic.stage.search``.
 """
 
 from __future__ import annotations

@@ -417,7 +417,7 @@ def supernet_estimates(system: str, search_dir: Path, architectures: Sequence[Pa
     from search.autopanoptic.stage import SupernetScoring
 
     scoring = SupernetScoring(checkpoint, checkpoint_path)
-    return [float(scoring.evaluator(genotype.path)) for genotype in genotypes]
+    return [scoring.evaluator(genotype.path)["pq"] for genotype in genotypes]
 
 
 def rewards(architectures: Sequence[Path]) -> list[float]:

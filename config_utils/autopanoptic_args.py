@@ -1,5 +1,5 @@
 """Arguments of the Auto-Panoptic search (train_autopanoptic.py: the supernet's sizes, its training schedule and
-the greedy path search that decode_autodeeplab.py runs on it) and of its retrain (train_new_model.py given an
+the greedy path search that follows it) and of its retrain (train_new_model.py given an
 Auto-Panoptic architecture). Unset flags come from the dataset's recipe
 (``config_utils.recipes``): the paper's settings on COCO panoptic, a scaled-down supernet (same algorithm,
 fewer blocks and channels, smaller images, fewer iterations) on the synthetic panoptic data.
@@ -103,8 +103,9 @@ def autopanoptic_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="train_autopanoptic.py",
                     description="Auto-Panoptic (NeurIPS 2020), stage 1: train the one-shot Panoptic-FPN supernet "
                                 "(backbone blocks, mask-head and semantic-subnet layers, inter-modular attention) "
-                                "with fair path sampling. decode_autodeeplab.py then runs the path-priority greedy "
-                                "search on it.")
+                                "with fair path sampling, then run the path-priority greedy search on it (candidate "
+                                "paths scored by held-out PQ after BatchNorm recalibration). decode_autodeeplab.py "
+                                "then writes the searched architecture from its scoreboard.")
     parser.add_config_flag()
     add_dataset_arguments(parser)
     parser.set_defaults(dataset="synthetic_panoptic")
@@ -120,7 +121,11 @@ def autopanoptic_parser() -> argparse.ArgumentParser:
     add_flag(schedule, "warmup-iters", type=non_negative_int, default=None, locked=True,
              help="linear warm-up from 0.1 x the learning rate (the paper: 3000), then cosine to 0")
     _add_optimiser_flags(schedule)
-    greedy = parser.add_argument_group("greedy path search (run by decode_autodeeplab.py)")
+    greedy = parser.add_argument_group("greedy path search (after the supernet, in this stage)")
+    add_flag(greedy, "greedy-search", action=argparse.BooleanOptionalAction, default=True,
+             help="run the path-priority greedy search once the supernet is trained, one candidate per process at a "
+                  "time, resumable with --resume; --no-greedy-search trains the supernet only, and "
+                  "decode_autodeeplab.py runs the search on one process (default: on)")
     add_flag(greedy, "search-cycles", type=positive_int, default=None,
              help="cycles of 12 fairly sampled candidate paths (the paper: 5)")
     add_flag(greedy, "bn-recalibration-iters", type=positive_int, default=None,

@@ -13,10 +13,11 @@ def decode_parser() -> argparse.ArgumentParser:
                     description="Decode a search checkpoint of any system into architecture.json and "
                                 "architecture.png: for Auto-DeepLab the Viterbi network path and cell genotype (quick"
                                 "); for the nas-segm decoder search the best-scored candidate (the ranking is "
-                                "printed; quick); for Auto-Panoptic the path-priority greedy search on the trained "
-                                "supernet, which scores cycles of candidate paths by held-out PQ (the paper: 60 "
-                                "candidates, each scored on 5,000 held-out images after 500 batches of BatchNorm "
-                                "recalibration) and resumes where it stopped.")
+                                "printed; quick); for Auto-Panoptic each layer's best op on the path-priority greedy "
+                                "search's scoreboard, which train_autopanoptic.py fills (quick; a search run with "
+                                "--no-greedy-search or stopped during its greedy search has the rest of it run here, "
+                                "on one process, resuming where it stopped: the paper scores 60 candidate paths, each "
+                                "on 5,000 held-out images after 500 batches of BatchNorm recalibration).")
     parser.add_config_flag()
     add_flag(parser, "resume", type=resume_checkpoint, default=None, metavar="CHECKPOINT",
              help="search checkpoint, or its run directory (default: the newest "

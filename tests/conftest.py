@@ -46,7 +46,7 @@ NAS_SEGM_SEARCH = NAS_SEGM_DATA + ["--batch-size", "4", "4", "--crop-size", "32"
 AUTOPANOPTIC_SEARCH = ["--synthetic_train_samples", "16", "--synthetic_val_samples", "2", "--synthetic_size", "64",
                        "--min-size", "64", "--max-size", "64", "--held-out", "4", "--max-iter", "24", "--warmup-iters",
                        "4", "--checkpoint-period", "12", "--search-cycles", "2", "--bn-recalibration-iters", "2",
-                       "--deterministic"]
+                       "--deterministic", "--no-greedy-search"]
 AUTOPANOPTIC_RETRAIN = ["--synthetic_train_samples", "12", "--synthetic_val_samples", "3", "--synthetic_size", "64",
                         "--min-size", "64", "--max-size", "64", "--max-iter", "8", "--lr-steps", "5", "7",
                         "--warmup-iters", "2", "--checkpoint-period", "4"]

@@ -4,6 +4,7 @@ the retrain of its result (or of the original's released file), evaluation by PQ
 
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -250,24 +251,12 @@ def test_a_semantic_dataset_cannot_retrain_a_panoptic_architecture(tmp_path):
                               str(RELEASED / RELEASED_FILES["COCO_3.8G"]), "--out-dir", str(tmp_path / "run")])
 
 
-@pytest.mark.slow
-def test_two_processes_train_the_supernet_on_the_same_paths(tmp_path):
-    """Under torchrun every process takes the iteration's path from the seed alone; the gradients of each window
-    are averaged over the processes, which fails outright if the processes ran different paths (their sets of
-    gradients would differ)."""
-    args = AUTOPANOPTIC_SEARCH + ["--max-iter", "13", "--out-dir", str(tmp_path / "two")]
-    output = launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py", args, tmp_path / "logs")
-    assert "2 process(es)" in output
-    state = load_checkpoint(tmp_path / "two" / "checkpoint.pth.tar")
-    assert state["step"]["iterations"] == 13 and state["step"]["gradients"]
-    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+def without_seconds(records):
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
 
 
-@pytest.mark.slow
-def test_sigterm_stops_the_greedy_search_after_the_candidate_in_hand(tmp_path, supernet_run, monkeypatch):
-    state_file = supernet_run / autopanoptic.GREEDY_STATE
-    saved = state_file.read_text() if state_file.is_file() else None
-    state_file.unlink(missing_ok=True)
+def sigterm_at_the_third_candidate(monkeypatch):
+    """SIGTERM as the third candidate is scored; returns the list of the candidates scored."""
     original, calls = autopanoptic.CandidateEvaluator.__call__, []
 
     def signalled_at_the_third(self, path):
@@ -277,6 +266,72 @@ def test_sigterm_stops_the_greedy_search_after_the_candidate_in_hand(tmp_path, s
         return original(self, path)
 
     monkeypatch.setattr(autopanoptic.CandidateEvaluator, "__call__", signalled_at_the_third)
+    return calls
+
+
+def forbid_scoring(monkeypatch):
+    def refuse(self, path):
+        raise AssertionError(f"decode scored candidate {path}: the search stage had scored them all")
+    monkeypatch.setattr(autopanoptic.CandidateEvaluator, "__call__", refuse)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_supernet_on_the_same_paths_and_share_the_greedy_search(tmp_path, monkeypatch):
+    """Under torchrun every process takes the iteration's path from the seed alone; the gradients of each window
+    are averaged over the processes, which fails outright if the processes ran different paths (their sets of
+    gradients would differ). The greedy search that follows gives each process one candidate per round and scores
+    them as one process does; decode then reads its scoreboard and scores nothing."""
+    run = tmp_path / "two"
+    args = AUTOPANOPTIC_SEARCH + ["--max-iter", "13", "--greedy-search", "--search-cycles", "1", "--out-dir", str(run)]
+    output = launch(["torch.distributed.run", "--standalone"], "train_autopanoptic.py", args, tmp_path / "logs")
+    assert "2 process(es)" in output and "candidate 12/12" in output and "search finished" in output
+    state = load_checkpoint(run / "checkpoint.pth.tar")
+    assert state["step"]["iterations"] == 13 and state["step"]["gradients"]
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+    shared = json.loads((run / autopanoptic.GREEDY_STATE).read_text())
+    cycle = [tuple(path) for path in shared["search"]["candidates"][0]]
+    assert [tuple(r["path"]) for r in shared["records"]] == list(dict.fromkeys(cycle))  # each once, in cycle order
+
+    with monkeypatch.context() as patch:
+        forbid_scoring(patch)
+        genotype = decode(run, tmp_path / "decoded")
+    scores = dict(zip(cycle, rank_scores([r["pq"] for r in shared["records"]])))
+    boards = [[sum(score for path, score in scores.items() if path[layer] == op) for op in range(n)]
+              for layer, n in enumerate(layer_choices(REPEATS))]
+    assert genotype.source["scoreboard"] == boards and genotype.source["candidates_scored"] == len(cycle)
+
+    (run / autopanoptic.GREEDY_STATE).unlink()
+    alone = decode(run, tmp_path / "alone")  # the same search on one process
+    assert alone.path == genotype.path
+    assert without_seconds(json.loads((run / autopanoptic.GREEDY_STATE).read_text())["records"]) == \
+        without_seconds(shared["records"])
+
+
+@pytest.mark.slow
+def test_the_search_stage_resumes_its_greedy_search_after_sigterm(tmp_path, supernet_run, monkeypatch):
+    """A supernet run with --no-greedy-search, resumed with --greedy-search: the search runs in the stage; SIGTERM
+    stops it after the candidate in hand, and --resume scores only the rest."""
+    run = tmp_path / "run"
+    shutil.copytree(supernet_run, run, ignore=shutil.ignore_patterns("*.json"))
+    shutil.copy(supernet_run / "args.json", run / "args.json")
+    calls = sigterm_at_the_third_candidate(monkeypatch)
+    flags = ["--resume", str(run), "--greedy-search", "--search-cycles", "1"]
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM after 3 of 12 candidates"):
+        train_autopanoptic.main(flags)
+    assert len(json.loads((run / autopanoptic.GREEDY_STATE).read_text())["records"]) == 3
+    train_autopanoptic.main(flags)
+    records = json.loads((run / autopanoptic.GREEDY_STATE).read_text())["records"]
+    assert len(calls) == len(records) == 12 and len({tuple(r["path"]) for r in records}) == 12
+    forbid_scoring(monkeypatch)
+    assert decode(run, tmp_path / "decoded").source["candidates_scored"] == 12
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_greedy_search_after_the_candidate_in_hand(tmp_path, supernet_run, monkeypatch):
+    state_file = supernet_run / autopanoptic.GREEDY_STATE
+    saved = state_file.read_text() if state_file.is_file() else None
+    state_file.unlink(missing_ok=True)
+    calls = sigterm_at_the_third_candidate(monkeypatch)
     try:
         with pytest.raises(RunInterrupted, match="stopped by SIGTERM after 3 of 24 candidates"):
             decode(supernet_run, tmp_path / "out")

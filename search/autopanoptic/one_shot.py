@@ -211,6 +211,20 @@ class ScoredPathSearch:
         self.candidates = candidates
         self.fitness: dict[OpPath, float] = {}
 
+    def pending(self) -> list[OpPath]:
+        """The candidates without a fitness, cycle by cycle, each path once: what is left to evaluate."""
+        left: list[OpPath] = []
+        for cycle in self.candidates:
+            left.extend(path for path in cycle if path not in self.fitness and path not in left)
+        return left
+
+    def record(self, path: OpPath, fitness: float) -> None:
+        """Keep ``path``'s fitness; a non-finite one is a ValueError and nothing is kept."""
+        fitness = float(fitness)
+        if not math.isfinite(fitness):
+            raise ValueError(f"path {list(path)}: non-finite fitness {fitness}")
+        self.fitness[tuple(path)] = fitness
+
     def run(self, evaluate: Callable[[OpPath], float],
             on_evaluated: Callable[[OpPath, float], None] | None = None) -> OpPath:
         """Evaluate, cycle by cycle, every candidate without a fitness, and return the searched architecture.
@@ -219,16 +233,10 @@ class ScoredPathSearch:
         cache: save ``state_dict`` there). An exception from ``evaluate`` propagates with nothing recorded for
         that path, and so does a non-finite fitness, as a ValueError; the search resumes from its state.
         """
-        for cycle in self.candidates:
-            for path in cycle:
-                if path in self.fitness:
-                    continue
-                fitness = float(evaluate(path))
-                if not math.isfinite(fitness):
-                    raise ValueError(f"path {list(path)}: non-finite fitness {fitness}")
-                self.fitness[path] = fitness
-                if on_evaluated is not None:
-                    on_evaluated(path, fitness)
+        for path in self.pending():
+            self.record(path, evaluate(path))
+            if on_evaluated is not None:
+                on_evaluated(path, self.fitness[path])
         return self.architecture()
 
     def architecture(self) -> OpPath:

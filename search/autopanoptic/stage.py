@@ -1,6 +1,6 @@
 """Auto-Panoptic (NeurIPS 2020) as a search system: the one-shot supernet trained with fair path sampling, then
-the path-priority greedy search that decodes it (Wu et al., NeurIPS 2020, Sec. 3; the original's engine/trainer.py
-and engine/architecture_search.py).
+the path-priority greedy search on it, both in the search stage, and the decoding of its scoreboard (Wu et al.,
+NeurIPS 2020, Sec. 3; the original's engine/trainer.py and engine/architecture_search.py).
 
 Supernet training: iteration ``it`` (from 1) runs the ``FairPathSampler``'s path on every process; gradients
 are summed over each window of 12 iterations and the optimiser steps at its end, with the original's
@@ -20,7 +20,7 @@ import json
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from dataloaders import SeededSampler, get_dataset_info, make_loader, training_s
 from dataloaders.panoptic import PanopticDataset, PanopticTransform, collate, trainable_indices
 from engine.checkpoint import Checkpointer, load_model_state
 from engine.cli import resolve_device
-from engine.distributed import DistributedContext, all_reduce_mean
+from engine.distributed import DistributedContext, all_reduce_mean, broadcast_object, gather_objects
 from engine.hooks import StageRun, fit_stage, resume_point
 from engine.interrupt import RunInterrupted, StopRequest
 from engine.precision import PrecisionStep
@@ -163,7 +163,8 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: DistributedContext,
            argv: list[str] | None, hooks: Sequence[Hook] = ()) -> RunDir | None:
-    """Train (or resume training) the supernet; rank 0 returns the run directory."""
+    """Train (or resume training) the supernet, then (``--greedy-search``, the default) run (or finish) the greedy
+    search on it, its candidates spread over the processes; rank 0 returns the run directory."""
     process = process_setup(args, context, sync_bn=True)  # the original's SyncBN, where several GPUs run
     device, batch_size = process.device, process.batch_size
     sources = training_sources(args, context, task="panoptic")
@@ -213,10 +214,18 @@ def search(args: argparse.Namespace, resumed: dict[str, Any] | None, context: Di
                                          (["train_loss", "loss_segmentation", "loss_mask"], "supernet"),
                                          args.checkpoint_period),
                   None, max_iters=args.max_iter, desc="supernet", extra=hooks)
+    if args.greedy_search:
+        path = Path(broadcast_object(str(run_dir.checkpoint) if run_dir else None, context))
+        logger.info(f"supernet trained; the greedy search scores {args.search_cycles} cycle(s) of candidates on "
+                    f"{len(held_out)} held-out images, one candidate per process at a time")
+        scoring = SupernetScoring(checkpointer.state(), path, device)
+        scoring.run(GreedyPathSearch(scoring.choices, args.search_cycles, args.seed), GREEDY_STATE, "greedy search",
+                    context, logger.info)
     if run_dir is None:
         return None
-    logger.info(f"supernet trained; checkpoint {run_dir.checkpoint}; search it with: python decode_autodeeplab.py "
-                f"--resume {run_dir.checkpoint}")
+    logger.info(f"{'search finished' if args.greedy_search else 'supernet trained'}; write the architecture with: "
+                f"python decode_autodeeplab.py --resume {run_dir.checkpoint}"
+                + ("" if args.greedy_search else " (it runs the greedy search first, on one process)"))
     return run_dir
 
 
@@ -238,25 +247,24 @@ def recalibrate_batchnorm(model: AutoPanoptic, loader: torch.utils.data.DataLoad
 
 
 class CandidateEvaluator:
-    """A candidate path's fitness: BatchNorm recalibrated on training batches, then PQ on the held-out images
-    (every score is kept in ``records``)."""
+    """A candidate path's scores: BatchNorm recalibrated on training batches, then PQ on the held-out images; the
+    fitness is the PQ. The scores depend on the path alone (the statistics are reset first), so any process may
+    evaluate any candidate."""
 
     def __init__(self, model: AutoPanoptic, recalibration: torch.utils.data.DataLoader,
                  held_out: torch.utils.data.DataLoader, categories: Sequence[dict[str, Any]], args: argparse.Namespace,
                  device: torch.device) -> None:
         self.model, self.recalibration, self.held_out = model, recalibration, held_out
         self.categories, self.args, self.device = categories, args, device
-        self.records: list[dict[str, Any]] = []
 
-    def __call__(self, path: Sequence[int]) -> float:
+    def __call__(self, path: Sequence[int]) -> dict[str, Any]:
+        """``{"path", the SCORES, "seconds"}``."""
         started = time.time()
         recalibrate_batchnorm(self.model, self.recalibration, path, self.args.bn_recalibration_iters, self.device)
         scores = evaluate_panoptic(self.model, self.held_out, self.categories, self.device,
                                    forward=lambda model, images: model(images, path=path), desc="candidate",
                                    stuff_area_limit=self.args.stuff_area_limit)
-        self.records.append({"path": list(path), **{key: scores[key] for key in SCORES},
-                             "seconds": round(time.time() - started, 2)})
-        return scores["pq"]
+        return {"path": list(path), **{key: scores[key] for key in SCORES}, "seconds": round(time.time() - started, 2)}
 
 
 def describe_candidate(record: dict[str, Any]) -> str:
@@ -266,14 +274,14 @@ def describe_candidate(record: dict[str, Any]) -> str:
 
 
 class SupernetScoring:
-    """What scores candidate paths of a trained supernet checkpoint: the supernet itself, the recalibration and
-    held-out loaders, and the ``CandidateEvaluator``; ``run`` drives a path search through it, its every score
+    """What scores candidate paths of a trained supernet: the supernet itself, the recalibration and held-out
+    loaders, and the ``CandidateEvaluator``; ``run`` drives a path search through it, its every score (``records``)
     kept in a state file beside the checkpoint so that an interrupted search (SIGTERM, a crash) continues where it
-    stopped."""
+    stopped. ``checkpoint`` is a search checkpoint's content and ``path`` where it is (or will be) written."""
 
-    def __init__(self, checkpoint: dict[str, Any], path: Path) -> None:
+    def __init__(self, checkpoint: dict[str, Any], path: Path, device: torch.device | None = None) -> None:
         args = argparse.Namespace(**checkpoint["args"])
-        device = resolve_device(args.device)
+        device = device or resolve_device(args.device)
         categories = checkpoint["categories"]
         things, stuff = class_counts(categories)
         model = AutoPanoptic(things, stuff, None, PanopticSizes.from_args(vars(args)))
@@ -293,38 +301,49 @@ class SupernetScoring:
         self.stage_repeats = tuple(args.stage_repeats)
         self.choices = layer_choices(self.stage_repeats)
         self.evaluator = CandidateEvaluator(model, recalibration, held_out_loader, categories, args, device)
+        self.records: list[dict[str, Any]] = []
         self.supernet = {"checkpoint": str(path.resolve()), "iterations": checkpoint["step"]["iterations"]}
 
-    def run(self, search: ScoredPathSearch, state_name: str, what: str) -> Sequence[int]:
+    def run(self, search: ScoredPathSearch, state_name: str, what: str, context: DistributedContext | None = None,
+            report: Callable[[str], None] = print) -> Sequence[int]:
         """Evaluate ``search``'s candidates not yet in ``state_name`` (beside the checkpoint) and return its
-        architecture; the state is rewritten after each candidate, and SIGTERM stops after the one in hand."""
+        architecture. Under torchrun every process calls this: each round gives one candidate to each process,
+        every process learns every score, and rank 0 rewrites the state after each round; SIGTERM stops after the
+        round in hand. ``report`` gets one line per scored candidate (rank 0)."""
+        context = context or DistributedContext()
         state_file = self.checkpoint_path.resolve().parent / state_name
-        if state_file.is_file():
-            saved = read_greedy_state(state_file, self.supernet)
+        saved = broadcast_object(read_greedy_state(state_file, self.supernet) if context.is_main and
+                                 state_file.is_file() else None, context)
+        if saved is not None:
             search.load_state_dict(saved["search"])
-            self.evaluator.records = saved["records"]
-            print(f"resuming the {what} of {state_file}: {len(search.fitness)} candidate(s) already scored")
-        total = sum(len(cycle) for cycle in search.candidates)
-
-        def saved(candidate: Sequence[int], fitness: float) -> None:
-            with atomic_path(state_file) as temporary:
-                Path(temporary).write_text(json.dumps({"format": GREEDY_FORMAT, "format_version": 1,
-                                                       "supernet": self.supernet, "search": search.state_dict(),
-                                                       "records": self.evaluator.records}) + "\n")
-            print(f"candidate {len(search.fitness)}/{total}: {describe_candidate(self.evaluator.records[-1])}",
-                  flush=True)
-            if stop.signum is not None:
-                raise RunInterrupted(f"{what} stopped by {signal.Signals(stop.signum).name} after "
-                                     f"{len(search.fitness)} of {total} candidates; {state_file} holds them: run the "
-                                     "same command again to continue", stop.signum)
-
+            self.records = saved["records"]
+            if context.is_main:
+                report(f"resuming the {what} of {state_file}: {len(search.fitness)} candidate(s) already scored")
+        total, pending = sum(len(cycle) for cycle in search.candidates), search.pending()
         with StopRequest(state_file, "run the same command again to continue") as stop:
-            return search.run(self.evaluator, saved)
+            for start in range(0, len(pending), context.world_size):
+                mine = pending[start + context.rank:start + context.rank + 1]
+                for record in [r for part in gather_objects([self.evaluator(p) for p in mine], context) for r in part]:
+                    search.record(tuple(record["path"]), record["pq"])
+                    self.records.append(record)
+                    if context.is_main:
+                        report(f"candidate {len(search.fitness)}/{total}: {describe_candidate(record)}")
+                if context.is_main:
+                    with atomic_path(state_file) as temporary:
+                        Path(temporary).write_text(json.dumps({
+                            "format": GREEDY_FORMAT, "format_version": 1, "supernet": self.supernet,
+                            "search": search.state_dict(), "records": self.records}) + "\n")
+                signum = stop.requested(context)
+                if signum is not None:
+                    raise RunInterrupted(f"{what} stopped by {signal.Signals(signum).name} after "
+                                         f"{len(search.fitness)} of {total} candidates; {state_file} holds them: run "
+                                         "the same command again to continue", signum)
+        return search.architecture()
 
     def source(self, search: ScoredPathSearch, architecture: Sequence[int], **extra: Any) -> dict[str, Any]:
         """Where an architecture chosen by ``search`` came from: the supernet, the candidates, its own score."""
-        scored = {tuple(record["path"]): record for record in self.evaluator.records}
-        best = max(self.evaluator.records, key=lambda record: record["pq"])
+        scored = {tuple(record["path"]): record for record in self.records}
+        best = max(self.records, key=lambda record: record["pq"])
         chosen = scored.get(tuple(architecture))
         return {"checkpoint": self.supernet["checkpoint"], "dataset": self.args.dataset,
                 "supernet_iterations": self.supernet["iterations"], "candidates_scored": len(search.fitness),
@@ -333,10 +352,12 @@ class SupernetScoring:
 
 
 def decode(checkpoint: dict[str, Any], path: Path) -> PanopticGenotype:
-    """The path-priority greedy search on a trained supernet: its cycles of fairly sampled candidate paths, each
-    scored by PQ on the held-out images after BatchNorm recalibration, ranked into per-layer scoreboards, and the
-    best op per layer. Every scored candidate is kept in ``greedy_search.json`` beside the checkpoint (written
-    after each), so an interrupted search (SIGTERM, a crash) continues where it stopped."""
+    """The path-priority greedy search's architecture: its cycles of fairly sampled candidate paths, each scored by
+    PQ on the held-out images after BatchNorm recalibration, ranked into per-layer scoreboards, and the best op per
+    layer. Every scored candidate is in ``greedy_search.json`` beside the checkpoint (the search stage fills it);
+    candidates not scored there (``--no-greedy-search``, a search stopped during it) are scored here first, on one
+    process, the file rewritten after each, so an interrupted search (SIGTERM, a crash) continues where it
+    stopped."""
     scoring = SupernetScoring(checkpoint, path)
     greedy = GreedyPathSearch(scoring.choices, scoring.args.search_cycles, scoring.args.seed)
     architecture = scoring.run(greedy, GREEDY_STATE, "greedy search")
