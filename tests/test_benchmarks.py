@@ -154,3 +154,17 @@ def test_part_profile_charges_forward_and_backward_to_the_part_that_ran_them():
     table = profile.table("toy").splitlines()
     assert table[0].split()[0] == "toy" and [row.split()[0] for row in table[1:5]] == ["first", "second", "frozen",
                                                                                          "relu"]
+
+
+def test_controller_update_times_both_ways_at_each_filling(run_in_process, monkeypatch):
+    from search.nas_segm import agents
+
+    monkeypatch.setattr(agents, "PPO_BUFFER", 8)
+    result = run_in_process("benchmarks/controller_update.py", "--spaces", "cvpr", "--filled", "1", "8",
+                            "--repeats", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(row["space"], row["filled"]) for row in rows] == [("cvpr", 1), ("cvpr", 8)]
+    assert all(row["update_s"] > 0 and row["every_backward_s"] > 0 and row["speedup"] > 0 for row in rows)
+    refused = run_in_process("benchmarks/controller_update.py", "--filled", "9")
+    assert refused.returncode == 2 and "--filled takes 1..8" in refused.stderr

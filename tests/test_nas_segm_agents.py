@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from search.nas_segm.agents import AGENTS, LEARNING_AGENTS, PPO, RandomSearch, UniformPolicy, make_agent
+from search.nas_segm import agents
+from search.nas_segm.agents import AGENTS, LEARNING_AGENTS, PPO, Agent, RandomSearch, UniformPolicy, make_agent
 from search.nas_segm.controller import DecoderController, action_to_config, decision_sizes
 
 
@@ -63,6 +64,37 @@ def test_a_restored_agent_updates_exactly_as_the_original(name):
         agent.update(0.6, action, log_prob.item())
     for key, value in first.controller.state_dict().items():
         assert torch.equal(value, second.controller.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("space", ["cvpr", "wacv"])
+def test_every_controller_parameter_takes_part_in_every_evaluation(space):
+    """What lets PPO skip a backward pass whose gradient is zero: it would have set every parameter's gradient."""
+    torch.manual_seed(0)
+    controller = DecoderController(space, hidden=16)
+    action, _, _ = controller.sample(torch.Generator().manual_seed(1))
+    controller.evaluate(action)[0].backward()
+    assert all(parameter.grad is not None for parameter in controller.parameters())
+
+
+def test_ppo_without_the_zero_gradient_backward_passes_learns_exactly_as_with_them(monkeypatch):
+    monkeypatch.setattr(agents, "PPO_BUFFER", 10)  # 3 real slots and 7 empty ones after 3 updates
+    torch.manual_seed(0)
+    fast, plain = (PPO(DecoderController("wacv", hidden=16), lr=0.01, seed=3) for _ in range(2))
+    plain.controller.load_state_dict(fast.controller.state_dict())
+    plain._step = lambda loss, zero_gradient=False: Agent._step(plain, loss)  # always the backward pass
+    skipped = []
+    fast._step = lambda loss, zero_gradient=False: (skipped.append(zero_gradient), Agent._step(fast, loss,
+                                                                                                 zero_gradient))
+    before = copy.deepcopy(fast.controller.state_dict())
+    generator = torch.Generator().manual_seed(4)
+    for reward in (0.3, 0.6, 0.1):
+        action, log_prob, _ = fast.controller.sample(generator)
+        for agent in (fast, plain):
+            agent.update(reward, action, log_prob.item())
+    assert 0 < sum(skipped) < len(skipped) == 30
+    for key, value in fast.controller.state_dict().items():
+        assert torch.equal(value, plain.controller.state_dict()[key]), key
+    assert not all(torch.equal(value, fast.controller.state_dict()[key]) for key, value in before.items())
 
 
 def test_the_search_script_offers_exactly_the_registered_agents():

@@ -44,10 +44,18 @@ class Agent(RewardBaseline):
         self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _step(self, loss: torch.Tensor, zero_gradient: bool = False) -> None:
+        """One Adam step on ``loss``. ``zero_gradient``: the caller knows the gradient is exactly zero, so the
+        backward pass is skipped and every parameter's gradient set to zero, which is what the backward pass would
+        give (every parameter takes part in every evaluation); clipping leaves zeros as they are, and Adam still
+        steps (its moments decay), as the original's does."""
         self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.controller.parameters(), MAX_GRAD_NORM)
+        if zero_gradient:
+            for parameter in self.controller.parameters():
+                parameter.grad = torch.zeros_like(parameter)
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.controller.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
 
     def update(self, reward: float, action: list[int], log_prob: float) -> None:
@@ -76,8 +84,8 @@ class Reinforce(Agent):
 class PPO(Agent):
     """The original's PPO: a ring buffer of the last 100 (action, log-probability at sampling, reward), empty
     slots zero; each update recomputes every slot's advantage against the new baseline and takes one clipped
-    step per slot, in a random order. (Empty slots contribute no gradient; the first update changes nothing,
-    its one real advantage being 0.)"""
+    step per slot, in a random order. (Empty slots contribute no gradient, so their steps skip the backward pass,
+    but Adam still steps on them; the first update changes nothing, its one real advantage being 0.)"""
 
     def __init__(self, controller: DecoderController, lr: float = LEARNING_RATE, seed: int = 0,
                  baseline_decay: float = BASELINE_DECAY) -> None:
@@ -97,7 +105,11 @@ class PPO(Agent):
             new_log_prob, _ = self.controller.evaluate(self.actions[index].tolist())
             ratio = torch.exp(new_log_prob - self.old_log_probs[index])
             advantage = advantages[index]
-            self._step(-torch.min(ratio * advantage, ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP) * advantage))
+            clipped = ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP)
+            # The minimum is constant, with a gradient of exactly zero, where the advantage is 0 or the clipped
+            # term is chosen outside the clip range: every empty slot (ratio far below 0.9, advantage -baseline).
+            constant = bool(advantage == 0 or (clipped != ratio and clipped * advantage < ratio * advantage))
+            self._step(-torch.min(ratio * advantage, clipped * advantage), zero_gradient=constant)
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"actions": self.actions.clone(), "old_log_probs": self.old_log_probs.clone(),
