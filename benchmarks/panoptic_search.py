@@ -11,6 +11,8 @@ aside from it as the search does). Prints one table (or, with --json, one JSON o
 - ``candidate_eval_s``: one candidate of the greedy search scored as ``search.autopanoptic.stage.CandidateEvaluator``
   scores it: BatchNorm recalibrated over --bn-batches training batches, then PQ on --held-out images, data
   loading included. It grows about linearly with both counts (the paper: 500 batches, 5000 images).
+- ``iteration_s_each``: every iteration's seconds, the warm-up included; with ``--compile`` (the supernet's
+  forward through ``torch.compile``) they show what compiling costs as each iteration brings a new path.
 - ``weights``: the supernet's parameters (every op of every choice layer); the peak memory: the process's peak
   RSS on CPU (``peak_rss_mb``), ``torch.cuda.max_memory_allocated`` on CUDA (``peak_cuda_mb``).
 
@@ -98,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "warmup", type=non_negative_int, default=1, help="unmeasured supernet iterations first")
     add_flag(parser, "threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     add_device_flag(parser)
+    add_flag(parser, "compile", action="store_true",
+             help="run the supernet's iterations through torch.compile (inductor); every iteration's seconds are "
+                  "reported (iteration_s_each), since each new path may compile again. On the CPU build measured "
+                  "(docs/benchmarks.md) the first iteration did not finish in 22 minutes")
     add_flag(parser, "profile", action="store_true",
              help="also profile one supernet iteration and one candidate evaluation by part")
     add_flag(parser, "json", action="store_true", help="print one JSON object instead of a table")
@@ -158,15 +164,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     iterations = args.warmup + args.steps
     batches = [to_device(*batch, device) for batch in islice(cycle_batches(train_loader, 0), iterations)]
     model.train()
-    seconds = []
+    forward = torch.compile(model) if args.compile else model
+    every = []
     for iteration, (images, targets) in enumerate(batches, start=1):
         synchronize(device)
         started = time.perf_counter()
-        losses = model(images, targets, sampler.path(iteration))
+        losses = forward(images, targets, sampler.path(iteration))
         sum(losses.values()).backward()  # gradients add up over the window, as in training
         synchronize(device)
-        if iteration > args.warmup:
-            seconds.append(time.perf_counter() - started)
+        every.append(time.perf_counter() - started)
+    seconds = every[args.warmup:]
     del batches, losses
     model.zero_grad(set_to_none=True)  # the greedy search holds no gradients
 
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "detections_per_image": args.detections_per_image, "stuff_area_limit": args.stuff_area_limit,
         "held_out": args.held_out, "bn_batches": args.bn_batches, "steps": args.steps,
         "weights": sum(p.numel() for p in model.parameters()),
+        "compile": args.compile, "iteration_s_each": [round(value, 3) for value in every],
         "supernet_iteration_s": round(iteration_s, 4), "images_per_s": round(args.batch_size / iteration_s, 3),
         "candidate_eval_s": round(candidate_s, 3),
         "peak_rss_mb" if device.type == "cpu" else "peak_cuda_mb": round(peak_mb, 1),

@@ -83,6 +83,8 @@ def test_panoptic_search_reports_the_supernet_iteration_and_one_candidate_at_the
     assert all("backward" not in times for times in candidate.values())  # scoring runs no backward
     assert candidate["backbone"]["forward"] > 0 and "loss (segmentation)" not in candidate
     assert figures["device"] == "cpu" and figures["threads"] == 1 and figures["steps"] == 1
+    assert figures["compile"] is False and len(figures["iteration_s_each"]) == 1
+    assert figures["supernet_iteration_s"] == pytest.approx(figures["iteration_s_each"][0], abs=1e-3)
     for key in ("weights", "supernet_iteration_s", "images_per_s", "candidate_eval_s", "peak_rss_mb"):
         assert figures[key] > 0, key
     rounding = 0.0001 / figures["supernet_iteration_s"]  # the iteration is rounded to 0.1 ms
