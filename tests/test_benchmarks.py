@@ -25,13 +25,14 @@ def test_search_step_json_has_the_documented_keys(amp):
 
 @pytest.mark.slow
 def test_training_loop_reports_seconds_per_step_of_both_stages():
+    smaller = ["--filter_multiplier", "2", "--crop_size", "32"]  # after --: both stages, after their own flags
     result = run_script("benchmarks/training_loop.py", "--epochs", "2",
-                        "--samples", "8", "--threads", "1", "--json")
+                        "--samples", "8", "--threads", "1", "--json", "--", *smaller)
     assert result.returncode == 0, result.stderr
     figures = [json.loads(line) for line in result.stdout.splitlines()]
     assert [f["stage"] for f in figures] == ["search", "retrain"]
     assert [f["steps_per_epoch"] for f in figures] == [1, 2]
-    assert all(f["step_s"] > 0 and f["wall_s"] > f["step_s"] and f["flags"] == "" for f in figures)
+    assert all(f["step_s"] > 0 and f["wall_s"] > f["step_s"] and f["flags"] == " ".join(smaller) for f in figures)
     assert all(isinstance(f["first_epoch_extra_s"], float) for f in figures)
 
 
