@@ -23,6 +23,16 @@ AUTOPANOPTIC = [4] * 40 + [6] * 7 + [3] * 9  # backbone blocks, head layers, int
 SMALL = [4, 4, 6, 6, 3, 3]
 
 
+def run(search, evaluate, on_evaluated=None):
+    """Score the search's pending candidates in order, as the search stage does on one process; an exception from
+    ``evaluate`` (or a non-finite fitness) propagates with nothing recorded for that path."""
+    for path in search.pending():
+        search.record(path, evaluate(path))
+        if on_evaluated is not None:
+            on_evaluated(path, search.fitness[path])
+    return search.architecture()
+
+
 def test_the_window_of_the_original_search_space_is_12():
     assert window_length(AUTOPANOPTIC) == 12
     assert window_length([6] * 7 + [3] * 9) == 6  # backbone not searched
@@ -180,7 +190,7 @@ def test_each_cycle_is_fair_and_adds_66_to_every_layer():
     rng = np.random.default_rng(0)
     fitness = {path: float(rng.uniform()) for cycle in search.candidates for path in cycle}
     totals = []
-    search.run(lambda path: fitness[path], on_evaluated=lambda path, value: totals.append(
+    run(search, lambda path: fitness[path], on_evaluated=lambda path, value: totals.append(
         [int(board.sum()) for board in search.scoreboard()]))
     assert all(total == [0] * len(AUTOPANOPTIC) for total in totals[:11])
     assert totals[11] == [66] * len(AUTOPANOPTIC) and totals[23] == [132] * len(AUTOPANOPTIC)
@@ -193,7 +203,7 @@ def test_the_search_finds_the_best_op_of_every_layer_of_an_additive_fitness():
     preferred op for 300 of 300 seeds tried, with 5 for about 80%.)"""
     preferred = (2, 0, 5, 1, 0, 2)
     search = GreedyPathSearch(SMALL, cycles=20, seed=2)
-    found = search.run(lambda path: float(sum(op == best for op, best in zip(path, preferred))))
+    found = run(search, lambda path: float(sum(op == best for op, best in zip(path, preferred))))
     assert found == preferred
     assert search.architecture() == search.top_models()[0]
 
@@ -254,12 +264,12 @@ def counted(calls, fail_after=None):
 def test_an_interrupted_search_resumes_to_the_uninterrupted_result(evaluations_before_failure):
     uninterrupted_calls = []
     uninterrupted = GreedyPathSearch(SMALL, cycles=3, seed=4)
-    uninterrupted.run(counted(uninterrupted_calls))
+    run(uninterrupted, counted(uninterrupted_calls))
 
     first_calls, saved = [], []
     interrupted = GreedyPathSearch(SMALL, cycles=3, seed=4)
     with pytest.raises(Preempted):
-        interrupted.run(counted(first_calls, evaluations_before_failure),
+        run(interrupted, counted(first_calls, evaluations_before_failure),
                         on_evaluated=lambda path, value: saved.append(interrupted.state_dict()))
     state = interrupted.state_dict()
     assert len(state["fitness"]) == evaluations_before_failure  # the failed evaluation is not recorded
@@ -273,7 +283,7 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(evaluations_b
     resumed.load_state_dict(restored_state)
     assert resumed.completed_cycles() == evaluations_before_failure // 12
     second_calls = []
-    resumed.run(counted(second_calls))
+    run(resumed, counted(second_calls))
 
     assert not set(first_calls) & set(second_calls)
     assert sorted(first_calls + second_calls) == sorted(uninterrupted_calls)
@@ -286,7 +296,7 @@ def test_cached_cycles_are_scored_after_a_resume():
     """The original's partial resume left cached cycles off the scoreboard."""
     search = GreedyPathSearch(SMALL, cycles=2, seed=4)
     with pytest.raises(Preempted):
-        search.run(counted([], fail_after=12))
+        run(search, counted([], fail_after=12))
     resumed = GreedyPathSearch(SMALL, cycles=2, seed=4)
     resumed.load_state_dict(search.state_dict())
     assert [int(board.sum()) for board in resumed.scoreboard()] == [66] * len(SMALL)
@@ -295,7 +305,7 @@ def test_cached_cycles_are_scored_after_a_resume():
 def test_a_non_finite_fitness_is_refused_and_not_recorded():
     search = GreedyPathSearch(SMALL, cycles=1, seed=0)
     with pytest.raises(ValueError, match="non-finite"):
-        search.run(lambda path: math.nan)
+        run(search, lambda path: math.nan)
     assert search.fitness == {}
 
 
@@ -325,22 +335,22 @@ def test_the_random_search_keeps_the_best_scored_path_the_earliest_on_a_tie():
     search = RandomPathSearch(SMALL, count=6, seed=2)
     paths = search.candidates[0]
     fitness = {path: float(index % 3) for index, path in enumerate(paths)}  # candidates 2 and 5 tie at 2.0
-    assert search.run(fitness.__getitem__) == paths[2]
+    assert run(search, fitness.__getitem__) == paths[2]
     assert len(search.fitness) == len(set(paths))
 
 
 @pytest.mark.parametrize("evaluations_before_failure", [1, 4])
 def test_an_interrupted_random_search_resumes_to_the_uninterrupted_result(evaluations_before_failure):
     uninterrupted_calls = []
-    expected = RandomPathSearch(SMALL, count=6, seed=3).run(counted(uninterrupted_calls))
+    expected = run(RandomPathSearch(SMALL, count=6, seed=3), counted(uninterrupted_calls))
     first_calls = []
     interrupted = RandomPathSearch(SMALL, count=6, seed=3)
     with pytest.raises(Preempted):
-        interrupted.run(counted(first_calls, evaluations_before_failure))
+        run(interrupted, counted(first_calls, evaluations_before_failure))
     resumed = RandomPathSearch(SMALL, count=6, seed=99)  # the candidates come from the state
     resumed.load_state_dict(json.loads(json.dumps(interrupted.state_dict())))
     second_calls = []
-    assert resumed.run(counted(second_calls)) == expected
+    assert run(resumed, counted(second_calls)) == expected
     assert sorted(first_calls + second_calls) == sorted(uninterrupted_calls)
     with pytest.raises(ValueError, match="no candidate"):
         RandomPathSearch(SMALL, count=2, seed=0).architecture()

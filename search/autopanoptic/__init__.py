@@ -1,5 +1,5 @@
 """Auto-Panoptic's search (Wu et al., NeurIPS 2020): fair path sampling, learning-rate groups and the greedy path
-search (``one_shot``), and the supernet's stage run and the search that decodes it (``stage``). Importing the
-package registers the system."""
+search bookkeeping (``one_shot``), and the search stage (the supernet, then the greedy search), its decoding and its
+random search (``stage``). Importing the package registers the system."""
 
 from search.autopanoptic import stage  # noqa: F401 - registers the system

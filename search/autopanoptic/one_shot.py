@@ -225,20 +225,6 @@ class ScoredPathSearch:
             raise ValueError(f"path {list(path)}: non-finite fitness {fitness}")
         self.fitness[tuple(path)] = fitness
 
-    def run(self, evaluate: Callable[[OpPath], float],
-            on_evaluated: Callable[[OpPath, float], None] | None = None) -> OpPath:
-        """Evaluate, cycle by cycle, every candidate without a fitness, and return the searched architecture.
-
-        ``on_evaluated(path, fitness)`` runs after each fitness is recorded (where the original rewrites its
-        cache: save ``state_dict`` there). An exception from ``evaluate`` propagates with nothing recorded for
-        that path, and so does a non-finite fitness, as a ValueError; the search resumes from its state.
-        """
-        for path in self.pending():
-            self.record(path, evaluate(path))
-            if on_evaluated is not None:
-                on_evaluated(path, self.fitness[path])
-        return self.architecture()
-
     def architecture(self) -> OpPath:
         raise NotImplementedError
 
