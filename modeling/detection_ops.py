@@ -80,25 +80,49 @@ def _as_rois(boxes: Tensor | Sequence[Tensor]) -> Tensor:
     return torch.cat([torch.cat(batch_indices), torch.cat(list(boxes))], dim=1)
 
 
-def _roi_axis_samples(start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The sample rows (or columns) of RoIs sharing a grid count, under the RoIAlign kernel's rules.
+OUTSIDE_THE_MAP = -4.0  # a normalised grid_sample coordinate whose bilinear corners all lie outside the map
 
-    Returns the lower and upper pixel indices and their bilinear weights, each [K, bins * grid]. Samples
-    before -1 or past ``size`` get zero weights; the others are clamped into the map.
+
+def _roi_axis_samples(start: Tensor, bin_size: Tensor, bins: int, grid: int, size: int) -> Tensor:
+    """The sample coordinates along one axis of RoIs sharing a grid count, under the RoIAlign kernel's rules.
+
+    Returns [K, bins, grid] coordinates normalised for ``grid_sample`` (align_corners=False: pixel p sits at
+    (2p + 1) / size - 1). As in the kernel, a sample before -1 or past ``size`` reads 0 (it is sent outside
+    the map, where zero padding reads 0) and the others are clamped into [0, size - 1].
     """
     bin_index = torch.arange(bins, dtype=start.dtype, device=start.device)
     step = torch.arange(grid, dtype=start.dtype, device=start.device) + 0.5
     start, bin_size = start[:, None, None], bin_size[:, None, None]
-    coordinate = (start + bin_index[None, :, None] * bin_size + step[None, None, :] * bin_size / grid).flatten(1)
-    inside = ((coordinate >= -1.0) & (coordinate <= size)).to(start.dtype)
-    coordinate = coordinate.clamp(min=0)
-    low = coordinate.long()
-    at_last_pixel = low >= size - 1
-    low = torch.where(at_last_pixel, size - 1, low)
-    high = torch.where(at_last_pixel, size - 1, low + 1)
-    fraction = torch.where(at_last_pixel, 0.0, coordinate - low)
-    return low, high, (1 - fraction) * inside, fraction * inside
+    coordinate = start + bin_index[None, :, None] * bin_size + step[None, None, :] * bin_size / grid
+    inside = (coordinate >= -1.0) & (coordinate <= size)
+    normalised = (2 * coordinate.clamp(0, size - 1) + 1) / size - 1
+    return torch.where(inside, normalised, OUTSIDE_THE_MAP)
+
+
+ROI_ALIGN_MAP_COPIES_ELEMENTS = 2 ** 26  # at most this many elements in the per-thread gradients of one map
+
+
+def _roi_align_one_map(map: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """RoIAlign of K RoIs on one map [C, H, W] from their sample rows and columns (``_roi_axis_samples``).
+
+    One ``grid_sample`` reads every sample, each bin's samples side by side in the last axis, so that a bin's
+    average is a reduction over contiguous memory. The RoIs are split into chunks sampled as a batch of the
+    same (expanded, not copied) map, because ``grid_sample``'s CPU backward runs one thread per batch element.
+    Returns [K, C, bins_h, bins_w].
+    """
+    count, bins_h, grid_h = rows.shape
+    _, bins_w, grid_w = columns.shape
+    channels = map.shape[0]
+    chunks = max(1, min(count, torch.get_num_threads(), ROI_ALIGN_MAP_COPIES_ELEMENTS // map.numel()))
+    per_chunk = -(-count // chunks)
+    shape = (count, bins_h, bins_w, grid_h, grid_w)
+    grid = torch.stack((columns[:, None, :, None, :].expand(shape), rows[:, :, None, :, None].expand(shape)), -1)
+    padding = chunks * per_chunk - count  # padded RoIs sample the map's centre and are dropped
+    grid = F.pad(grid, (0, 0) * 5 + (0, padding)).reshape(chunks, per_chunk * bins_h * bins_w, grid_h * grid_w, 2)
+    samples = F.grid_sample(map.expand(chunks, *map.shape), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    pooled = samples.mean(-1).view(chunks, channels, per_chunk, bins_h, bins_w)
+    return pooled.transpose(1, 2).reshape(chunks * per_chunk, channels, bins_h, bins_w)[:count]
 
 
 def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int | Sequence[int],
@@ -107,9 +131,9 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int 
 
     ``boxes``: Tensor[K, 5] (batch index, x1, y1, x2, y2) or one Tensor[L, 4] per image. Each output bin
     averages a grid of bilinear samples, ``sampling_ratio``² of them, or ceil(roi size / output size) per
-    axis when ``sampling_ratio`` <= 0. RoIs with the same grid are sampled together, so memory grows with
-    the number of samples, never with K·H·W. Gradients flow to ``input``, not to ``boxes`` (as the kernel).
-    Returns Tensor[K, C, output_h, output_w].
+    axis when ``sampling_ratio`` <= 0. RoIs of the same image and grid are sampled together, so memory grows
+    with the number of samples, never with K·H·W. Gradients flow to ``input``, not to ``boxes`` (as the
+    kernel). Returns Tensor[K, C, output_h, output_w].
     """
     pooled_height, pooled_width = _pair(output_size)
     rois = _as_rois(boxes).detach().to(input.dtype)
@@ -128,10 +152,9 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int 
         grids = torch.full((rois.shape[0], 2), sampling_ratio, dtype=torch.int64, device=rois.device)
     else:
         grids = torch.stack([torch.ceil(roi_height / pooled_height), torch.ceil(roi_width / pooled_width)], 1).long()
-    channels_last = input.permute(0, 2, 3, 1)
-    group_grids, group_of_roi = torch.unique(grids, dim=0, return_inverse=True)
+    groups, group_of_roi = torch.unique(torch.cat([rois[:, :1].long(), grids], 1), dim=0, return_inverse=True)
     members, pooled = [], []
-    for group, (grid_h, grid_w) in enumerate(group_grids.tolist()):
+    for group, (image, grid_h, grid_w) in enumerate(groups.tolist()):
         rois_in_group = torch.nonzero(group_of_roi == group).squeeze(1)
         members.append(rois_in_group)
         if grid_h <= 0 or grid_w <= 0:  # an empty (aligned) RoI: no samples, the kernel writes 0
@@ -139,16 +162,7 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int 
             continue
         rows = _roi_axis_samples(start_y[rois_in_group], bin_height[rois_in_group], pooled_height, grid_h, height)
         columns = _roi_axis_samples(start_x[rois_in_group], bin_width[rois_in_group], pooled_width, grid_w, width)
-        batch_index = rois[rois_in_group, 0].long()[:, None, None]
-        total = 0
-        for row, row_weight in ((rows[0], rows[2]), (rows[1], rows[3])):
-            for column, column_weight in ((columns[0], columns[2]), (columns[1], columns[3])):
-                values = channels_last[batch_index, row[:, :, None], column[:, None, :]]  # [Kg, PH*gh, PW*gw, C]
-                total = total + torch.einsum(
-                    "kpi,kqj,kpiqjc->kcpq", row_weight.view(-1, pooled_height, grid_h),
-                    column_weight.view(-1, pooled_width, grid_w),
-                    values.view(-1, pooled_height, grid_h, pooled_width, grid_w, channels))
-        pooled.append(total / (grid_h * grid_w))
+        pooled.append(_roi_align_one_map(input[image], rows, columns))
     return torch.cat(pooled)[torch.argsort(torch.cat(members))]
 
 

@@ -247,6 +247,27 @@ def test_roi_align_equals_the_loop_reference(sampling_ratio, aligned, scale):
     assert (output - expected).abs().max().item() <= 1e-10
 
 
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_roi_align_in_chunks_equals_one_chunk(monkeypatch, chunks):
+    # Each image's RoIs are sampled in one chunk per thread (the last padded); the chunks change the batching,
+    # never the RoIs' outputs or the map's gradient. 7 and 10 RoIs per image: each chunk count pads one.
+    generator = torch.Generator().manual_seed(6)
+    input = torch.randn(2, 3, 7, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(generator, 13, images=2, extent=9)
+    upstream = torch.randn(len(rois), 3, 3, 2, generator=generator, dtype=torch.float64)
+
+    def output_and_gradient(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        output = roi_align(input, rois, (3, 2), 1.0, 2)
+        return output.detach(), torch.autograd.grad(output, input, upstream)[0]
+
+    one_output, one_gradient = output_and_gradient(1)
+    output, gradient = output_and_gradient(chunks)
+    assert (output - one_output).abs().max().item() <= 1e-12
+    assert (gradient - one_gradient).abs().max().item() <= 1e-12
+    assert (output - reference_roi_align(input.detach(), rois, 3, 2, 1.0, 2, False)).abs().max().item() <= 1e-10
+
+
 @pytest.mark.parametrize("sampling_ratio", [2, -1])
 def test_roi_align_gradcheck(sampling_ratio):
     generator = torch.Generator().manual_seed(4)
