@@ -11,7 +11,8 @@ architecture search") for one search system of this project:
    distribution, the searched mean's percentile among them, and the ranking fidelity of the search's own estimate
    (Kendall's tau-b between what the search believed of every architecture and its retrained score: the supernet's
    validation mIoU with alpha and beta one-hot for Auto-DeepLab, the candidate reward for the decoder search, the
-   supernet's held-out PQ after BatchNorm recalibration for Auto-Panoptic), and each part's cost in CPU seconds;
+   supernet's held-out PQ after BatchNorm recalibration for Auto-Panoptic), and each part's cost in CPU seconds
+   and in wall-clock seconds;
 5. with ``--random-search``, Sciuto et al.'s random policy beside the search, per search seed: random search with
    the search's own budget and estimate (Li and Talwalkar, UAI 2019), its pick retrained like the rest. For the
    decoder search that is the search run again with ``--agent random`` (as many candidates, the same reward); for
@@ -515,11 +516,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             missing = [i for i, (name, key) in enumerate(zip(names, keys)) if state.done(name, key) is None]
             if missing:
                 print(f"estimates: the supernet of search seed {seed} scores {len(missing)} architectures", flush=True)
-                cpu_before = time.process_time()
+                cpu_before, started = time.process_time(), time.time()
                 values = supernet_estimates(system.name, out / f"search_seed{seed}", [files[i] for i in missing])
                 cpu = (time.process_time() - cpu_before) / len(missing)
+                wall = (time.time() - started) / len(missing)
                 for i, value in zip(missing, values):
-                    state.record(names[i], {"key": keys[i], "value": value, "cpu_s": round(cpu, 1)})
+                    state.record(names[i], {"key": keys[i], "value": value, "cpu_s": round(cpu, 1),
+                                            "wall_s": round(wall, 1)})
             believed[f"supernet_seed{seed}"] = [state.done(name)["value"] for name in names]
     scored = [i for i, score in enumerate(mean_scores) if not math.isnan(score)]
     taus = {key: kendall_tau([values[i] for i in scored], [mean_scores[i] for i in scored])
@@ -533,6 +536,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              f"retrained ({', '.join(failures)} diverged); see {out / 'logs'}")
     cpu = {"search": 0.0, "decode": 0.0, "random_draw": 0.0, "retrain_searched": 0.0, "retrain_random": 0.0,
            "estimates": 0.0} | ({"random_search": 0.0, "retrain_random_search": 0.0} if random_search else {})
+    wall: dict[str, float | None] = dict.fromkeys(cpu, 0.0)  # None where a part recorded before wall times were
     used = ({f"search_seed{seed}" for seed in args.search_seeds} | {f"decode_seed{seed}" for seed in args.search_seeds}
             | {f"draw_random_{k}" for k in range(args.random)} | {"random_search"}
             | {f"retrain_{label}_seed{seed}" for label in retrained for seed in args.retrain_seeds}
@@ -549,6 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "retrain_random_search" if name.startswith("retrain_random_search") else
                 "retrain_random" if name.startswith("retrain_random") else "estimates")
         cpu[kind] += part["cpu_s"]
+        wall[kind] = wall[kind] + part["wall_s"] if "wall_s" in part and wall[kind] is not None else None
     result = {
         "format": RESULT_FORMAT, "format_version": RESULT_VERSION, "system": system.name, "metric": system.metric,
         "dataset": budget.data[budget.data.index("--dataset") + 1], "budget": args.budget,
@@ -565,6 +570,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kendall_tau": float(np.nanmean(list(taus.values()))) if not all(map(math.isnan, taus.values()))
         else math.nan, "kendall_tau_by_estimate": taus,
         "cpu_seconds": {key: round(value, 1) for key, value in cpu.items()} | {"total": round(sum(cpu.values()), 1)},
+        **({"wall_seconds": {key: round(value, 1) for key, value in wall.items()}
+            | {"total": round(sum(wall.values()), 1)}} if None not in wall.values() else {}),
         "commit": git_commit(), "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads per stage",
     }
@@ -597,7 +604,9 @@ def describe(result: dict[str, Any]) -> str:
         f"  Kendall tau, the search's estimate vs the retrained score: {result['kendall_tau']:.3f} "
         f"({', '.join(f'{k} {v:.3f}' for k, v in result['kendall_tau_by_estimate'].items())})",
         f"  retrains that diverged (no score): {', '.join(result['failed_retrains']) or 'none'}",
-        "  CPU seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_seconds"].items())])
+        "  CPU seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["cpu_seconds"].items()),
+        *(["  wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["wall_seconds"].items())]
+          if "wall_seconds" in result else [])])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -93,6 +93,10 @@ def test_the_benchmark_end_to_end_at_toy_size_and_its_resume(tmp_path, run_in_pr
     assert [a["label"] for a in first["architectures"]] == ["searched_seed0", "random_0"]
     assert all(0 <= a["supernet_seed0"] <= 1 for a in first["architectures"])
     assert first["cpu_seconds"]["retrain_random"] > 0 and first["cpu_seconds"]["search"] > 0
+    assert first["wall_seconds"].keys() == first["cpu_seconds"].keys()
+    assert first["wall_seconds"]["total"] == pytest.approx(sum(v for k, v in first["wall_seconds"].items()
+                                                               if k != "total"), abs=0.2)
+    assert first["wall_seconds"]["retrain_random"] > 0 and first["wall_seconds"]["estimates"] > 0
     for name in ("search_vs_random_autodeeplab.json", "search_vs_random_autodeeplab.png"):
         assert (tmp_path / "results" / name).is_file()
     assert (tmp_path / "bench" / "result.png").is_file()
