@@ -15,8 +15,10 @@ native ops are missing: where torchvision's library loads, its kernels stay in p
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +34,40 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(first), int(second)
 
 
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+Op = TypeVar("Op", bound=Callable[..., Tensor])
+
+
+def _in_float32(op: Op) -> Op:
+    """Run ``op`` in float32 with autocast off when its first tensor is half precision or autocast is on, and
+    give a floating result back in that tensor's dtype: as torchvision's autocast wrappers of these ops do.
+
+    In bfloat16 a coordinate of 200 is exact only to a pixel, so sample positions, box overlaps and the matrix
+    products of the deformable convolution would come out wrong (RoIAlign off by the size of its values).
+    """
+    def to_float32(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.float() if value.is_floating_point() else value
+        if isinstance(value, (list, tuple)) and any(isinstance(item, Tensor) for item in value):
+            return type(value)(to_float32(item) for item in value)
+        return value
+
+    @functools.wraps(op)
+    def wrapper(first: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        device = first.device.type
+        if first.dtype not in HALF_PRECISION and not torch.is_autocast_enabled(device):
+            return op(first, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            output = op(to_float32(first), *map(to_float32, args), **{k: to_float32(v) for k, v in kwargs.items()})
+        return output.to(first.dtype) if output.is_floating_point() else output
+
+    return wrapper  # type: ignore[return-value]
+
+
 NMS_ROWS_PER_BLOCK = 512  # IoU rows computed at once: a block of 512 × N float32, so memory grows with N only
 
 
+@_in_float32
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression, as torchvision's CPU kernel.
 
@@ -125,6 +158,7 @@ def _roi_align_one_map(map: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     return pooled.transpose(1, 2).reshape(chunks * per_chunk, channels, bins_h, bins_w)[:count]
 
 
+@_in_float32
 def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int | Sequence[int],
               spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     """RoIAlign (average), with the semantics of ``torchvision.ops.roi_align``'s kernels.
@@ -166,6 +200,7 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int 
     return torch.cat(pooled)[torch.argsort(torch.cat(members))]
 
 
+@_in_float32
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                   dilation: int | Sequence[int] = 1, mask: Tensor | None = None) -> Tensor:

@@ -372,6 +372,46 @@ def test_deform_conv2d_equals_the_native_kernel():
     assert (deform_conv2d(input, offset, weight, bias, mask=mask, **GEOMETRY) - native).abs().max().item() <= 1e-10
 
 
+# ---------------------------------------------------------------- half precision
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_half_precision_inputs_are_computed_in_float32(dtype, autocast):
+    # In half precision a position of 200 is exact to about a pixel: sampled there, RoIAlign was off by the size
+    # of its values. The ops compute in float32 (autocast off) and give the input's dtype back, as torchvision's
+    # autocast wrappers do; so each equals the float32 op on the same (rounded) inputs, rounded.
+    generator = torch.Generator().manual_seed(7)
+    features = torch.randn(1, 4, 120, 200, generator=generator).to(dtype)
+    rois = torch.tensor([[0, 401.3, 203.7, 611.9, 377.2], [0, 101.1, 61.4, 780.0, 470.3]])
+    offset = (torch.randn(1, 18, 120, 200, generator=generator) * 3).to(dtype)
+    mask = torch.rand(1, 9, 120, 200, generator=generator).to(dtype)
+    weight, bias = torch.randn(2, 4, 3, 3, generator=generator) / 6, torch.randn(2, generator=generator)
+    boxes = (torch.rand(300, 2, generator=generator) * 700).repeat(1, 2) + torch.rand(300, 4, generator=generator) * \
+        torch.tensor([0, 0, 90, 90])
+    scores = torch.rand(300, generator=generator)
+    expected_pooled = roi_align(features.float(), rois, 7, 0.25, 2).to(dtype)
+    expected_deformed = deform_conv2d(features.float(), offset.float(), weight, bias, padding=1,
+                                      mask=mask.float()).to(dtype)
+    expected_kept = nms(boxes.to(dtype).float(), scores.to(dtype).float(), 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        pooled = roi_align(features, rois, 7, 0.25, 2)
+        deformed = deform_conv2d(features, offset, weight, bias, padding=1, mask=mask)
+        kept = nms(boxes.to(dtype), scores.to(dtype), 0.5)
+    assert pooled.dtype == deformed.dtype == dtype and torch.equal(pooled, expected_pooled)
+    assert torch.equal(deformed, expected_deformed) and torch.equal(kept, expected_kept)
+
+
+def test_float32_inputs_under_autocast_stay_float32():
+    # Autocast would run the deformable convolution's matrix product in bfloat16; it is off inside the ops.
+    input, offset, weight, bias, mask = random_deform_case(torch.Generator().manual_seed(8))
+    input, offset, weight, bias, mask = (tensor.float() for tensor in (input, offset, weight, bias, mask))
+    expected = deform_conv2d(input, offset, weight, bias, mask=mask, **GEOMETRY)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = deform_conv2d(input, offset, weight, bias, mask=mask, **GEOMETRY)
+    assert output.dtype == torch.float32 and torch.equal(output, expected)
+
+
 # ---------------------------------------------------------------- install()
 
 
