@@ -146,7 +146,7 @@ def _roi_align_one_map(map: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     count, bins_h, grid_h = rows.shape
     _, bins_w, grid_w = columns.shape
     channels = map.shape[0]
-    chunks = max(1, min(count, torch.get_num_threads(), ROI_ALIGN_MAP_COPIES_ELEMENTS // map.numel()))
+    chunks = max(1, min(count, torch.get_num_threads(), ROI_ALIGN_MAP_COPIES_ELEMENTS // max(1, map.numel())))
     per_chunk = -(-count // chunks)
     shape = (count, bins_h, bins_w, grid_h, grid_w)
     grid = torch.stack((columns[:, None, :, None, :].expand(shape), rows[:, :, None, :, None].expand(shape)), -1)

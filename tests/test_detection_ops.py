@@ -268,6 +268,10 @@ def test_roi_align_in_chunks_equals_one_chunk(monkeypatch, chunks):
     assert (output - reference_roi_align(input.detach(), rois, 3, 2, 1.0, 2, False)).abs().max().item() <= 1e-10
 
 
+def test_roi_align_of_a_map_without_channels_has_none():
+    assert roi_align(torch.zeros(1, 0, 5, 5), torch.tensor([[0, 0.0, 0, 3, 3]]), 2).shape == (1, 0, 2, 2)
+
+
 @pytest.mark.parametrize("sampling_ratio", [2, -1])
 def test_roi_align_gradcheck(sampling_ratio):
     generator = torch.Generator().manual_seed(4)
