@@ -15,6 +15,7 @@ native ops are missing: where torchvision's library loads, its kernels stay in p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from collections.abc import Callable, Sequence
@@ -55,9 +56,10 @@ def _in_float32(op: Op) -> Op:
     @functools.wraps(op)
     def wrapper(first: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         device = first.device.type
-        if first.dtype not in HALF_PRECISION and not torch.is_autocast_enabled(device):
+        has_autocast = torch.amp.is_autocast_available(device)  # not "meta", where the summaries build networks
+        if first.dtype not in HALF_PRECISION and not (has_autocast and torch.is_autocast_enabled(device)):
             return op(first, *args, **kwargs)
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(device, enabled=False) if has_autocast else contextlib.nullcontext():
             output = op(to_float32(first), *map(to_float32, args), **{k: to_float32(v) for k, v in kwargs.items()})
         return output.to(first.dtype) if output.is_floating_point() else output
 

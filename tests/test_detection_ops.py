@@ -416,6 +416,15 @@ def test_float32_inputs_under_autocast_stay_float32():
     assert output.dtype == torch.float32 and torch.equal(output, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ops_on_the_meta_device_give_shapes(dtype):
+    # The network summaries build models on "meta", where autocast does not exist: the ops must not ask it.
+    input = torch.empty(1, 4, 20, 30, device="meta", dtype=dtype)
+    offset, weight = torch.empty(1, 18, 20, 30, device="meta"), torch.empty(2, 4, 3, 3, device="meta")
+    deformed = deform_conv2d(input, offset, weight, padding=1)
+    assert deformed.shape == (1, 2, 20, 30) and deformed.dtype == dtype
+
+
 # ---------------------------------------------------------------- install()
 
 
