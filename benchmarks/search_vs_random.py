@@ -536,16 +536,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              f"retrained ({', '.join(failures)} diverged); see {out / 'logs'}")
     cpu = {"search": 0.0, "decode": 0.0, "random_draw": 0.0, "retrain_searched": 0.0, "retrain_random": 0.0,
            "estimates": 0.0} | ({"random_search": 0.0, "retrain_random_search": 0.0} if random_search else {})
-    wall: dict[str, float | None] = dict.fromkeys(cpu, 0.0)  # None where a part recorded before wall times were
+    wall = dict.fromkeys(cpu, 0.0)
     used = ({f"search_seed{seed}" for seed in args.search_seeds} | {f"decode_seed{seed}" for seed in args.search_seeds}
             | {f"draw_random_{k}" for k in range(args.random)} | {"random_search"}
             | {f"retrain_{label}_seed{seed}" for label in retrained for seed in args.retrain_seeds}
             | ({f"estimate_supernet{seed}_{label}" for seed in args.search_seeds for label in labels}
                if system.name != "nas-segm" else set())
             | {name for label in random_search for name in (label, label.replace("_seed", "_decode_seed"))})
-    for name, part in state.parts.items():
-        if name not in used:
-            continue
+    parts = {name: part for name, part in state.parts.items() if name in used}
+    wall_known = all("wall_s" in part for part in parts.values())  # parts recorded before wall times have none
+    for name, part in parts.items():
         kind = ("search" if name.startswith("search_") else "decode" if name.startswith("decode_")
                 else "random_search" if name.startswith("random_search_") else
                 "random_draw" if name.startswith(("draw_random", "random_search")) else
@@ -553,7 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "retrain_random_search" if name.startswith("retrain_random_search") else
                 "retrain_random" if name.startswith("retrain_random") else "estimates")
         cpu[kind] += part["cpu_s"]
-        wall[kind] = wall[kind] + part["wall_s"] if "wall_s" in part and wall[kind] is not None else None
+        wall[kind] += part.get("wall_s", 0.0)
     result = {
         "format": RESULT_FORMAT, "format_version": RESULT_VERSION, "system": system.name, "metric": system.metric,
         "dataset": budget.data[budget.data.index("--dataset") + 1], "budget": args.budget,
@@ -569,13 +569,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summarise(searched_scores, random_scores, random_search_scores),
         "kendall_tau": float(np.nanmean(list(taus.values()))) if not all(map(math.isnan, taus.values()))
         else math.nan, "kendall_tau_by_estimate": taus,
-        "cpu_seconds": {key: round(value, 1) for key, value in cpu.items()} | {"total": round(sum(cpu.values()), 1)},
-        **({"wall_seconds": {key: round(value, 1) for key, value in wall.items()}
-            | {"total": round(sum(wall.values()), 1)}} if None not in wall.values() else {}),
+        "cpu_seconds": with_total(cpu), **({"wall_seconds": with_total(wall)} if wall_known else {}),
         "commit": git_commit(), "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads per stage",
     }
     return result
+
+
+def with_total(seconds: dict[str, float]) -> dict[str, float]:
+    """Seconds by kind of part, rounded to a tenth, with their total."""
+    return {key: round(value, 1) for key, value in seconds.items()} | {"total": round(sum(seconds.values()), 1)}
 
 
 def write_result(result: dict[str, Any], folder: Path, stem: str) -> None:

@@ -270,7 +270,7 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(evaluations_b
     interrupted = GreedyPathSearch(SMALL, cycles=3, seed=4)
     with pytest.raises(Preempted):
         run(interrupted, counted(first_calls, evaluations_before_failure),
-                        on_evaluated=lambda path, value: saved.append(interrupted.state_dict()))
+            on_evaluated=lambda path, value: saved.append(interrupted.state_dict()))
     state = interrupted.state_dict()
     assert len(state["fitness"]) == evaluations_before_failure  # the failed evaluation is not recorded
     assert state == saved[-1]
